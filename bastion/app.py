@@ -1,0 +1,53 @@
+"""Build the gateway application from settings: wiring only, no logic."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from bastion.auth.apikeys import ApiKeyAuthenticator, ApiKeyRecord
+from bastion.pipeline.accept import Acceptor
+from bastion.pipeline.account import Account
+from bastion.pipeline.authenticate import Authenticate
+from bastion.pipeline.authorize import Authorize
+from bastion.pipeline.forward import Forward
+from bastion.pipeline.gateway import Gateway
+from bastion.pipeline.resolve import ModelRegistry
+from bastion.pipeline.routes import DEFAULT_ROUTES, RouteKind, RouteTable
+from bastion.settings import ModelSettings, Settings
+from bastion.upstream.client import UpstreamPool
+from bastion.upstream.health import Readiness
+
+__all__ = ["build_gateway", "build_routes"]
+
+
+def build_routes(settings: Settings) -> RouteTable:
+    """The route table; control routes are absent unless administrators may use them."""
+    allow_control = settings.routes.control == "admin"
+    return RouteTable(
+        tuple(r for r in DEFAULT_ROUTES if allow_control or r.kind is not RouteKind.CONTROL)
+    )
+
+
+def build_gateway(
+    settings: Settings,
+    *,
+    models: tuple[ModelSettings, ...],
+    keys: Sequence[ApiKeyRecord],
+    pool: UpstreamPool,
+    engine_alive: Callable[[], bool] | None = None,
+) -> Gateway:
+    registry = ModelRegistry(models)
+    readiness = Readiness(
+        (tuple(t.origin for t in entry.targets) for entry in registry.entries()),
+        extra=engine_alive,
+    )
+    return Gateway(
+        routes=build_routes(settings),
+        acceptor=Acceptor(settings.http),
+        authenticate=Authenticate((ApiKeyAuthenticator(keys),)),
+        authorize=Authorize(settings.routes),
+        models=registry,
+        forward=Forward(pool),
+        account=Account(settings.logging),
+        readiness=readiness,
+    )

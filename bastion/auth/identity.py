@@ -1,0 +1,38 @@
+"""Who a request comes from, once a credential has been checked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["Authenticator", "Identity"]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An authenticated principal. Never holds the credential itself."""
+
+    principal: str
+    """Stable, non-secret name of the principal (a user, a service account, a key's name)."""
+    role: str
+    """The principal's role; ``admin`` may reach administrative and control routes."""
+    credential_id: str
+    """Non-secret id of the credential used (for an API key: its display prefix)."""
+    method: str
+    """How it authenticated: ``api_key``, ``basic``, ``jwt``..."""
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+class Authenticator(Protocol):
+    """Turns one kind of credential into an :class:`Identity`.
+
+    ``authenticate`` gets the ``Authorization`` header's scheme (lower-cased) and its
+    parameter. It returns ``None`` when the credential is not of its kind (the next
+    authenticator is asked), an :class:`Identity` when it is valid, and raises
+    :class:`bastion.errors.AuthenticationError` when it is of its kind but not valid.
+    """
+
+    def authenticate(self, scheme: bytes, credential: bytes) -> Identity | None: ...

@@ -1,0 +1,1 @@
+"""The request pipeline: a context object and one module per phase."""

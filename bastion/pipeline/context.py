@@ -1,0 +1,84 @@
+"""The per-request context that the pipeline's phases fill in, one field per fact."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bastion.auth.identity import Identity
+from bastion.errors import GatewayError
+from bastion.pipeline.routes import Route
+from bastion.types import Receive, Scope, Send
+
+__all__ = ["RequestContext"]
+
+
+class RequestContext:
+    """Everything known about one request; lives exactly as long as the request.
+
+    Phases write the fields they own (``authenticate`` the identity, ``route`` the upstream,
+    ...) and read those of earlier phases. No request data ever lives on a long-lived object.
+    """
+
+    __slots__ = (
+        "authorization",
+        "body",
+        "client_disconnected",
+        "content_length",
+        "content_type",
+        "control_model",
+        "error",
+        "identity",
+        "json",
+        "method",
+        "model",
+        "receive",
+        "request_id",
+        "response_bytes",
+        "response_done",
+        "response_sse",
+        "response_started",
+        "route",
+        "scope",
+        "send",
+        "started",
+        "status",
+        "time_to_first_byte",
+        "upstream",
+    )
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.started = time.perf_counter()
+        self.method: str = scope["method"]
+        self.route: Route | None = None
+        self.request_id = ""
+        self.authorization: bytes | None = None
+        self.content_type = b""
+        self.content_length: int | None = None
+        self.body = b""
+        self.json: dict[str, Any] | None = None
+        self.model: str | None = None
+        self.control_model: str | None = None
+        """For control routes only: the model whose upstream to address (x-bastion-model)."""
+        self.identity: Identity | None = None
+        self.upstream: str | None = None
+        """Display name of the upstream the request went to (never its credentials)."""
+        self.status = 0
+        self.response_started = False
+        self.response_done = False
+        self.response_sse = False
+        self.response_bytes = 0
+        self.time_to_first_byte: float | None = None
+        self.client_disconnected = False
+        self.error: GatewayError | None = None
+
+    @property
+    def client_host(self) -> str:
+        client = self.scope.get("client")
+        return str(client[0]) if client else "-"
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000.0

@@ -1,0 +1,172 @@
+"""Phase ``forward``: send the request upstream and relay the answer as it arrives.
+
+Only what the upstream needs is forwarded: hop-by-hop headers, the caller's credentials and
+cookies, and anything the caller could use to impersonate the gateway are dropped; the
+upstream's own key (if any) and the request id are added. The response is relayed piece by
+piece as the upstream socket delivers it, so a stream is never buffered; each ``send`` waits
+for the caller's socket to drain, which is the backpressure.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from bastion.pipeline.context import RequestContext
+from bastion.pipeline.resolve import ModelEntry, Target
+from bastion.upstream.client import UpstreamPool, UpstreamResponse
+
+__all__ = ["Forward", "request_headers", "response_headers"]
+
+# Never forwarded upstream: hop-by-hop headers, the caller's credentials, headers the gateway
+# sets itself, and content codings it would have to undo to account for usage.
+_DROP_REQUEST = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+        b"authorization",
+        b"proxy-authorization",
+        b"cookie",
+        b"x-api-key",
+        b"api-key",
+        b"x-request-id",
+        b"x-bastion-model",
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-real-ip",
+        b"accept-encoding",
+    }
+)
+_DROP_RESPONSE = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"server",
+        b"date",
+        b"x-request-id",
+        b"set-cookie",
+    }
+)
+_WHOLE_BODY_LIMIT = 1024 * 1024
+
+
+def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return frozenset(tokens)
+
+
+def request_headers(
+    caller: list[tuple[bytes, bytes]], request_id: str | None, authorization: bytes | None
+) -> list[tuple[bytes, bytes]]:
+    """The headers to send upstream, built from the caller's."""
+    drop = _DROP_REQUEST
+    if any(name == b"connection" for name, _ in caller):
+        drop = drop | _connection_tokens(caller)
+    headers = [(name, value) for name, value in caller if name not in drop]
+    if request_id is not None:
+        headers.append((b"x-request-id", request_id.encode()))
+    if authorization is not None:
+        headers.append((b"authorization", authorization))
+    return headers
+
+
+def response_headers(
+    upstream: list[tuple[bytes, bytes]], request_id: str
+) -> list[tuple[bytes, bytes]]:
+    """The headers to send the caller, built from the upstream's."""
+    drop = _DROP_RESPONSE
+    if any(name == b"connection" for name, _ in upstream):
+        drop = drop | _connection_tokens(upstream)
+    headers = [(name, value) for name, value in upstream if name not in drop]
+    headers.append((b"x-request-id", request_id.encode()))
+    return headers
+
+
+class Forward:
+    """Sends the request to one upstream target and relays its response to the caller."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+
+    async def __call__(self, ctx: RequestContext, entry: ModelEntry | None, target: Target) -> None:
+        ctx.upstream = target.name
+        assert ctx.route is not None
+        path = ctx.route.target
+        query = ctx.scope.get("query_string", b"")
+        if query:
+            path = path + b"?" + query
+        response = await self._pool.request(
+            target.origin,
+            ctx.method.encode(),
+            path,
+            request_headers(
+                ctx.scope["headers"],
+                ctx.request_id if target.send_request_id else None,
+                target.authorization,
+            ),
+            _body_for(ctx, entry),
+        )
+        try:
+            await self._relay(ctx, response)
+        finally:
+            response.close()
+
+    async def _relay(self, ctx: RequestContext, response: UpstreamResponse) -> None:
+        headers = response_headers(response.headers, ctx.request_id)
+        length = None
+        for name, value in headers:
+            if name == b"content-type":
+                ctx.response_sse = value.startswith(b"text/event-stream")
+            elif name == b"content-length" and value.isdigit():
+                length = int(value)
+        ctx.status = response.status
+        if length is not None and length <= _WHOLE_BODY_LIMIT:
+            body = await response.read()
+            ctx.time_to_first_byte = time.perf_counter() - ctx.started
+            await self._start(ctx, headers)
+            ctx.response_done = True
+            ctx.response_bytes = len(body)
+            await ctx.send({"type": "http.response.body", "body": body})
+            return
+        await self._start(ctx, headers)
+        send = ctx.send
+        async for chunk in response:
+            if ctx.time_to_first_byte is None:
+                ctx.time_to_first_byte = time.perf_counter() - ctx.started
+            ctx.response_bytes += len(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        ctx.response_done = True
+        await send({"type": "http.response.body", "body": b""})
+
+    @staticmethod
+    async def _start(ctx: RequestContext, headers: list[tuple[bytes, bytes]]) -> None:
+        ctx.response_started = True
+        await ctx.send({"type": "http.response.start", "status": ctx.status, "headers": headers})
+
+
+def _body_for(ctx: RequestContext, entry: ModelEntry | None) -> bytes:
+    """The body to forward: as received, unless the upstream knows the model by another name."""
+    if entry is None or entry.upstream_model is None or ctx.json is None:
+        return ctx.body
+    rewritten = dict(ctx.json)
+    rewritten["model"] = entry.upstream_model
+    return orjson.dumps(rewritten)

@@ -1,0 +1,178 @@
+"""The gateway's ASGI application: one request, a few phases, one error boundary.
+
+::
+
+    accept -> authenticate -> authorize -> route -> forward -> account
+    (head,    (who is it?)   (may they?)  (which    (relay)    (always: access log)
+     body)                                upstream)
+
+Each phase is a small object with one job. A phase that refuses raises a
+:class:`~bastion.errors.GatewayError`; :meth:`Gateway.__call__` is the one place that turns
+errors into responses. ``account`` runs on success, refusal and failure alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import orjson
+
+from bastion.errors import (
+    GatewayError,
+    InternalError,
+    MethodNotAllowedError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
+from bastion.pipeline.accept import Acceptor
+from bastion.pipeline.account import Account
+from bastion.pipeline.authenticate import Authenticate
+from bastion.pipeline.authorize import Authorize
+from bastion.pipeline.context import RequestContext
+from bastion.pipeline.forward import Forward
+from bastion.pipeline.resolve import ModelEntry, ModelRegistry
+from bastion.pipeline.responses import send_error, send_json
+from bastion.pipeline.routes import RouteKind, RouteTable
+from bastion.types import Message, Receive, Scope, Send
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger("bastion")
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+class Gateway:
+    """The ASGI callable. Built once by :mod:`bastion.app`; holds no per-request state."""
+
+    def __init__(
+        self,
+        *,
+        routes: RouteTable,
+        acceptor: Acceptor,
+        authenticate: Authenticate,
+        authorize: Authorize,
+        models: ModelRegistry,
+        forward: Forward,
+        account: Account,
+        readiness: ReadinessCheck,
+    ) -> None:
+        self._routes = routes
+        self._accept = acceptor
+        self._authenticate = authenticate
+        self._authorize = authorize
+        self._models = models
+        self._forward = forward
+        self._account = account
+        self._readiness = readiness
+        self._models_body = _models_listing(models.names)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            return
+        ctx = RequestContext(scope, receive, send)
+        try:
+            await self._handle(ctx)
+        except GatewayError as error:
+            await self._refuse(ctx, error)
+        except asyncio.CancelledError:
+            if not ctx.client_disconnected:
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+        except Exception:
+            log.exception("unexpected error request_id=%s", ctx.request_id)
+            await self._refuse(ctx, InternalError())
+        finally:
+            self._account(ctx)
+
+    async def _refuse(self, ctx: RequestContext, error: GatewayError) -> None:
+        if ctx.client_disconnected:
+            ctx.error = error
+            return
+        await send_error(ctx, error)
+
+    async def _handle(self, ctx: RequestContext) -> None:
+        self._accept.read_head(ctx)
+        route = self._routes.match(ctx.scope.get("raw_path") or ctx.scope["path"].encode())
+        if route is None:
+            raise NotFoundError()
+        ctx.route = route
+        if ctx.method not in route.methods:
+            allow = ", ".join(sorted(route.methods)).encode()
+            raise MethodNotAllowedError(headers=((b"allow", allow),))
+        if route.public:
+            await self._answer_local(ctx)
+            return
+        self._authenticate(ctx)
+        self._authorize(ctx)
+        await self._accept.read_body(ctx)
+        if route.kind is RouteKind.CONTROL:
+            ctx.model = ctx.control_model
+        if route.kind is RouteKind.LOCAL:
+            await self._answer_local(ctx)
+            return
+        entry = self._models.resolve(ctx)
+        await self._forward_watching(ctx, entry)
+
+    async def _forward_watching(self, ctx: RequestContext, entry: ModelEntry) -> None:
+        """Forward, and abort the upstream request as soon as the caller goes away."""
+        task = asyncio.current_task()
+        watcher = asyncio.ensure_future(ctx.receive())
+
+        def on_disconnect(done: asyncio.Future[Message]) -> None:
+            if done.cancelled() or ctx.response_done or task is None:
+                return
+            if done.result()["type"] == "http.disconnect":
+                ctx.client_disconnected = True
+                task.cancel()
+
+        watcher.add_done_callback(on_disconnect)
+        try:
+            await self._forward(ctx, entry, entry.next_target())
+        finally:
+            ctx.response_done = True
+            watcher.cancel()
+
+    async def _answer_local(self, ctx: RequestContext) -> None:
+        assert ctx.route is not None
+        path = ctx.route.path
+        if path == "/health":
+            await send_json(ctx, 200, b'{"status":"ok"}')
+        elif path == "/ready":
+            if not await self._readiness():
+                raise ServiceUnavailableError("Not ready.")
+            await send_json(ctx, 200, b'{"status":"ready"}')
+        elif path == "/v1/models":
+            await send_json(ctx, 200, self._models_body)
+        else:  # pragma: no cover - the route table has no other local route
+            raise NotFoundError()
+
+
+def _models_listing(names: list[str]) -> bytes:
+    created = int(time.time())
+    return orjson.dumps(
+        {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": created, "owned_by": "bastion"}
+                for name in names
+            ],
+        }
+    )
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,80 @@
+"""The one place that writes responses the gateway makes itself: errors and small JSON bodies.
+
+Errors use the OpenAI shape ``{"error": {"message", "type", "param", "code"}}`` so the
+official clients raise the matching exception. Once a response has started its status cannot
+change: an event stream then gets an error event, anything else is cut.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from bastion.errors import GatewayError
+from bastion.pipeline.context import RequestContext
+
+__all__ = ["error_body", "error_event", "send_error", "send_json"]
+
+_JSON = (b"content-type", b"application/json")
+
+
+def error_body(error: GatewayError) -> bytes:
+    return orjson.dumps(
+        {
+            "error": {
+                "message": error.message,
+                "type": error.type,
+                "param": error.param,
+                "code": error.code,
+            }
+        }
+    )
+
+
+def error_event(error: GatewayError) -> bytes:
+    """A server-sent event carrying an error, for a stream that has already started."""
+    return b"data: " + error_body(error) + b"\n\n"
+
+
+async def send_json(
+    ctx: RequestContext,
+    status: int,
+    body: bytes | Any,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
+    """Send a complete JSON response (``body`` already serialized, or any JSON value)."""
+    payload = body if isinstance(body, bytes) else orjson.dumps(body)
+    ctx.status = status
+    ctx.response_started = True
+    await ctx.send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                _JSON,
+                (b"content-length", str(len(payload)).encode()),
+                (b"x-request-id", ctx.request_id.encode()),
+                *headers,
+            ],
+        }
+    )
+    ctx.response_done = True
+    ctx.response_bytes = len(payload)
+    await ctx.send({"type": "http.response.body", "body": payload})
+
+
+async def send_error(ctx: RequestContext, error: GatewayError) -> None:
+    """Answer with ``error``; if a response is already under way, end it as well as it can be."""
+    ctx.error = error
+    if not ctx.response_started:
+        await send_json(ctx, error.status, error_body(error), error.headers)
+        return
+    if ctx.response_done or ctx.client_disconnected:
+        return
+    ctx.response_done = True
+    if ctx.response_sse:
+        await ctx.send({"type": "http.response.body", "body": error_event(error)})
+        await ctx.send({"type": "http.response.body", "body": b""})
+    # Anything else is left incomplete: the server closes the connection, so the client sees
+    # a truncated response instead of a body that looks whole.

@@ -1,0 +1,1 @@
+"""The HTTP server layer: protocol limits and the process entry point."""

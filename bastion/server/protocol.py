@@ -1,0 +1,140 @@
+"""The HTTP/1.1 server protocol: uvicorn's httptools protocol with limits on the request head.
+
+uvicorn calls the application only once a request's head is complete, so the head's limits
+must live in the protocol: how long the head may take to arrive (408, against slow-loris
+clients), how many header lines and bytes it may carry (431) and how long its target may be
+(414). Everything else is uvicorn's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from bastion.errors import BadRequestError, GatewayError, HeadersTooLargeError, RequestTimeoutError
+from bastion.pipeline.responses import error_body
+from bastion.settings import HttpSettings
+
+__all__ = ["GuardedHttpToolsProtocol", "protocol_class"]
+
+
+class UriTooLongError(GatewayError):
+    status = 414
+    type = "invalid_request_error"
+    code = "uri_too_long"
+    default_message = "The request target is too long."
+
+
+class _HeadRefused(Exception):
+    """Raised inside a parser callback to stop parsing a head that broke a limit."""
+
+
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+}
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """One instance per connection; the class carries the limits (see :func:`protocol_class`)."""
+
+    limits: ClassVar[HttpSettings] = HttpSettings()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0
+        self._header_count = 0
+        self._refusal: GatewayError | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:
+            return
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            if self._refusal is None:
+                raise
+            self._send_refusal(self._refusal)
+        except httptools.HttpParserUpgrade:
+            self._send_refusal(BadRequestError("Protocol upgrades are not supported."))
+        except httptools.HttpParserError:
+            self._send_refusal(BadRequestError("Invalid HTTP request."))
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        self._header_count = 0
+        if self._head_timer is None:
+            self._arm_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self.limits.max_url_bytes:
+            self._refuse(UriTooLongError())
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._head_bytes += len(name) + len(value) + 4
+        limits = self.limits
+        if self._header_count > limits.max_headers or self._head_bytes > limits.max_header_bytes:
+            self._refuse(HeadersTooLargeError())
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm_head_timer()
+        super().on_headers_complete()
+
+    def _refuse(self, error: GatewayError) -> None:
+        self._refusal = error
+        raise _HeadRefused()
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        self._head_timer = self.loop.call_later(
+            self.limits.request_head_timeout, self._on_head_timeout
+        )
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _on_head_timeout(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a request is being served; its head arrived in time
+        self._refusal = RequestTimeoutError()
+        self._send_refusal(self._refusal)
+
+    def _send_refusal(self, error: GatewayError) -> None:
+        body = error_body(error)
+        head = b"HTTP/1.1 %d %s\r\n" % (error.status, _REASONS.get(error.status, b"Error"))
+        self.transport.write(
+            head
+            + b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+            % len(body)
+            + body
+        )
+        self.transport.close()
+
+
+def protocol_class(limits: HttpSettings) -> type[GuardedHttpToolsProtocol]:
+    """A protocol class bound to ``limits`` (uvicorn instantiates the class it is given)."""
+    return type("BastionHttpProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})

@@ -1,0 +1,179 @@
+"""Run the gateway: start a managed engine if needed, bind, serve, and clean up on exit."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+import uvicorn
+
+from bastion.app import build_gateway
+from bastion.auth.apikeys import ApiKeyRecord
+from bastion.errors import ConfigError
+from bastion.server.protocol import protocol_class
+from bastion.settings import ModelSettings, Secret, Settings, UpstreamTarget
+from bastion.state import BootstrapKey, StateDir
+from bastion.upstream.client import UpstreamPool
+from bastion.upstream.engine import ManagedEngine
+
+__all__ = ["configure_logging", "run", "serve"]
+
+log = logging.getLogger("bastion")
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.logging.level.upper())
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}", "server") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _keys(settings: Settings, state: StateDir) -> tuple[list[ApiKeyRecord], BootstrapKey | None]:
+    """Keys from the config; with none configured, the state directory's admin key."""
+    records = [ApiKeyRecord(e.name, e.hash, e.role) for e in settings.auth.api_keys]
+    if records:
+        return records, None
+    bootstrap = state.admin_key()
+    return [bootstrap.record], bootstrap
+
+
+async def serve(
+    settings: Settings,
+    *,
+    out: TextIO = sys.stdout,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until SIGINT or SIGTERM. ``on_ready`` gets the base URL once listening."""
+    state = StateDir(settings.state_path())
+    engine: ManagedEngine | None = None
+    models = settings.models
+    pool = UpstreamPool(settings.upstream)
+    try:
+        if settings.uses_engine:
+            engine = ManagedEngine(settings.engine, state.ensure())
+            log.info("starting the %s engine (model %s)", settings.engine.kind, engine.served_name)
+            await engine.start()
+            models = (_engine_model(engine, settings.engine.kind),)
+        if not models:
+            raise ConfigError("no model to serve: declare 'models' or enable 'engine'", "models")
+        keys, bootstrap = _keys(settings, state)
+        gateway = build_gateway(
+            settings,
+            models=models,
+            keys=keys,
+            pool=pool,
+            engine_alive=engine.is_running if engine else None,
+        )
+        sock = bind(settings.server.host, settings.server.port)
+        url = _url(sock)
+        server = uvicorn.Server(_uvicorn_config(settings, gateway))
+        log.info("Bastion listening on %s serving %s", url, ", ".join(m.name for m in models))
+        if bootstrap is not None:
+            _print_welcome(out, url, models[0].name, bootstrap, state)
+        if on_ready is not None:
+            on_ready(url)
+        await server.serve(sockets=[sock])
+    finally:
+        await pool.aclose()
+        if engine is not None:
+            await engine.stop()
+
+
+def _engine_model(engine: ManagedEngine, kind: str) -> ModelSettings:
+    target = UpstreamTarget(
+        url=engine.base_url,
+        api_key=Secret(value=engine.api_key),
+        # llama-cpp-python's server answers 400 to any X-Request-Id that is not a UUID
+        send_request_id=kind != "llama_cpp",
+    )
+    return ModelSettings(name=engine.served_name, upstreams=(target,))
+
+
+def _uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        http=protocol_class(settings.http),
+        ws="none",
+        lifespan="off",
+        interface="asgi3",
+        access_log=False,
+        server_header=False,
+        log_config=None,
+        timeout_keep_alive=int(settings.http.keep_alive_timeout),
+        timeout_graceful_shutdown=30,
+    )
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    if host in ("0.0.0.0", "::"):
+        shown = "127.0.0.1"
+    return f"http://{shown}:{port}"
+
+
+def _print_welcome(
+    out: TextIO, url: str, model: str, bootstrap: BootstrapKey, state: StateDir
+) -> None:
+    if bootstrap.new_key is None:
+        out.write(
+            f"\nBastion is serving {model} at {url}\n"
+            f"The administrator key was shown when it was created; only its hash is kept in "
+            f"{state.path}. Remove that file to issue a new one.\n\n"
+        )
+        out.flush()
+        return
+    key = bootstrap.new_key
+    out.write(
+        f"""
+Bastion is serving {model} at {url}
+
+Administrator API key (shown this once; only its hash is kept in {state.path}):
+
+    {key}
+
+Try it:
+
+    curl {url}/v1/chat/completions \\
+      -H "Authorization: Bearer {key}" \\
+      -H "Content-Type: application/json" \\
+      -d '{{"model": "{model}", "max_tokens": 32,
+           "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+    python - <<'PY'
+    from openai import OpenAI
+    client = OpenAI(base_url="{url}/v1", api_key="{key}")
+    reply = client.chat.completions.create(
+        model="{model}", messages=[{{"role": "user", "content": "Hello!"}}], max_tokens=32)
+    print(reply.choices[0].message.content)
+    PY
+
+"""
+    )
+    out.flush()
+
+
+def run(settings: Settings) -> None:
+    """Blocking entry point for the CLI: serve on uvloop until stopped."""
+    import uvloop
+
+    configure_logging(settings)
+    uvloop.run(serve(settings))

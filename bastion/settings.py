@@ -1,0 +1,271 @@
+"""The one settings object: loaded from YAML, validated, frozen; unknown keys are rejected.
+
+Configuration flows from here through constructors; nothing below reads the environment,
+except :class:`Secret` resolution, which happens once, at load time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bastion.errors import ConfigError
+
+__all__ = [
+    "ApiKeyEntry",
+    "AuthSettings",
+    "EngineSettings",
+    "HttpSettings",
+    "LoggingSettings",
+    "ModelSettings",
+    "RoutesSettings",
+    "Secret",
+    "ServerSettings",
+    "Settings",
+    "UpstreamClientSettings",
+    "UpstreamTarget",
+    "default_state_dir",
+    "load_settings",
+]
+
+MiB = 1024 * 1024
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Secret(_Model):
+    """A secret value, given inline, or read from an environment variable or a file.
+
+    In YAML: ``api_key: {env: VLLM_API_KEY}``, ``api_key: {file: /run/secrets/vllm}`` or,
+    discouraged, ``api_key: {value: "..."}``. The value is resolved once, at load time, and is
+    never printed: ``bastion config check`` shows ``***``.
+    """
+
+    env: str | None = None
+    file: Path | None = None
+    value: str | None = Field(default=None, repr=False)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Secret:
+        given = [x for x in (self.env, self.file, self.value) if x is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'env', 'file' or 'value'")
+        return self
+
+    def resolve(self) -> str:
+        """Return the secret's value; raises :class:`ConfigError` when it cannot be read."""
+        if self.value is not None:
+            return self.value
+        if self.env is not None:
+            found = os.environ.get(self.env)
+            if not found:
+                raise ConfigError(f"environment variable {self.env} is not set or empty")
+            return found
+        assert self.file is not None  # guaranteed by the validator
+        try:
+            text = self.file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read secret file {self.file}: {exc.strerror}") from exc
+        if not text:
+            raise ConfigError(f"secret file {self.file} is empty")
+        return text
+
+
+class ServerSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    state_dir: Path | None = None
+    """Where Bastion keeps its own state (bootstrap admin key, assembled model files)."""
+
+
+class HttpSettings(_Model):
+    """Limits on what a caller may send, and how long it may take to send it."""
+
+    max_body_bytes: int = Field(default=16 * MiB, gt=0)
+    max_header_bytes: int = Field(default=16 * 1024, gt=0)
+    max_headers: int = Field(default=100, gt=0)
+    max_url_bytes: int = Field(default=8 * 1024, gt=0)
+    request_head_timeout: float = Field(default=10.0, gt=0)
+    request_body_timeout: float = Field(default=30.0, gt=0)
+    keep_alive_timeout: float = Field(default=5.0, gt=0)
+
+
+class UpstreamClientSettings(_Model):
+    """How Bastion talks to model servers."""
+
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=600.0, gt=0)
+    """Longest wait for the response head; a non-streaming generation answers only when done."""
+    stream_idle_timeout: float = Field(default=120.0, gt=0)
+    """Longest silence between two pieces of a response body: not a total limit."""
+    max_idle_connections: int = Field(default=256, ge=0)
+    """Idle keep-alive connections kept per upstream."""
+    idle_connection_ttl: float = Field(default=4.0, gt=0)
+    """An idle connection older than this is closed rather than reused."""
+
+
+class UpstreamTarget(_Model):
+    url: str
+    api_key: Secret | None = None
+    send_request_id: bool = True
+    """Forward ``X-Request-Id``; off for servers that reject ids they did not make
+    (llama-cpp-python's accepts only UUIDs)."""
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class ModelSettings(_Model):
+    name: str = Field(min_length=1)
+    upstreams: tuple[UpstreamTarget, ...] = Field(min_length=1)
+    upstream_model: str | None = None
+    """The name the upstream knows the model by, when it differs from ``name``."""
+
+
+class EngineSettings(_Model):
+    """A model server that Bastion starts and supervises itself (used when no model is set)."""
+
+    kind: Literal["llama_cpp", "vllm", "none"] = "llama_cpp"
+    model: str | None = None
+    """llama_cpp: a GGUF path (default: the bundled Gemma 3 270M); vllm: a model name or path."""
+    served_name: str = "gemma-3-270m"
+    args: tuple[str, ...] = ()
+    """Extra command-line arguments passed to the engine as they are."""
+    ready_timeout: float = Field(default=300.0, gt=0)
+    restart_backoff_max: float = Field(default=30.0, gt=0)
+
+
+class ApiKeyEntry(_Model):
+    """An API key declared in the config, by its hash only (see ``bastion keys generate``)."""
+
+    name: str = Field(min_length=1)
+    hash: str
+    role: Literal["admin", "user"] = "user"
+
+    @field_validator("hash")
+    @classmethod
+    def _sha256(cls, value: str) -> str:
+        prefix = "sha256:"
+        digest = value[len(prefix) :]
+        if not value.startswith(prefix) or len(digest) != 64:
+            raise ValueError("must be 'sha256:' followed by 64 hex digits")
+        try:
+            bytes.fromhex(digest)
+        except ValueError:
+            raise ValueError("must be 'sha256:' followed by 64 hex digits") from None
+        return prefix + digest.lower()
+
+
+class AuthSettings(_Model):
+    api_keys: tuple[ApiKeyEntry, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> AuthSettings:
+        for attr in ("name", "hash"):
+            seen: set[str] = set()
+            for entry in self.api_keys:
+                value = getattr(entry, attr)
+                if value in seen:
+                    shown = value if attr == "name" else "a hash"
+                    raise ValueError(f"two api_keys share the same {attr} ({shown})")
+                seen.add(value)
+        return self
+
+
+class RoutesSettings(_Model):
+    control: Literal["deny", "admin"] = "deny"
+    """vLLM's control routes (/pause, /sleep, ...): never forwarded, or forwarded for admins."""
+
+
+class LoggingSettings(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(_Model):
+    server: ServerSettings = ServerSettings()
+    http: HttpSettings = HttpSettings()
+    upstream: UpstreamClientSettings = UpstreamClientSettings()
+    models: tuple[ModelSettings, ...] = ()
+    engine: EngineSettings = EngineSettings()
+    auth: AuthSettings = AuthSettings()
+    routes: RoutesSettings = RoutesSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @model_validator(mode="after")
+    def _unique_models(self) -> Settings:
+        seen: set[str] = set()
+        for model in self.models:
+            if model.name in seen:
+                raise ValueError(f"model {model.name!r} is declared twice")
+            seen.add(model.name)
+        return self
+
+    @property
+    def uses_engine(self) -> bool:
+        """True when Bastion must start a model server itself."""
+        return not self.models and self.engine.kind != "none"
+
+    def state_path(self) -> Path:
+        return self.server.state_dir or default_state_dir()
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "bastion"
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown setting"
+        lines.append(f"{where}: {message}")
+    return "; ".join(lines)
+
+
+def parse_settings(data: Any, source: str = "config") -> Settings:
+    """Validate a mapping (as read from YAML) into :class:`Settings`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from None
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read and validate a YAML config file; ``None`` gives the defaults."""
+    if path is None:
+        return Settings()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_settings(data, str(path))

@@ -1,0 +1,226 @@
+"""A fake vLLM-like upstream for tests: a real HTTP server on 127.0.0.1, port 0, in a thread.
+
+It records every request it receives, so tests can assert what did (and did not) reach the
+upstream, and it can be told to be slow, to stream with gaps, or to hold a stream open until
+the test lets it go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import uvicorn
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    query: bytes
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Behaviour:
+    delay: float = 0.0
+    """Seconds to wait before answering (for timeouts)."""
+    events: int = 3
+    gap: float = 0.0
+    hold_after_first: threading.Event | None = None
+    """When set, a stream sends its first event, then waits for this event."""
+    status: int = 200
+
+
+@dataclass
+class FakeUpstream:
+    seen: list[Seen] = field(default_factory=list)
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    disconnects: list[float] = field(default_factory=list)
+    stream_finished: list[float] = field(default_factory=list)
+    port: int = 0
+    _server: uvicorn.Server | None = None
+    _thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def reset(self) -> None:
+        self.seen.clear()
+        self.disconnects.clear()
+        self.stream_finished.clear()
+        self.behaviour = Behaviour()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.seen.append(
+            Seen(
+                scope["method"],
+                scope["path"],
+                scope["query_string"],
+                {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+                body,
+            )
+        )
+        behaviour = self.behaviour
+        if behaviour.delay:
+            await asyncio.sleep(behaviour.delay)
+        payload: dict[str, Any] = {}
+        if body and scope["headers"] and body[:1] == b"{":
+            payload = orjson.loads(body)
+        if payload.get("stream"):
+            await self._stream(payload, receive, send)
+            return
+        await self._json(send, behaviour.status, self._answer(scope["path"], payload))
+
+    def _answer(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        model = payload.get("model", "fake-model")
+        usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+        if path == "/v1/chat/completions":
+            return {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "Hello from upstream"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": usage,
+            }
+        if path == "/v1/completions":
+            return {
+                "id": "cmpl-1",
+                "object": "text_completion",
+                "created": 1,
+                "model": model,
+                "choices": [{"index": 0, "text": "Hello text", "finish_reason": "stop"}],
+                "usage": usage,
+            }
+        return {"ok": True, "path": path}
+
+    @staticmethod
+    async def _json(send: Any, status: int, data: dict[str, Any]) -> None:
+        body = orjson.dumps(data)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"server", b"fake-vllm"),
+                    (b"x-upstream-secret-header", b"kept"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _stream(self, payload: dict[str, Any], receive: Any, send: Any) -> None:
+        behaviour = self.behaviour
+        disconnected = asyncio.Event()
+
+        async def watch() -> None:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.disconnects.append(time.monotonic())
+                disconnected.set()
+
+        watcher = asyncio.create_task(watch())
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        chat = "messages" in payload
+        for index in range(behaviour.events):
+            if disconnected.is_set():
+                return
+            piece = f"tok{index} "
+            if chat:
+                delta = {"delta": {"content": piece}, "index": 0, "finish_reason": None}
+                chunk = {
+                    "id": "c1",
+                    "object": "chat.completion.chunk",
+                    "created": 1,
+                    "model": payload.get("model"),
+                    "choices": [delta],
+                }
+            else:
+                chunk = {
+                    "id": "c1",
+                    "object": "text_completion",
+                    "created": 1,
+                    "model": payload.get("model"),
+                    "choices": [{"text": piece, "index": 0, "finish_reason": None}],
+                }
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
+                    "more_body": True,
+                }
+            )
+            if index == 0 and behaviour.hold_after_first is not None:
+                while not behaviour.hold_after_first.is_set() and not disconnected.is_set():
+                    await asyncio.sleep(0.01)
+            elif behaviour.gap:
+                await asyncio.sleep(behaviour.gap)
+        if disconnected.is_set():
+            return
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        self.stream_finished.append(time.monotonic())
+        watcher.cancel()
+
+    def start(self) -> FakeUpstream:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self, log_config=None, lifespan="off", ws="none", access_log=False, http="httptools"
+        )
+        self._server = uvicorn.Server(config)
+        ready = threading.Event()
+
+        def run() -> None:
+            async def main() -> None:
+                assert self._server is not None
+                serving = asyncio.create_task(self._server.serve(sockets=[sock]))
+                while not self._server.started:
+                    await asyncio.sleep(0.01)
+                ready.set()
+                await serving
+
+            asyncio.run(main())
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fake upstream did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)

@@ -1,0 +1,116 @@
+"""Run a real ``bastion serve`` process for tests and wait until it listens."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bastion.auth.apikeys import generate_key, hash_key
+
+_LISTENING = re.compile(r"Bastion listening on (http://\S+)")
+
+
+@dataclass
+class Keys:
+    user: str = field(default_factory=generate_key)
+    admin: str = field(default_factory=generate_key)
+
+    def config(self) -> list[dict[str, str]]:
+        return [
+            {"name": "alice", "hash": hash_key(self.user), "role": "user"},
+            {"name": "root", "hash": hash_key(self.admin), "role": "admin"},
+        ]
+
+
+class GatewayProcess:
+    """A ``python -m bastion serve`` child; ``logs`` collects everything it printed."""
+
+    def __init__(
+        self,
+        config: dict[str, Any] | None,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        ready_timeout: float = 30.0,
+    ) -> None:
+        self.workdir = workdir
+        self.output: list[str] = []
+        self._lock = threading.Lock()
+        args = [sys.executable, "-m", "bastion", "serve", "--port", "0"]
+        if config is not None:
+            path = workdir / "bastion.yaml"
+            path.write_text(yaml.safe_dump(config))
+            args += ["--config", str(path)]
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.url = self._wait_listening(ready_timeout)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._lock:
+                self.output.append(line)
+
+    @property
+    def logs(self) -> str:
+        with self._lock:
+            return "".join(self.output)
+
+    def _wait_listening(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = _LISTENING.search(self.logs)
+            if found:
+                return found.group(1)
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"gateway did not start; output:\n{self.logs}")
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, port = self.url.removeprefix("http://").rsplit(":", 1)
+        return host, int(port)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def base_config(upstream_url: str, keys: Keys, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "server": {"host": "127.0.0.1"},
+        "models": [
+            {
+                "name": "test-model",
+                "upstreams": [{"url": upstream_url, "api_key": {"env": "TEST_UPSTREAM_KEY"}}],
+            }
+        ],
+        "auth": {"api_keys": keys.config()},
+    }
+    config.update(overrides)
+    return config
