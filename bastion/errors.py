@@ -13,6 +13,7 @@ turns them into an exit code.
 
     BastionError
     ├── ConfigError
+    ├── EngineError                       (a managed model server failed to start)
     └── GatewayError                      status  type
         ├── BadRequestError               400     invalid_request_error
         │   └── MalformedBodyError        400     invalid_request_error
@@ -45,6 +46,7 @@ __all__ = [
     "BadRequestError",
     "BastionError",
     "ConfigError",
+    "EngineError",
     "ErrorSource",
     "GatewayError",
     "HeadersTooLargeError",
@@ -83,6 +85,10 @@ class ConfigError(BastionError):
     def __init__(self, message: str, key: str | None = None) -> None:
         self.key = key
         super().__init__(f"{key}: {message}" if key else message)
+
+
+class EngineError(BastionError):
+    """A model server that Bastion manages could not be started or kept running."""
 
 
 class GatewayError(BastionError):

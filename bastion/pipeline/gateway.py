@@ -36,7 +36,7 @@ from bastion.pipeline.forward import Forward
 from bastion.pipeline.resolve import ModelEntry, ModelRegistry
 from bastion.pipeline.responses import send_error, send_json
 from bastion.pipeline.routes import RouteKind, RouteTable
-from bastion.types import Message, Receive, Scope, Send
+from bastion.types import DISCONNECT_SCOPE_KEY, DisconnectSignal, Message, Receive, Scope, Send
 
 __all__ = ["Gateway"]
 
@@ -124,16 +124,38 @@ class Gateway:
     async def _forward_watching(self, ctx: RequestContext, entry: ModelEntry) -> None:
         """Forward, and abort the upstream request as soon as the caller goes away."""
         task = asyncio.current_task()
-        watcher = asyncio.ensure_future(ctx.receive())
+        assert task is not None
 
-        def on_disconnect(done: asyncio.Future[Message]) -> None:
-            if done.cancelled() or ctx.response_done or task is None:
-                return
-            if done.result()["type"] == "http.disconnect":
+        def on_disconnect() -> None:
+            if not ctx.response_done:
                 ctx.client_disconnected = True
                 task.cancel()
 
-        watcher.add_done_callback(on_disconnect)
+        signal: DisconnectSignal | None = ctx.scope.get(DISCONNECT_SCOPE_KEY)
+        if signal is None:
+            await self._forward_watching_receive(ctx, entry, on_disconnect)
+            return
+        if signal.fired:
+            ctx.client_disconnected = True
+            return
+        signal.callback = on_disconnect
+        try:
+            await self._forward(ctx, entry, entry.next_target())
+        finally:
+            ctx.response_done = True
+            signal.callback = None
+
+    async def _forward_watching_receive(
+        self, ctx: RequestContext, entry: ModelEntry, on_disconnect: Callable[[], None]
+    ) -> None:
+        """The same under any ASGI server: a task waits for ``http.disconnect``."""
+        watcher = asyncio.ensure_future(ctx.receive())
+
+        def on_message(done: asyncio.Future[Message]) -> None:
+            if not done.cancelled() and done.result()["type"] == "http.disconnect":
+                on_disconnect()
+
+        watcher.add_done_callback(on_message)
         try:
             await self._forward(ctx, entry, entry.next_target())
         finally:

@@ -9,7 +9,7 @@ clients), how many header lines and bytes it may carry (431) and how long its ta
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -17,6 +17,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from bastion.errors import BadRequestError, GatewayError, HeadersTooLargeError, RequestTimeoutError
 from bastion.pipeline.responses import error_body
 from bastion.settings import HttpSettings
+from bastion.types import DISCONNECT_SCOPE_KEY, DisconnectSignal
 
 __all__ = ["GuardedHttpToolsProtocol", "protocol_class"]
 
@@ -51,6 +52,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._header_count = 0
         self._refusal: GatewayError | None = None
+        self.disconnect = DisconnectSignal()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -59,6 +61,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
         super().connection_lost(exc)
+        self.disconnect.fire()
 
     def data_received(self, data: bytes) -> None:
         if self._refusal is not None:
@@ -97,6 +100,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm_head_timer()
+        cast(dict[str, Any], self.scope)[DISCONNECT_SCOPE_KEY] = self.disconnect
         super().on_headers_complete()
 
     def _refuse(self, error: GatewayError) -> None:

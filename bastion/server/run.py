@@ -116,6 +116,7 @@ def _uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
         interface="asgi3",
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # X-Forwarded-For is never believed by default
         log_config=None,
         timeout_keep_alive=int(settings.http.keep_alive_timeout),
         timeout_graceful_shutdown=30,

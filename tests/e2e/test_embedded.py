@@ -1,0 +1,108 @@
+"""One command, no config: Bastion serves the real Gemma 3 270M through llama.cpp.
+
+The official ``openai`` client is the caller. Nothing here is faked: the engine is the
+embedded llama.cpp server with the bundled model, started and supervised by the gateway.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from bastion.auth.apikeys import generate_key
+from tests.support.clients import openai_client
+from tests.support.gateway import GatewayProcess
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "gemma-3-270m"
+_KEY = re.compile(r"\b(bst_[A-Za-z0-9]{38})\b")
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, str]]:
+    home = tmp_path_factory.mktemp("embedded")
+    process = GatewayProcess(None, Path(home), env={"XDG_STATE_HOME": str(home)}, ready_timeout=600)
+    try:
+        deadline = time.monotonic() + 10
+        while not (found := _KEY.search(process.logs)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert found, f"no administrator key was printed:\n{process.logs}"
+        yield process, found.group(1)
+    finally:
+        process.stop()
+    stored = (Path(home) / "bastion" / "admin_key.json").read_text()
+    assert found.group(1) not in stored
+    again = GatewayProcess(None, Path(home), env={"XDG_STATE_HOME": str(home)}, ready_timeout=600)
+    again.stop()
+    assert not _KEY.search(again.logs), "the administrator key must be shown only once"
+
+
+def test_chat_returns_text(embedded: tuple[GatewayProcess, str]) -> None:
+    gateway, key = embedded
+    reply = openai_client(gateway.url, key, timeout=120).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=16
+    )
+    assert reply.choices[0].message.content
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+
+
+def test_completion_returns_text(embedded: tuple[GatewayProcess, str]) -> None:
+    gateway, key = embedded
+    reply = openai_client(gateway.url, key, timeout=120).completions.create(
+        model=MODEL, prompt="The capital of France is", max_tokens=8
+    )
+    assert reply.choices[0].text.strip()
+
+
+def test_streaming_returns_text_incrementally(embedded: tuple[GatewayProcess, str]) -> None:
+    gateway, key = embedded
+    stream = openai_client(gateway.url, key, timeout=120).chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count to five."}],
+        max_tokens=24,
+        stream=True,
+    )
+    pieces = [
+        c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content
+    ]
+    assert len(pieces) > 1
+    assert "".join(pieces).strip()
+
+
+def test_models_lists_the_embedded_model(embedded: tuple[GatewayProcess, str]) -> None:
+    gateway, key = embedded
+    assert [m.id for m in openai_client(gateway.url, key).models.list()] == [MODEL]
+
+
+def test_wrong_or_missing_key_is_refused(embedded: tuple[GatewayProcess, str]) -> None:
+    gateway, _ = embedded
+    for key in (generate_key(), "not-a-key"):
+        with pytest.raises(openai.AuthenticationError):
+            openai_client(gateway.url, key).chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=2
+            )
+    with socket.create_connection(gateway.host_port, timeout=5) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 401 ")
+
+
+def test_unknown_model_is_not_found(embedded: tuple[GatewayProcess, str]) -> None:
+    gateway, key = embedded
+    with pytest.raises(openai.NotFoundError):
+        openai_client(gateway.url, key).chat.completions.create(
+            model="gpt-4", messages=[{"role": "user", "content": "x"}], max_tokens=2
+        )
+
+
+def test_engine_is_reachable_only_through_the_gateway(embedded: tuple[GatewayProcess, str]) -> None:
+    gateway, _ = embedded
+    assert "0.0.0.0" not in gateway.logs
+    host, _ = gateway.host_port
+    assert host == "127.0.0.1"
