@@ -125,9 +125,10 @@ class Gateway:
         """Forward, and abort the upstream request as soon as the caller goes away."""
         task = asyncio.current_task()
         assert task is not None
+        forwarding = True
 
         def on_disconnect() -> None:
-            if not ctx.response_done:
+            if forwarding and not ctx.response_done:
                 ctx.client_disconnected = True
                 task.cancel()
 
@@ -142,7 +143,7 @@ class Gateway:
         try:
             await self._forward(ctx, entry, entry.next_target())
         finally:
-            ctx.response_done = True
+            forwarding = False
             signal.callback = None
 
     async def _forward_watching_receive(
@@ -159,7 +160,7 @@ class Gateway:
         try:
             await self._forward(ctx, entry, entry.next_target())
         finally:
-            ctx.response_done = True
+            watcher.remove_done_callback(on_message)
             watcher.cancel()
 
     async def _answer_local(self, ctx: RequestContext) -> None:

@@ -49,7 +49,7 @@ def gateway(
             "max_body_bytes": 65536,
             "max_headers": 50,
         },
-        upstream={"read_timeout": 1.0, "stream_idle_timeout": 5.0, "connect_timeout": 1.0},
+        upstream={"read_timeout": 1.0, "stream_idle_timeout": 1.0, "connect_timeout": 1.0},
     )
     config["models"] += [
         {"name": "down-model", "upstreams": [{"url": f"http://127.0.0.1:{closed_port()}"}]},

@@ -128,6 +128,22 @@ def test_caller_disconnect_closes_upstream_request(
     assert upstream.stream_finished == []
 
 
+def test_stalled_stream_ends_with_an_error_event(
+    gateway: GatewayProcess, upstream: FakeUpstream, keys: Keys
+) -> None:
+    upstream.behaviour.hold_after_first = threading.Event()  # the upstream goes silent
+    body = {"model": "test-model", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    started = time.monotonic()
+    answer = raw_request(gateway, post("/v1/chat/completions", keys.user, body), timeout=5)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    events = [line for line in answer.split(b"\r\n") if line.startswith(b"data: ")]
+    assert b"tok0" in events[0]
+    error = orjson.loads(events[-1].removeprefix(b"data: "))["error"]
+    assert error["code"] == "upstream_timeout"
+    assert answer.endswith(b"0\r\n\r\n")  # the stream was ended properly
+    assert 1.0 <= time.monotonic() - started < 3.0
+
+
 def test_upstream_down_is_502(gateway: GatewayProcess, keys: Keys) -> None:
     with pytest.raises(openai.InternalServerError) as caught:
         client(gateway, keys.user).chat.completions.create(
