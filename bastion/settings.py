@@ -129,7 +129,10 @@ class UpstreamTarget(_Model):
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+        value = value.rstrip("/")
+        if "/" in value.split("://", 1)[1]:
+            raise ValueError("give the server's root URL (http://host:port), without /v1 or a path")
+        return value
 
 
 class ModelSettings(_Model):

@@ -7,7 +7,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable
 
-from bastion.upstream.client import Origin
+from bastion.upstream.origin import Origin
 
 __all__ = ["Readiness"]
 

@@ -26,6 +26,8 @@ def test_unknown_keys_are_rejected_with_their_path() -> None:
 def test_errors_name_the_offending_key() -> None:
     with pytest.raises(ConfigError, match=r"models\.0\.upstreams\.0\.url"):
         parse_settings({"models": [{"name": "m", "upstreams": [{"url": "ftp://x"}]}]})
+    with pytest.raises(ConfigError, match=r"models\.0\.upstreams\.0\.url: .*without /v1"):
+        parse_settings({"models": [{"name": "m", "upstreams": [{"url": "http://h:8000/v1"}]}]})
     with pytest.raises(ConfigError, match=r"auth\.api_keys\.0\.hash"):
         parse_settings({"auth": {"api_keys": [{"name": "a", "hash": "plaintext"}]}})
 
