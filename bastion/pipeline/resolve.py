@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from bastion.errors import BadRequestError, ModelNotFoundError
 from bastion.pipeline.context import RequestContext
 from bastion.settings import ModelSettings, Secret
-from bastion.upstream.client import Origin
+from bastion.upstream.origin import Origin
 
 __all__ = ["ModelRegistry", "Target"]
 
