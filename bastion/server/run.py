@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import socket
 import sys
 from collections.abc import Callable
@@ -30,6 +31,24 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.logging.level.upper())
+
+
+def raise_open_file_limit(wanted: int = 1 << 20) -> int:
+    """Raise the limit on open files (each stream holds two sockets) as far as allowed.
+
+    The soft limit goes to the hard limit; a privileged process also lifts the hard limit to
+    ``wanted``. Returns the soft limit in force afterwards.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for limit in (wanted, hard):
+        if limit == resource.RLIM_INFINITY or limit <= soft:
+            continue
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, max(limit, hard)))
+        except (ValueError, OSError):
+            continue
+        return limit
+    return soft
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -177,4 +196,6 @@ def run(settings: Settings) -> None:
     import uvloop
 
     configure_logging(settings)
+    limit = raise_open_file_limit()
+    log.debug("open file limit: %d", limit)
     uvloop.run(serve(settings))
