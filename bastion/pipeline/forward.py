@@ -15,6 +15,7 @@ import orjson
 
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.resolve import ModelEntry, Target
+from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream
 from bastion.upstream.client import UpstreamPool, UpstreamResponse
 
 __all__ = ["Forward", "request_headers", "response_headers"]
@@ -148,19 +149,53 @@ class Forward:
             await ctx.send({"type": "http.response.body", "body": body})
             return
         await self._start(ctx, headers)
-        send = ctx.send
-        async for chunk in response:
-            if ctx.time_to_first_byte is None:
-                ctx.time_to_first_byte = time.perf_counter() - ctx.started
-            ctx.response_bytes += len(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        downstream: Downstream | None = ctx.scope.get(DOWNSTREAM_SCOPE_KEY)
+        if length is None and downstream is not None:
+            await _splice(ctx, response, downstream)
+        else:
+            await _pump(ctx, response)
         ctx.response_done = True
-        await send({"type": "http.response.body", "body": b""})
+        await ctx.send({"type": "http.response.body", "body": b""})
 
     @staticmethod
     async def _start(ctx: RequestContext, headers: list[tuple[bytes, bytes]]) -> None:
         ctx.response_started = True
         await ctx.send({"type": "http.response.start", "status": ctx.status, "headers": headers})
+
+
+async def _pump(ctx: RequestContext, response: UpstreamResponse) -> None:
+    """Relay the body through ASGI ``send``, piece by piece (any ASGI server)."""
+    send = ctx.send
+    async for chunk in response:
+        if ctx.time_to_first_byte is None:
+            ctx.time_to_first_byte = time.perf_counter() - ctx.started
+        ctx.response_bytes += len(chunk)
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+
+async def _splice(ctx: RequestContext, response: UpstreamResponse, downstream: Downstream) -> None:
+    """Relay a chunked body from the upstream socket's callback straight to the caller's.
+
+    The fast path for streams under Bastion's own server protocol: no task wakes up per
+    event. The response head went out through ASGI without a length, so the server frames the
+    body as chunked; each piece is written here in that framing, and the terminating chunk
+    is left to the final ASGI ``send``. The caller's socket backpressure pauses the upstream.
+    """
+    write = downstream.transport.write
+
+    def sink(piece: bytes) -> None:
+        if ctx.time_to_first_byte is None:
+            ctx.time_to_first_byte = time.perf_counter() - ctx.started
+        ctx.response_bytes += len(piece)
+        write(b"%x\r\n%b\r\n" % (len(piece), piece))
+        if downstream.writing_paused:
+            response.pause_reading()
+
+    downstream.on_resume_writing = response.resume_reading
+    try:
+        await response.relay(sink)
+    finally:
+        downstream.on_resume_writing = None
 
 
 def _body_for(ctx: RequestContext, entry: ModelEntry | None) -> bytes:

@@ -36,7 +36,7 @@ from bastion.pipeline.forward import Forward
 from bastion.pipeline.resolve import ModelEntry, ModelRegistry
 from bastion.pipeline.responses import send_error, send_json
 from bastion.pipeline.routes import RouteKind, RouteTable
-from bastion.types import DISCONNECT_SCOPE_KEY, DisconnectSignal, Message, Receive, Scope, Send
+from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream, Message, Receive, Scope, Send
 
 __all__ = ["Gateway"]
 
@@ -132,19 +132,19 @@ class Gateway:
                 ctx.client_disconnected = True
                 task.cancel()
 
-        signal: DisconnectSignal | None = ctx.scope.get(DISCONNECT_SCOPE_KEY)
-        if signal is None:
+        downstream: Downstream | None = ctx.scope.get(DOWNSTREAM_SCOPE_KEY)
+        if downstream is None:
             await self._forward_watching_receive(ctx, entry, on_disconnect)
             return
-        if signal.fired:
+        if downstream.disconnected:
             ctx.client_disconnected = True
             return
-        signal.callback = on_disconnect
+        downstream.on_disconnect = on_disconnect
         try:
             await self._forward(ctx, entry, entry.next_target())
         finally:
             forwarding = False
-            signal.callback = None
+            downstream.on_disconnect = None
 
     async def _forward_watching_receive(
         self, ctx: RequestContext, entry: ModelEntry, on_disconnect: Callable[[], None]

@@ -17,7 +17,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from bastion.errors import BadRequestError, GatewayError, HeadersTooLargeError, RequestTimeoutError
 from bastion.pipeline.responses import error_body
 from bastion.settings import HttpSettings
-from bastion.types import DISCONNECT_SCOPE_KEY, DisconnectSignal
+from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream
 
 __all__ = ["GuardedHttpToolsProtocol", "protocol_class"]
 
@@ -52,16 +52,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._header_count = 0
         self._refusal: GatewayError | None = None
-        self.disconnect = DisconnectSignal()
+        self.downstream: Downstream | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.downstream = Downstream(transport)
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
         super().connection_lost(exc)
-        self.disconnect.fire()
+        if self.downstream is not None:
+            self.downstream.lost()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.downstream is not None:
+            self.downstream.pause_writing()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.downstream is not None:
+            self.downstream.resume_writing()
 
     def data_received(self, data: bytes) -> None:
         if self._refusal is not None:
@@ -100,7 +112,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm_head_timer()
-        cast(dict[str, Any], self.scope)[DISCONNECT_SCOPE_KEY] = self.disconnect
+        cast(dict[str, Any], self.scope)[DOWNSTREAM_SCOPE_KEY] = self.downstream
         super().on_headers_complete()
 
     def _refuse(self, error: GatewayError) -> None:

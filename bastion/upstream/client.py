@@ -24,7 +24,7 @@ import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import cast
 
@@ -120,6 +120,8 @@ class UpstreamResponse:
         "_error",
         "_idle_timeout",
         "_loop",
+        "_relayed",
+        "_sink",
         "_waiter",
         "headers",
         "status",
@@ -137,6 +139,8 @@ class UpstreamResponse:
         self._done = False
         self._error: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._sink: Callable[[bytes], None] | None = None
+        self._relayed: asyncio.Future[None] | None = None
 
     async def read(self) -> bytes:
         """Return the whole remaining body.
@@ -185,6 +189,46 @@ class UpstreamResponse:
         if conn is not None:
             conn._fail(_TruncatedError("response closed before its body ended"))
 
+    def relay(self, sink: Callable[[bytes], None]) -> asyncio.Future[None]:
+        """Hand each body piece to ``sink`` straight from the socket callback, as it arrives.
+
+        This is the streaming fast path: no task wakes up per piece, the piece goes from the
+        upstream connection's parser to ``sink`` (which writes it to the caller) in one call.
+        The returned future resolves when the body is complete, or fails with the error of
+        :meth:`read`. ``stream_idle_timeout`` applies between pieces, except while reading is
+        paused with :meth:`pause_reading` (the caller is slow, not the upstream).
+        """
+        future: asyncio.Future[None] = self._loop.create_future()
+        if self._chunks:
+            sink(self._take())
+        if self._done:
+            future.set_result(None)
+        elif self._error is not None:
+            future.set_exception(self._error)
+        else:
+            self._sink = sink
+            self._relayed = future
+            conn = cast(_Connection, self._conn)
+            if not conn._paused:
+                conn._deadline = time.monotonic() + self._idle_timeout
+        return future
+
+    def pause_reading(self) -> None:
+        """Stop reading the upstream socket (backpressure from a slow caller)."""
+        conn = self._conn
+        if conn is not None and not conn._paused and conn._transport is not None:
+            conn._paused = True
+            conn._deadline = _NEVER
+            conn._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read the upstream socket again after :meth:`pause_reading`."""
+        conn = self._conn
+        if conn is not None and conn._paused:
+            conn._resume()
+            if self._sink is not None:
+                conn._deadline = time.monotonic() + self._idle_timeout
+
     async def __aenter__(self) -> UpstreamResponse:
         return self
 
@@ -213,6 +257,13 @@ class UpstreamResponse:
             self._done = True
         else:
             self._error = error
+        self._sink = None
+        relayed = self._relayed
+        if relayed is not None and not relayed.done():
+            if error is None:
+                relayed.set_result(None)
+            else:
+                relayed.set_exception(error)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -360,6 +411,12 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         response = self._response
         if response is None:
+            return
+        sink = response._sink
+        if sink is not None:
+            if not self._paused:
+                self._deadline = time.monotonic() + response._idle_timeout
+            sink(body)
             return
         response._chunks.append(body)
         response._buffered += len(body)

@@ -128,6 +128,24 @@ def test_caller_disconnect_closes_upstream_request(
     assert upstream.stream_finished == []
 
 
+def test_slow_caller_pushes_back_on_the_upstream(
+    gateway: GatewayProcess, upstream: FakeUpstream, keys: Keys
+) -> None:
+    total = 64 * 65536 * 16  # 64 MiB
+    upstream.behaviour.flood_bytes = total
+    body = {"model": "test-model", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    with socket.create_connection(gateway.host_port, timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(post("/v1/chat/completions", keys.user, body))
+        time.sleep(1.5)  # read nothing: the gateway must stop reading the upstream
+        assert 0 < upstream.flood_sent < total // 4
+        received = 0
+        while chunk := sock.recv(1 << 20):
+            received += len(chunk)
+    assert upstream.flood_sent >= total
+    assert received > upstream.flood_sent  # every byte arrived, plus the chunked framing
+
+
 def test_stalled_stream_ends_with_an_error_event(
     gateway: GatewayProcess, upstream: FakeUpstream, keys: Keys
 ) -> None:

@@ -36,6 +36,8 @@ class Behaviour:
     hold_after_first: threading.Event | None = None
     """When set, a stream sends its first event, then waits for this event."""
     status: int = 200
+    flood_bytes: int = 0
+    """When set, a stream sends this many bytes of SSE comments as fast as it may."""
 
 
 @dataclass
@@ -44,6 +46,7 @@ class FakeUpstream:
     behaviour: Behaviour = field(default_factory=Behaviour)
     disconnects: list[float] = field(default_factory=list)
     stream_finished: list[float] = field(default_factory=list)
+    flood_sent: int = 0
     port: int = 0
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
@@ -56,6 +59,7 @@ class FakeUpstream:
         self.seen.clear()
         self.disconnects.clear()
         self.stream_finished.clear()
+        self.flood_sent = 0
         self.behaviour = Behaviour()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -151,6 +155,10 @@ class FakeUpstream:
                 "headers": [(b"content-type", b"text/event-stream")],
             }
         )
+        if behaviour.flood_bytes:
+            await self._flood(send, behaviour.flood_bytes)
+            watcher.cancel()
+            return
         chat = "messages" in payload
         for index in range(behaviour.events):
             if disconnected.is_set():
@@ -191,6 +199,14 @@ class FakeUpstream:
         await send({"type": "http.response.body", "body": b""})
         self.stream_finished.append(time.monotonic())
         watcher.cancel()
+
+    async def _flood(self, send: Any, total: int) -> None:
+        piece = b": " + b"x" * 65530 + b"\n\n"
+        while self.flood_sent < total:
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+            self.flood_sent += len(piece)
+        await send({"type": "http.response.body", "body": b""})
+        self.stream_finished.append(time.monotonic())
 
     def start(self) -> FakeUpstream:
         sock = socket.socket()

@@ -584,6 +584,90 @@ async def test_slow_consumer_pauses_the_socket(serve: Serve, make_pool: MakePool
     assert received == total
 
 
+async def test_relay_hands_pieces_to_the_sink_as_they_arrive(
+    serve: Serve, make_pool: MakePool
+) -> None:
+    pieces: list[bytes] = []
+    got_first = asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(CHUNKED_HEAD + chunked(b"data: 1\n\n"))
+        async with asyncio.timeout(WAIT):
+            await got_first.wait()
+        await peer.send(chunked(b"data: 2\n\n") + b"0\r\n\r\n")
+
+    def sink(piece: bytes) -> None:
+        pieces.append(piece)
+        got_first.set()
+
+    up = await serve(handler)
+    pool = make_pool()
+    async with await get(pool, up.origin) as resp:
+        await resp.relay(sink)
+    assert pieces == [b"data: 1\n\n", b"data: 2\n\n"]
+    assert pool.idle_count(up.origin) == 1  # complete: the connection went back to the pool
+
+
+async def test_relay_reports_a_cut_body_and_an_idle_stream(
+    serve: Serve, make_pool: MakePool
+) -> None:
+    async def cut(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(CHUNKED_HEAD + chunked(b"data: 1\n\n"))
+
+    async def stall(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(CHUNKED_HEAD + chunked(b"data: 1\n\n"))
+        await peer.wait_eof()
+
+    pool = make_pool(stream_idle_timeout=0.2)
+    for handler, error in ((cut, UpstreamProtocolError), (stall, UpstreamTimeoutError)):
+        up = await serve(handler)
+        pieces: list[bytes] = []
+        async with await get(pool, up.origin) as resp:
+            with pytest.raises(error):
+                await resp.relay(pieces.append)
+        assert pieces == [b"data: 1\n\n"]
+
+
+async def test_relay_pause_stops_reading_and_the_idle_clock(
+    serve: Serve, make_pool: MakePool
+) -> None:
+    total = 64 * 1024 * 1024
+    sent = 0
+
+    async def handler(peer: Peer) -> None:
+        nonlocal sent
+        await peer.read_request()
+        await peer.send(CHUNKED_HEAD)
+        piece = chunked(b"x" * 65536)
+        while sent < total:
+            await peer.send(piece)
+            sent += 65536
+        await peer.send(b"0\r\n\r\n")
+
+    up = await serve(handler)
+    received = 0
+    async with await get(make_pool(stream_idle_timeout=0.2), up.origin) as resp:
+
+        def sink(piece: bytes) -> None:
+            nonlocal received
+            received += len(piece)
+            resp.pause_reading()  # a caller that never keeps up
+
+        relayed = resp.relay(sink)
+        await eventually(lambda: received > 0)
+        await asyncio.sleep(0.5)  # paused longer than stream_idle_timeout: no timeout
+        assert not relayed.done()
+        assert sent < total
+        while not relayed.done():
+            resp.resume_reading()
+            await asyncio.sleep(0)
+        await relayed
+    assert received == total
+
+
 async def test_close_before_body_end_closes_connection(serve: Serve, make_pool: MakePool) -> None:
     saw_eof = asyncio.Event()
 
