@@ -1,0 +1,1 @@
+"""Bastion's benchmark: ``python -m bench.run`` (see docs/performance.md)."""

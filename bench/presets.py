@@ -1,0 +1,97 @@
+"""Named Bastion configurations, one per feature switch, so every change to the request path
+is measured with that feature on.
+
+A preset is a function from the benchmark's fixed facts (ports, a freshly generated key, a
+scratch directory for files such as an htpasswd) to a config mapping and the ``Authorization``
+header callers send. Presets named here but not written yet raise :class:`PresetNotReadyError`: the
+benchmark refuses to run them rather than silently measuring something else.
+
+To add one: write ``_name(facts) -> Preset`` and put it in ``PRESETS``; list it in
+docs/performance.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PRESETS", "RESERVED", "Preset", "PresetFacts", "PresetNotReadyError", "build_preset"]
+
+
+class PresetNotReadyError(ValueError):
+    """The preset is reserved for a feature whose benchmark config is not written yet."""
+
+
+@dataclass(frozen=True)
+class PresetFacts:
+    port: int
+    upstream_url: str
+    workdir: Path
+    key: str
+    key_hash: str
+    model: str = "bench-model"
+
+
+@dataclass(frozen=True)
+class Preset:
+    config: dict[str, Any]
+    authorization: str
+
+
+def _apikey(facts: PresetFacts) -> Preset:
+    """The baseline, as shipped: one model, one upstream, API-key authentication, the access
+    log on (written to the process's log file, in text form)."""
+    config = {
+        "server": {"host": "127.0.0.1", "port": facts.port},
+        "models": [{"name": facts.model, "upstreams": [{"url": facts.upstream_url}]}],
+        "auth": {"api_keys": [{"name": "bench", "hash": facts.key_hash, "role": "user"}]},
+    }
+    return Preset(config, f"Bearer {facts.key}")
+
+
+def _apikey_nolog(facts: PresetFacts) -> Preset:
+    """The baseline with the access log off: what the access log costs is the difference."""
+    preset = _apikey(facts)
+    return Preset({**preset.config, "logging": {"access_log": False}}, preset.authorization)
+
+
+def _access_log_json(facts: PresetFacts) -> Preset:
+    """The baseline with the access log in JSON."""
+    preset = _apikey(facts)
+    return Preset({**preset.config, "logging": {"format": "json"}}, preset.authorization)
+
+
+PRESETS: dict[str, Callable[[PresetFacts], Preset]] = {
+    "apikey": _apikey,
+    "apikey-nolog": _apikey_nolog,
+    "access-log-json": _access_log_json,
+}
+
+# Hooks for later sessions: the feature each name is meant to switch on.
+RESERVED: dict[str, str] = {
+    "basic": "HTTP Basic authentication against an htpasswd file",
+    "jwt": "JWT bearer authentication",
+    "memory-limits": "rate limits and quotas with the in-memory backend",
+    "redis-limits": "rate limits and quotas with the Redis backend",
+    "metrics": "Prometheus metrics switched on",
+    "usage-sqlite": "usage accounting persisted to SQLite",
+}
+
+
+def build_preset(name: str, facts: PresetFacts) -> Preset:
+    """The config for preset ``name``; raises for reserved or unknown names."""
+    build = PRESETS.get(name)
+    if build is not None:
+        return build(facts)
+    if name in RESERVED:
+        raise PresetNotReadyError(
+            f"preset {name!r} ({RESERVED[name]}) is reserved but not defined yet: "
+            f"add it to bench/presets.py, or pass --bastion-config FILE"
+        )
+    known = ", ".join(sorted(PRESETS))
+    reserved = ", ".join(sorted(RESERVED))
+    raise PresetNotReadyError(
+        f"unknown preset {name!r}; defined: {known}; reserved for later: {reserved}"
+    )
