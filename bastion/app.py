@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 from bastion.auth.apikeys import ApiKeyAuthenticator, ApiKeyRecord
 from bastion.pipeline.accept import Acceptor
-from bastion.pipeline.account import Account
+from bastion.pipeline.account import AccessLogWriter, Account
 from bastion.pipeline.authenticate import Authenticate
 from bastion.pipeline.authorize import Authorize
 from bastion.pipeline.forward import Forward
@@ -35,6 +35,7 @@ def build_gateway(
     keys: Sequence[ApiKeyRecord],
     pool: UpstreamPool,
     engine_alive: Callable[[], bool] | None = None,
+    access_log: AccessLogWriter | None = None,
 ) -> Gateway:
     registry = ModelRegistry(models)
     readiness = Readiness(
@@ -48,6 +49,6 @@ def build_gateway(
         authorize=Authorize(settings.routes),
         models=registry,
         forward=Forward(pool),
-        account=Account(settings.logging),
+        account=Account(settings.logging, access_log),
         readiness=readiness,
     )

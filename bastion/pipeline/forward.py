@@ -15,6 +15,7 @@ import orjson
 
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.resolve import ModelEntry, Target
+from bastion.pipeline.responses import send_whole
 from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream
 from bastion.upstream.client import UpstreamPool, UpstreamResponse
 
@@ -143,10 +144,7 @@ class Forward:
         if length is not None and length <= _WHOLE_BODY_LIMIT:
             body = await response.read()
             ctx.time_to_first_byte = time.perf_counter() - ctx.started
-            await self._start(ctx, headers)
-            ctx.response_done = True
-            ctx.response_bytes = len(body)
-            await ctx.send({"type": "http.response.body", "body": body})
+            await send_whole(ctx, response.status, headers, body)
             return
         await self._start(ctx, headers)
         downstream: Downstream | None = ctx.scope.get(DOWNSTREAM_SCOPE_KEY)

@@ -70,6 +70,10 @@ class Gateway:
         self._readiness = readiness
         self._models_body = _models_listing(models.names)
 
+    def close(self) -> None:
+        """Flush what is buffered (the access log); called once the server has stopped."""
+        self._account.close()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":

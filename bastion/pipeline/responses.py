@@ -13,8 +13,9 @@ import orjson
 
 from bastion.errors import GatewayError
 from bastion.pipeline.context import RequestContext
+from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream
 
-__all__ = ["error_body", "error_event", "send_error", "send_json"]
+__all__ = ["error_body", "error_event", "send_error", "send_json", "send_whole"]
 
 _JSON = (b"content-type", b"application/json")
 
@@ -37,6 +38,25 @@ def error_event(error: GatewayError) -> bytes:
     return b"data: " + error_body(error) + b"\n\n"
 
 
+async def send_whole(
+    ctx: RequestContext, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    """Send a complete response; under Bastion's server its head and body leave in one write."""
+    ctx.status = status
+    ctx.response_started = True
+    downstream: Downstream | None = ctx.scope.get(DOWNSTREAM_SCOPE_KEY)
+    if downstream is not None:
+        downstream.transport.cork()
+    try:
+        await ctx.send({"type": "http.response.start", "status": status, "headers": headers})
+        ctx.response_done = True
+        ctx.response_bytes = len(body)
+        await ctx.send({"type": "http.response.body", "body": body})
+    finally:
+        if downstream is not None:
+            downstream.transport.uncork()
+
+
 async def send_json(
     ctx: RequestContext,
     status: int,
@@ -45,23 +65,13 @@ async def send_json(
 ) -> None:
     """Send a complete JSON response (``body`` already serialized, or any JSON value)."""
     payload = body if isinstance(body, bytes) else orjson.dumps(body)
-    ctx.status = status
-    ctx.response_started = True
-    await ctx.send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                _JSON,
-                (b"content-length", str(len(payload)).encode()),
-                (b"x-request-id", ctx.request_id.encode()),
-                *headers,
-            ],
-        }
-    )
-    ctx.response_done = True
-    ctx.response_bytes = len(payload)
-    await ctx.send({"type": "http.response.body", "body": payload})
+    head = [
+        _JSON,
+        (b"content-length", str(len(payload)).encode()),
+        (b"x-request-id", ctx.request_id.encode()),
+        *headers,
+    ]
+    await send_whole(ctx, status, head, payload)
 
 
 async def send_error(ctx: RequestContext, error: GatewayError) -> None:

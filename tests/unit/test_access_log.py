@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import asyncio
+import io
+
+import orjson
+import pytest
+
+from bastion.auth.identity import Identity
+from bastion.errors import ModelNotFoundError
+from bastion.pipeline.account import AccessLogWriter, Account
+from bastion.pipeline.context import RequestContext
+from bastion.pipeline.routes import RouteTable
+from bastion.settings import LoggingSettings
+
+
+async def _noop_receive() -> dict[str, object]:
+    return {}
+
+
+async def _noop_send(message: object) -> None:
+    return None
+
+
+def served_context() -> RequestContext:
+    scope = {"type": "http", "method": "POST", "client": ("10.0.0.1", 5), "headers": []}
+    ctx = RequestContext(scope, _noop_receive, _noop_send)
+    ctx.request_id = "rid-1"
+    ctx.route = RouteTable().match(b"/v1/chat/completions")
+    ctx.model = "m"
+    ctx.identity = Identity("alice", "user", "alice", "api_key")
+    ctx.upstream = "10.0.0.5:8000"
+    ctx.status = 200
+    ctx.response_done = True
+    return ctx
+
+
+class Sink(io.BytesIO):
+    writes = 0
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.writes += 1
+        return super().write(data)
+
+
+async def test_lines_are_batched_and_flushed_on_a_timer() -> None:
+    sink = Sink()
+    writer = AccessLogWriter(sink, flush_interval=0.05)
+    for i in range(100):
+        writer.write(b"line %d\n" % i)
+    assert sink.getvalue() == b""
+    await asyncio.sleep(0.15)
+    assert sink.getvalue().count(b"\n") == 100
+    assert sink.writes == 1
+
+
+async def test_a_full_buffer_is_written_at_once() -> None:
+    sink = Sink()
+    writer = AccessLogWriter(sink, flush_interval=10, max_buffer=100)
+    writer.write(b"x" * 60 + b"\n")
+    assert sink.writes == 0
+    writer.write(b"y" * 60 + b"\n")  # over the limit: written now, not in 10 s
+    assert sink.writes == 1
+    writer.write(b"z\n")
+    writer.flush()
+    assert sink.getvalue().endswith(b"z\n")
+
+
+def test_without_an_event_loop_lines_are_written_at_once() -> None:
+    sink = Sink()
+    AccessLogWriter(sink).write(b"a\n")
+    assert sink.getvalue() == b"a\n"
+
+
+def test_a_broken_stream_drops_lines_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(io.BytesIO):
+        def write(self, data: bytes) -> int:  # type: ignore[override]
+            raise OSError("disk full")
+
+    writer = AccessLogWriter(Broken())
+    writer.write(b"a\n")
+    writer.write(b"b\n")
+    assert writer.dropped == 2
+    assert caplog.text.count("cannot write the access log") == 1
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_line_names_the_request_and_no_secret(fmt: str) -> None:
+    sink = io.BytesIO()
+    writer = AccessLogWriter(sink)
+    account = Account(LoggingSettings(format=fmt), writer)  # type: ignore[arg-type]
+    ctx = served_context()
+    ctx.scope["headers"] = [(b"authorization", b"Bearer bst_secret")]
+    account(ctx)
+    refused = served_context()
+    refused.error = ModelNotFoundError()
+    refused.status = 404
+    account(refused)
+    account.close()
+    lines = sink.getvalue().splitlines()
+    assert len(lines) == 2
+    assert b"bst_secret" not in sink.getvalue()
+    if fmt == "json":
+        first = orjson.loads(lines[0])
+        assert first["request_id"] == "rid-1"
+        assert first["principal"] == "alice"
+        assert first["route"] == "/v1/chat/completions"
+        assert first["status"] == 200
+        assert orjson.loads(lines[1])["error"] == "model_not_found"
+    else:
+        assert b'rid-1 10.0.0.1 "POST /v1/chat/completions" 200 model=m principal=alice' in lines[0]
+        assert lines[1].endswith(b"error=model_not_found")
+
+
+def test_disabled_access_log_writes_nothing() -> None:
+    sink = io.BytesIO()
+    account = Account(LoggingSettings(access_log=False), AccessLogWriter(sink))
+    account(served_context())
+    account.close()
+    assert sink.getvalue() == b""
