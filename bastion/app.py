@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from bastion.auth.apikeys import ApiKeyAuthenticator, ApiKeyRecord
+from bastion.auth.htpasswd import HtpasswdAuthenticator
+from bastion.auth.identity import Authenticator
 from bastion.pipeline.accept import Acceptor
 from bastion.pipeline.account import AccessLogWriter, Account
 from bastion.pipeline.authenticate import Authenticate
@@ -17,7 +19,7 @@ from bastion.settings import ModelSettings, Settings
 from bastion.upstream.client import UpstreamPool
 from bastion.upstream.health import Readiness
 
-__all__ = ["build_gateway", "build_routes"]
+__all__ = ["authenticators", "build_gateway", "build_routes"]
 
 
 def build_routes(settings: Settings) -> RouteTable:
@@ -26,6 +28,14 @@ def build_routes(settings: Settings) -> RouteTable:
     return RouteTable(
         tuple(r for r in DEFAULT_ROUTES if allow_control or r.kind is not RouteKind.CONTROL)
     )
+
+
+def authenticators(settings: Settings, keys: Sequence[ApiKeyRecord]) -> tuple[Authenticator, ...]:
+    """One authenticator per configured credential kind, API keys first."""
+    found: list[Authenticator] = [ApiKeyAuthenticator(keys)]
+    if settings.auth.htpasswd is not None:
+        found.append(HtpasswdAuthenticator(settings.auth.htpasswd))
+    return tuple(found)
 
 
 def build_gateway(
@@ -45,7 +55,7 @@ def build_gateway(
     return Gateway(
         routes=build_routes(settings),
         acceptor=Acceptor(settings.http),
-        authenticate=Authenticate((ApiKeyAuthenticator(keys),)),
+        authenticate=Authenticate(authenticators(settings, keys)),
         authorize=Authorize(settings.routes),
         models=registry,
         forward=Forward(pool),

@@ -26,6 +26,7 @@ __all__ = [
     "ApiKeyEntry",
     "AuthSettings",
     "EngineSettings",
+    "HtpasswdSettings",
     "HttpSettings",
     "LoggingSettings",
     "ModelSettings",
@@ -176,8 +177,25 @@ class ApiKeyEntry(_Model):
         return prefix + digest.lower()
 
 
+class HtpasswdSettings(_Model):
+    """Users of an Apache htpasswd file, logging in with HTTP Basic."""
+
+    file: Path
+    role: Literal["admin", "user"] = "user"
+    """The role of every user in the file, except those named in ``admins``."""
+    admins: tuple[str, ...] = ()
+    refuse_weak: bool = False
+    """Refuse entries hashed with ``$apr1$`` (MD5) or ``{SHA}`` instead of only warning."""
+    cache_ttl: float = Field(default=300.0, ge=0)
+    """How long a successful check is remembered (0: never), so bcrypt is not paid per request."""
+    cache_size: int = Field(default=10_000, ge=0)
+    reload_interval: float = Field(default=1.0, gt=0)
+    """How often, at most, the file's modification is looked for."""
+
+
 class AuthSettings(_Model):
     api_keys: tuple[ApiKeyEntry, ...] = ()
+    htpasswd: HtpasswdSettings | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> AuthSettings:

@@ -109,7 +109,7 @@ class ApiKeyAuthenticator:
     def __len__(self) -> int:
         return len(self._by_digest)
 
-    def authenticate(self, scheme: bytes, credential: bytes) -> Identity | None:
+    async def authenticate(self, scheme: bytes, credential: bytes) -> Identity | None:
         if scheme != b"bearer" or not credential.startswith(b"bst_"):
             return None
         # The digest lookup comes first: it is cheaper than the checksum, which only matters

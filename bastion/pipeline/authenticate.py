@@ -24,9 +24,9 @@ class Authenticate:
     def __init__(self, authenticators: tuple[Authenticator, ...]) -> None:
         self._authenticators = authenticators
 
-    def __call__(self, ctx: RequestContext) -> None:
+    async def __call__(self, ctx: RequestContext) -> None:
         try:
-            ctx.identity = self._identify(ctx.authorization)
+            ctx.identity = await self._identify(ctx.authorization)
         except AuthenticationError:
             log.info(
                 "authentication failed request_id=%s client=%s route=%s",
@@ -36,7 +36,7 @@ class Authenticate:
             )
             raise
 
-    def _identify(self, header: bytes | None) -> Identity:
+    async def _identify(self, header: bytes | None) -> Identity:
         if not header or len(header) > _MAX_CREDENTIAL:
             raise AuthenticationError()
         scheme, _, credential = header.partition(b" ")
@@ -45,7 +45,7 @@ class Authenticate:
         if not credential:
             raise AuthenticationError()
         for authenticator in self._authenticators:
-            identity = authenticator.authenticate(scheme, credential)
+            identity = await authenticator.authenticate(scheme, credential)
             if identity is not None:
                 return identity
         raise AuthenticationError()

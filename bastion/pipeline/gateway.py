@@ -114,7 +114,7 @@ class Gateway:
         if route.public:
             await self._answer_local(ctx)
             return
-        self._authenticate(ctx)
+        await self._authenticate(ctx)
         self._authorize(ctx)
         await self._accept.read_body(ctx)
         if route.kind is RouteKind.CONTROL:

@@ -68,9 +68,10 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def _keys(settings: Settings, state: StateDir) -> tuple[list[ApiKeyRecord], BootstrapKey | None]:
-    """Keys from the config; with none configured, the state directory's admin key."""
+    """Keys from the config; with no credential configured at all, the state directory's
+    administrator key, so that a gateway never runs open."""
     records = [ApiKeyRecord(e.name, e.hash, e.role) for e in settings.auth.api_keys]
-    if records:
+    if records or settings.auth.htpasswd is not None:
         return records, None
     bootstrap = state.admin_key()
     return [bootstrap.record], bootstrap

@@ -83,6 +83,15 @@ class GatewayProcess:
         self.stop()
         raise RuntimeError(f"gateway did not start; output:\n{self.logs}")
 
+    def wait_for_log(self, text: str, timeout: float = 5.0) -> str:
+        """The output once ``text`` appears in it (access-log lines are written in batches)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.logs:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} never appeared in the output:\n{self.logs}")
+            time.sleep(0.02)
+        return self.logs
+
     @property
     def host_port(self) -> tuple[str, int]:
         host, port = self.url.removeprefix("http://").rsplit(":", 1)

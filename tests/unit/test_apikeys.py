@@ -37,14 +37,14 @@ def test_hash_is_sha256_and_display_prefix_is_short() -> None:
     assert display_prefix(key) == key[:8]
 
 
-def test_authenticator_accepts_known_and_refuses_others() -> None:
+async def test_authenticator_accepts_known_and_refuses_others() -> None:
     key, other = generate_key(), generate_key()
     auth = ApiKeyAuthenticator([ApiKeyRecord("alice", hash_key(key), "user")])
-    identity = auth.authenticate(b"bearer", key.encode())
+    identity = await auth.authenticate(b"bearer", key.encode())
     assert identity is not None and identity.principal == "alice" and identity.role == "user"
     with pytest.raises(AuthenticationError):
-        auth.authenticate(b"bearer", other.encode())
+        await auth.authenticate(b"bearer", other.encode())
     with pytest.raises(AuthenticationError):
-        auth.authenticate(b"bearer", key[:-1].encode() + b"!")
-    assert auth.authenticate(b"basic", key.encode()) is None
-    assert auth.authenticate(b"bearer", b"sk-not-ours") is None
+        await auth.authenticate(b"bearer", key[:-1].encode() + b"!")
+    assert await auth.authenticate(b"basic", key.encode()) is None
+    assert await auth.authenticate(b"bearer", b"sk-not-ours") is None
