@@ -13,6 +13,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,7 +218,8 @@ class BastionSystem(System):
 def check_preset(name: str) -> str | None:
     """An error message when preset ``name`` cannot be built, else None (checked up front)."""
     try:
-        build_preset(name, PresetFacts(0, _UPSTREAM_URL, Path(), key="", key_hash=""))
+        with tempfile.TemporaryDirectory() as scratch:  # a preset may write files
+            build_preset(name, PresetFacts(0, _UPSTREAM_URL, Path(scratch), key="", key_hash=""))
     except PresetNotReadyError as exc:
         return str(exc)
     return None
