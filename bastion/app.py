@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from bastion.auth.apikeys import ApiKeyAuthenticator, ApiKeyRecord
 from bastion.auth.htpasswd import HtpasswdAuthenticator
 from bastion.auth.identity import Authenticator
+from bastion.auth.tokens import JwtAuthenticator
 from bastion.pipeline.accept import Acceptor
 from bastion.pipeline.account import AccessLogWriter, Account
 from bastion.pipeline.authenticate import Authenticate
@@ -35,6 +36,8 @@ def authenticators(settings: Settings, keys: Sequence[ApiKeyRecord]) -> tuple[Au
     found: list[Authenticator] = [ApiKeyAuthenticator(keys)]
     if settings.auth.htpasswd is not None:
         found.append(HtpasswdAuthenticator(settings.auth.htpasswd))
+    if settings.auth.jwt is not None:
+        found.append(JwtAuthenticator(settings.auth.jwt))
     return tuple(found)
 
 

@@ -28,6 +28,8 @@ __all__ = [
     "EngineSettings",
     "HtpasswdSettings",
     "HttpSettings",
+    "JwtClaims",
+    "JwtSettings",
     "LoggingSettings",
     "ModelSettings",
     "RoutesSettings",
@@ -193,9 +195,65 @@ class HtpasswdSettings(_Model):
     """How often, at most, the file's modification is looked for."""
 
 
+_ASYMMETRIC = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+class JwtClaims(_Model):
+    """Which claims name the user, the teams and the role."""
+
+    user: str = "sub"
+    teams: str | None = "groups"
+    role: str | None = "role"
+
+
+class JwtSettings(_Model):
+    """Bearer JWTs from an identity provider, verified with its published keys (JWKS)."""
+
+    issuer: str = Field(min_length=1)
+    """Compared exactly with the token's ``iss``."""
+    audience: str | tuple[str, ...]
+    """The token's ``aud`` must hold (one of) this."""
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    """Accepted signature algorithms; the token's header never chooses outside this list."""
+    jwks_url: str | None = None
+    """Where the keys are; None: found through OIDC discovery at ``{issuer}/.well-known/...``."""
+    leeway: float = Field(default=30.0, ge=0, le=300)
+    """Clock skew tolerated on ``exp``, ``nbf`` and ``iat``, in seconds."""
+    claims: JwtClaims = JwtClaims()
+    admin_roles: tuple[str, ...] = ("admin",)
+    """Values of the role claim that make the caller an administrator."""
+    jwks_refresh_interval: float = Field(default=300.0, gt=0)
+    """How often the key set is fetched again in any case."""
+    jwks_min_refresh_interval: float = Field(default=10.0, ge=0)
+    """A token with an unknown key id fetches the key set again, at most this often."""
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("name at least one algorithm")
+        unknown = [a for a in value if a not in _ASYMMETRIC]
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)}: only public-key algorithms are accepted "
+                f"({', '.join(sorted(_ASYMMETRIC))})"
+            )
+        return value
+
+    @field_validator("issuer", "jwks_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+
 class AuthSettings(_Model):
     api_keys: tuple[ApiKeyEntry, ...] = ()
     htpasswd: HtpasswdSettings | None = None
+    jwt: JwtSettings | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> AuthSettings:

@@ -20,6 +20,8 @@ class Identity:
     """Non-secret id of the credential used (for an API key: its display prefix)."""
     method: str
     """How it authenticated: ``api_key``, ``basic``, ``jwt``..."""
+    teams: tuple[str, ...] = ()
+    """Teams the principal belongs to (from a token's claims, or the identity store)."""
 
     @property
     def is_admin(self) -> bool:

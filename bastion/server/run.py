@@ -71,7 +71,7 @@ def _keys(settings: Settings, state: StateDir) -> tuple[list[ApiKeyRecord], Boot
     """Keys from the config; with no credential configured at all, the state directory's
     administrator key, so that a gateway never runs open."""
     records = [ApiKeyRecord(e.name, e.hash, e.role) for e in settings.auth.api_keys]
-    if records or settings.auth.htpasswd is not None:
+    if records or settings.auth.htpasswd is not None or settings.auth.jwt is not None:
         return records, None
     bootstrap = state.admin_key()
     return [bootstrap.record], bootstrap
