@@ -16,6 +16,7 @@ from bastion.pipeline.forward import Forward
 from bastion.pipeline.gateway import Gateway
 from bastion.pipeline.resolve import ModelRegistry
 from bastion.pipeline.routes import DEFAULT_ROUTES, RouteKind, RouteTable
+from bastion.policy.policy import Policy
 from bastion.settings import ModelSettings, Settings
 from bastion.upstream.client import UpstreamPool
 from bastion.upstream.health import Readiness
@@ -31,13 +32,15 @@ def build_routes(settings: Settings) -> RouteTable:
     )
 
 
-def authenticators(settings: Settings, keys: Sequence[ApiKeyRecord]) -> tuple[Authenticator, ...]:
+def authenticators(
+    settings: Settings, keys: Sequence[ApiKeyRecord], policy: Policy
+) -> tuple[Authenticator, ...]:
     """One authenticator per configured credential kind, API keys first."""
     found: list[Authenticator] = [ApiKeyAuthenticator(keys)]
     if settings.auth.htpasswd is not None:
         found.append(HtpasswdAuthenticator(settings.auth.htpasswd))
     if settings.auth.jwt is not None:
-        found.append(JwtAuthenticator(settings.auth.jwt))
+        found.append(JwtAuthenticator(settings.auth.jwt, known_roles=policy.roles))
     return tuple(found)
 
 
@@ -50,6 +53,7 @@ def build_gateway(
     engine_alive: Callable[[], bool] | None = None,
     access_log: AccessLogWriter | None = None,
 ) -> Gateway:
+    policy = Policy(settings)
     registry = ModelRegistry(models)
     readiness = Readiness(
         (tuple(t.origin for t in entry.targets) for entry in registry.entries()),
@@ -58,8 +62,8 @@ def build_gateway(
     return Gateway(
         routes=build_routes(settings),
         acceptor=Acceptor(settings.http),
-        authenticate=Authenticate(authenticators(settings, keys)),
-        authorize=Authorize(settings.routes),
+        authenticate=Authenticate(authenticators(settings, keys, policy)),
+        authorize=Authorize(policy),
         models=registry,
         forward=Forward(pool),
         account=Account(settings.logging, access_log),

@@ -15,6 +15,7 @@ import yaml
 from bastion import __version__
 from bastion.auth.apikeys import display_prefix, generate_key, hash_key
 from bastion.errors import BastionError, ConfigError
+from bastion.policy.policy import Policy
 from bastion.settings import Secret, Settings, load_settings
 
 __all__ = ["main"]
@@ -41,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     generate = keys_commands.add_parser("generate", help="make a new key and its hash")
     generate.add_argument("--name", default="my-key", help="name for the config entry")
-    generate.add_argument("--role", choices=("user", "admin"), default="user")
+    generate.add_argument("--role", default="user", help="admin, operator, user, viewer or custom")
     generate.add_argument("--json", action="store_true", help="print JSON for scripts")
     return parser
 
@@ -91,6 +92,7 @@ def _check_secrets(settings: Settings) -> None:
 def _config_check(args: argparse.Namespace) -> int:
     settings = load_settings(args.file)
     _check_secrets(settings)
+    Policy(settings)  # roles, permissions and networks named in the file must exist
     effective = _masked(settings.model_dump(mode="json", exclude_none=True))
     sys.stdout.write(f"# {args.file}: valid\n")
     sys.stdout.write(yaml.safe_dump(effective, sort_keys=False))

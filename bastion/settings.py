@@ -32,6 +32,8 @@ __all__ = [
     "JwtSettings",
     "LoggingSettings",
     "ModelSettings",
+    "NetworkSettings",
+    "RoleSettings",
     "RoutesSettings",
     "Secret",
     "ServerSettings",
@@ -163,7 +165,14 @@ class ApiKeyEntry(_Model):
 
     name: str = Field(min_length=1)
     hash: str
-    role: Literal["admin", "user"] = "user"
+    role: str = "user"
+    """A built-in role (admin, operator, user, viewer) or one declared under ``roles``."""
+    models: tuple[str, ...] | None = None
+    """Narrow the role to these models (names or glob patterns); never widens it."""
+    routes: tuple[str, ...] | None = None
+    """Narrow the role to these route permissions (see docs/permissions.md)."""
+    networks: tuple[str, ...] | None = None
+    """Accept this key only from these networks (CIDR)."""
 
     @field_validator("hash")
     @classmethod
@@ -183,7 +192,7 @@ class HtpasswdSettings(_Model):
     """Users of an Apache htpasswd file, logging in with HTTP Basic."""
 
     file: Path
-    role: Literal["admin", "user"] = "user"
+    role: str = "user"
     """The role of every user in the file, except those named in ``admins``."""
     admins: tuple[str, ...] = ()
     refuse_weak: bool = False
@@ -223,7 +232,8 @@ class JwtSettings(_Model):
     """Clock skew tolerated on ``exp``, ``nbf`` and ``iat``, in seconds."""
     claims: JwtClaims = JwtClaims()
     admin_roles: tuple[str, ...] = ("admin",)
-    """Values of the role claim that make the caller an administrator."""
+    """Values of the role claim that make the caller an administrator. Any other value that
+    names a role (built-in or declared) gives that role; otherwise the caller is a ``user``."""
     jwks_refresh_interval: float = Field(default=300.0, gt=0)
     """How often the key set is fetched again in any case."""
     jwks_min_refresh_interval: float = Field(default=10.0, ge=0)
@@ -268,6 +278,28 @@ class AuthSettings(_Model):
         return self
 
 
+class RoleSettings(_Model):
+    """A custom role: what its holders may call, on which models, from where."""
+
+    routes: tuple[str, ...] = ("inference", "models")
+    """Route permissions or groups (``inference``, ``control``, ``*``); see docs/permissions.md."""
+    models: tuple[str, ...] = ("*",)
+    """Model names or glob patterns (``llama-3-*``)."""
+    networks: tuple[str, ...] | None = None
+    """Only from these networks (CIDR); None: from anywhere the gateway accepts."""
+
+
+class NetworkSettings(_Model):
+    """Which addresses may talk to the gateway at all, and which proxies to believe."""
+
+    allow: tuple[str, ...] = ()
+    """If set, only these networks (CIDR) are served; others get 403 before authentication."""
+    deny: tuple[str, ...] = ()
+    """These networks (CIDR) get 403 before authentication, even if allowed above."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Peers whose X-Forwarded-For is believed (the right-most untrusted address counts)."""
+
+
 class RoutesSettings(_Model):
     control: Literal["deny", "admin"] = "deny"
     """vLLM's control routes (/pause, /sleep, ...): never forwarded, or forwarded for admins."""
@@ -286,6 +318,8 @@ class Settings(_Model):
     models: tuple[ModelSettings, ...] = ()
     engine: EngineSettings = EngineSettings()
     auth: AuthSettings = AuthSettings()
+    roles: dict[str, RoleSettings] = Field(default_factory=dict)
+    network: NetworkSettings = NetworkSettings()
     routes: RoutesSettings = RoutesSettings()
     logging: LoggingSettings = LoggingSettings()
 

@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bastion.auth.identity import Identity
+from bastion.auth.identity import Identity, Restrictions
 from bastion.errors import AuthenticationError
 
 __all__ = [
@@ -83,6 +83,7 @@ class ApiKeyRecord:
     name: str
     hash: str
     role: str
+    restrictions: Restrictions | None = None
 
 
 class ApiKeyAuthenticator:
@@ -103,6 +104,7 @@ class ApiKeyAuthenticator:
                 role=record.role,
                 credential_id=record.name,
                 method=self.method,
+                restrictions=record.restrictions,
             )
             self._by_digest[digest] = (digest, identity)
 

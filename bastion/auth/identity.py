@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Authenticator", "Identity"]
+__all__ = ["Authenticator", "Identity", "Restrictions"]
+
+
+@dataclass(frozen=True, slots=True)
+class Restrictions:
+    """What a credential narrows its holder's role to (None: no narrowing on that axis)."""
+
+    routes: tuple[str, ...] | None = None
+    models: tuple[str, ...] | None = None
+    networks: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +31,8 @@ class Identity:
     """How it authenticated: ``api_key``, ``basic``, ``jwt``..."""
     teams: tuple[str, ...] = ()
     """Teams the principal belongs to (from a token's claims, or the identity store)."""
+    restrictions: Restrictions | None = None
+    """Narrowing carried by the credential itself (an API key limited to some models...)."""
 
     @property
     def is_admin(self) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
+from collections.abc import Container
 from typing import Any
 
 import jwt
@@ -57,8 +58,14 @@ class JwtAuthenticator:
 
     method = "jwt"
 
-    def __init__(self, settings: JwtSettings, fetch: Fetch = http_get) -> None:
+    def __init__(
+        self,
+        settings: JwtSettings,
+        fetch: Fetch = http_get,
+        known_roles: Container[str] = frozenset({"admin", "operator", "user", "viewer"}),
+    ) -> None:
         self._settings = settings
+        self._known_roles = known_roles
         self.keys = KeySet(settings, fetch)
         self._allowed = frozenset(settings.algorithms)
         self._audience = (
@@ -119,7 +126,10 @@ class JwtAuthenticator:
             raise AuthenticationError()
         teams = _strings(claims.get(names.teams)) if names.teams else ()
         roles = _strings(claims.get(names.role)) if names.role else ()
-        role = "admin" if self._admin_roles.intersection(roles) else "user"
+        if self._admin_roles.intersection(roles):
+            role = "admin"
+        else:
+            role = next((r for r in roles if r in self._known_roles), "user")
         return Identity(
             principal=user, role=role, credential_id=user, method=self.method, teams=teams
         )

@@ -52,6 +52,8 @@ class Acceptor:
                 ctx.content_length = _content_length(value)
             elif name == b"x-request-id":
                 request_id = value
+            elif name == b"x-forwarded-for":
+                ctx.forwarded_for = value
             elif name == b"x-bastion-model":
                 ctx.control_model = value.decode("latin-1")
         if 0 < len(request_id) <= _MAX_REQUEST_ID and _REQUEST_ID_CHARS.issuperset(request_id):

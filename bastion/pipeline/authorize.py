@@ -1,28 +1,44 @@
-"""Phase ``authorize``: may this identity use this route? Deny unless a rule allows it."""
+"""Phase ``authorize``: may this identity use this route, this model, from this address?
+
+Deny unless the caller's role (narrowed by its credential) allows it. Refusals are generic:
+a 403 never says what the caller could have had. A control route the caller may not use
+answers 404, like a path the gateway does not serve.
+"""
 
 from __future__ import annotations
 
-from bastion.errors import NotFoundError
+from bastion.errors import NotFoundError, PermissionDeniedError
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.routes import RouteKind
-from bastion.settings import RoutesSettings
+from bastion.policy.policy import Policy
 
 __all__ = ["Authorize"]
 
 
 class Authorize:
-    """Route-level rules. Control routes exist only for administrators, and only when enabled.
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
 
-    A refused control route answers 404, exactly like a path the gateway does not serve, so
-    a caller learns nothing about which control routes exist or are enabled.
-    """
-
-    def __init__(self, settings: RoutesSettings) -> None:
-        self._control_for_admins = settings.control == "admin"
+    def admit(self, ctx: RequestContext) -> None:
+        """The gateway-wide network rule, before anything else is looked at."""
+        ctx.address = self._policy.address(ctx.client_host, ctx.forwarded_for)
+        if not self._policy.admits(ctx.address):
+            raise PermissionDeniedError()
 
     def __call__(self, ctx: RequestContext) -> None:
         assert ctx.route is not None and ctx.identity is not None
-        if ctx.route.kind is RouteKind.CONTROL and not (
-            self._control_for_admins and ctx.identity.is_admin
-        ):
-            raise NotFoundError()
+        access = self._policy.access(ctx.identity)
+        ctx.access = access
+        route = ctx.route
+        if access is None or not access.allows_route(route.permission):
+            if route.kind is RouteKind.CONTROL:
+                raise NotFoundError()
+            raise PermissionDeniedError()
+        if not access.allows_address(ctx.address):
+            raise PermissionDeniedError()
+
+    @staticmethod
+    def model(ctx: RequestContext, name: str) -> None:
+        """After routing: may the caller use this model?"""
+        if ctx.access is None or not ctx.access.allows_model(name):
+            raise PermissionDeniedError("You are not allowed to use this model.", param="model")

@@ -8,6 +8,8 @@ from typing import Any
 from bastion.auth.identity import Identity
 from bastion.errors import GatewayError
 from bastion.pipeline.routes import Route
+from bastion.policy.networks import Address
+from bastion.policy.roles import Access
 from bastion.types import Receive, Scope, Send
 
 __all__ = ["RequestContext"]
@@ -21,6 +23,8 @@ class RequestContext:
     """
 
     __slots__ = (
+        "access",
+        "address",
         "authorization",
         "body",
         "client_disconnected",
@@ -28,6 +32,7 @@ class RequestContext:
         "content_type",
         "control_model",
         "error",
+        "forwarded_for",
         "identity",
         "json",
         "method",
@@ -64,6 +69,11 @@ class RequestContext:
         self.control_model: str | None = None
         """For control routes only: the model whose upstream to address (x-bastion-model)."""
         self.identity: Identity | None = None
+        self.access: Access | None = None
+        """The identity's effective permissions (set by ``authorize``)."""
+        self.address: Address | None = None
+        """The caller's address, X-Forwarded-For believed only from trusted proxies."""
+        self.forwarded_for: bytes | None = None
         self.upstream: str | None = None
         """Display name of the upstream the request went to (never its credentials)."""
         self.status = 0

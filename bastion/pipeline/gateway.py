@@ -36,6 +36,7 @@ from bastion.pipeline.forward import Forward
 from bastion.pipeline.resolve import ModelEntry, ModelRegistry
 from bastion.pipeline.responses import send_error, send_json
 from bastion.pipeline.routes import RouteKind, RouteTable
+from bastion.policy.roles import Access
 from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream, Message, Receive, Scope, Send
 
 __all__ = ["Gateway"]
@@ -68,7 +69,8 @@ class Gateway:
         self._forward = forward
         self._account = account
         self._readiness = readiness
-        self._models_body = _models_listing(models.names)
+        self._created = int(time.time())
+        self._listings: dict[Access, bytes] = {}
 
     def close(self) -> None:
         """Flush what is buffered (the access log); called once the server has stopped."""
@@ -104,6 +106,7 @@ class Gateway:
 
     async def _handle(self, ctx: RequestContext) -> None:
         self._accept.read_head(ctx)
+        self._authorize.admit(ctx)
         route = self._routes.match(ctx.scope.get("raw_path") or ctx.scope["path"].encode())
         if route is None:
             raise NotFoundError()
@@ -123,6 +126,7 @@ class Gateway:
             await self._answer_local(ctx)
             return
         entry = self._models.resolve(ctx)
+        self._authorize.model(ctx, entry.name)
         await self._forward_watching(ctx, entry)
 
     async def _forward_watching(self, ctx: RequestContext, entry: ModelEntry) -> None:
@@ -167,6 +171,30 @@ class Gateway:
             watcher.remove_done_callback(on_message)
             watcher.cancel()
 
+    def _models_listing(self, ctx: RequestContext) -> bytes:
+        """``/v1/models`` as the caller sees it: only the models it may use."""
+        access = ctx.access
+        assert access is not None  # authorize ran
+        body = self._listings.get(access)
+        if body is None:
+            names = [n for n in self._models.names if access.allows_model(n)]
+            body = orjson.dumps(
+                {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": n,
+                            "object": "model",
+                            "created": self._created,
+                            "owned_by": "bastion",
+                        }
+                        for n in names
+                    ],
+                }
+            )
+            self._listings[access] = body  # one per role and restriction: a handful
+        return body
+
     async def _answer_local(self, ctx: RequestContext) -> None:
         assert ctx.route is not None
         path = ctx.route.path
@@ -177,22 +205,9 @@ class Gateway:
                 raise ServiceUnavailableError("Not ready.")
             await send_json(ctx, 200, b'{"status":"ready"}')
         elif path == "/v1/models":
-            await send_json(ctx, 200, self._models_body)
+            await send_json(ctx, 200, self._models_listing(ctx))
         else:  # pragma: no cover - the route table has no other local route
             raise NotFoundError()
-
-
-def _models_listing(names: list[str]) -> bytes:
-    created = int(time.time())
-    return orjson.dumps(
-        {
-            "object": "list",
-            "data": [
-                {"id": name, "object": "model", "created": created, "owned_by": "bastion"}
-                for name in names
-            ],
-        }
-    )
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

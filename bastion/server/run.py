@@ -14,6 +14,7 @@ import uvicorn
 
 from bastion.app import build_gateway
 from bastion.auth.apikeys import ApiKeyRecord
+from bastion.auth.identity import Restrictions
 from bastion.errors import ConfigError
 from bastion.pipeline.account import AccessLogWriter
 from bastion.server.protocol import protocol_class
@@ -70,7 +71,17 @@ def bind(host: str, port: int) -> socket.socket:
 def _keys(settings: Settings, state: StateDir) -> tuple[list[ApiKeyRecord], BootstrapKey | None]:
     """Keys from the config; with no credential configured at all, the state directory's
     administrator key, so that a gateway never runs open."""
-    records = [ApiKeyRecord(e.name, e.hash, e.role) for e in settings.auth.api_keys]
+    records = [
+        ApiKeyRecord(
+            e.name,
+            e.hash,
+            e.role,
+            Restrictions(e.routes, e.models, e.networks)
+            if (e.routes, e.models, e.networks) != (None, None, None)
+            else None,
+        )
+        for e in settings.auth.api_keys
+    ]
     if records or settings.auth.htpasswd is not None or settings.auth.jwt is not None:
         return records, None
     bootstrap = state.admin_key()

@@ -126,8 +126,10 @@ async def test_valid_tokens_are_accepted_and_mapped(idp: IdentityProvider, signe
     assert identity.teams == ("ml", "ops")
     assert identity.role == "admin"
     assert identity.method == "jwt"
-    plain = await auth.authenticate(b"bearer", signer.token(sub="bob", role="viewer"))
-    assert plain is not None and plain.role == "user" and plain.teams == ()
+    viewer = await auth.authenticate(b"bearer", signer.token(sub="bob", role="viewer"))
+    assert viewer is not None and viewer.role == "viewer" and viewer.teams == ()
+    plain = await auth.authenticate(b"bearer", signer.token(sub="eve", role="wizard"))
+    assert plain is not None and plain.role == "user"
 
 
 async def test_alg_none_is_refused(idp: IdentityProvider) -> None:
