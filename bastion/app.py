@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from bastion.auth.apikeys import ApiKeyAuthenticator, ApiKeyRecord
+from bastion.auth.guard import FailureGuard
 from bastion.auth.htpasswd import HtpasswdAuthenticator
 from bastion.auth.identity import Authenticator
 from bastion.auth.tokens import JwtAuthenticator
@@ -62,7 +63,9 @@ def build_gateway(
     return Gateway(
         routes=build_routes(settings),
         acceptor=Acceptor(settings.http),
-        authenticate=Authenticate(authenticators(settings, keys, policy)),
+        authenticate=Authenticate(
+            authenticators(settings, keys, policy), FailureGuard(settings.auth.brute_force)
+        ),
         authorize=Authorize(policy),
         models=registry,
         forward=Forward(pool),

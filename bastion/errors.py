@@ -25,6 +25,7 @@ turns them into an exit code.
         ├── RequestTimeoutError           408     invalid_request_error
         ├── PayloadTooLargeError          413     invalid_request_error
         ├── UnsupportedMediaTypeError     415     invalid_request_error
+        ├── RateLimitError                429     rate_limit_error
         ├── HeadersTooLargeError          431     invalid_request_error
         ├── InternalError                 500     server_error          (source: gateway)
         ├── ServiceUnavailableError       503     server_error          (source: gateway)
@@ -57,6 +58,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "RateLimitError",
     "RequestTimeoutError",
     "ServiceUnavailableError",
     "UnsupportedMediaTypeError",
@@ -179,6 +181,13 @@ class UnsupportedMediaTypeError(GatewayError):
     type = "invalid_request_error"
     code = "unsupported_media_type"
     default_message = "Unsupported content type."
+
+
+class RateLimitError(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    default_message = "Too many requests; retry later."
 
 
 class HeadersTooLargeError(GatewayError):

@@ -25,6 +25,7 @@ from bastion.errors import ConfigError
 __all__ = [
     "ApiKeyEntry",
     "AuthSettings",
+    "BruteForceSettings",
     "EngineSettings",
     "HtpasswdSettings",
     "HttpSettings",
@@ -260,8 +261,19 @@ class JwtSettings(_Model):
         return value
 
 
+class BruteForceSettings(_Model):
+    """Addresses that keep failing to authenticate are turned away for a while."""
+
+    max_failures: int = Field(default=20, ge=0)
+    """Failures from one address within ``window`` that trigger a block (0: never block)."""
+    window: float = Field(default=60.0, gt=0)
+    block: float = Field(default=300.0, gt=0)
+    """How long a blocked address gets 429 without its credentials being looked at."""
+
+
 class AuthSettings(_Model):
     api_keys: tuple[ApiKeyEntry, ...] = ()
+    brute_force: BruteForceSettings = BruteForceSettings()
     htpasswd: HtpasswdSettings | None = None
     jwt: JwtSettings | None = None
 

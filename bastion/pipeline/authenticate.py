@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from bastion.auth.guard import FailureGuard
 from bastion.auth.identity import Authenticator, Identity
 from bastion.errors import AuthenticationError
 from bastion.pipeline.context import RequestContext
@@ -19,15 +20,20 @@ class Authenticate:
     """Turns the ``Authorization`` header into an :class:`Identity`, or refuses with 401.
 
     Every refusal is the same generic 401; the reason goes to the log (never the credential).
+    An address that keeps failing is turned away with 429 for a while (see ``FailureGuard``).
     """
 
-    def __init__(self, authenticators: tuple[Authenticator, ...]) -> None:
+    def __init__(self, authenticators: tuple[Authenticator, ...], guard: FailureGuard) -> None:
         self._authenticators = authenticators
+        self._guard = guard
 
     async def __call__(self, ctx: RequestContext) -> None:
+        address = str(ctx.address) if ctx.address is not None else ctx.client_host
+        self._guard.check(address)
         try:
             ctx.identity = await self._identify(ctx.authorization)
         except AuthenticationError:
+            self._guard.failed(address)
             log.info(
                 "authentication failed request_id=%s client=%s route=%s",
                 ctx.request_id,
