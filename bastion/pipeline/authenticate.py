@@ -28,7 +28,8 @@ class Authenticate:
         self._guard = guard
 
     async def __call__(self, ctx: RequestContext) -> None:
-        address = str(ctx.address) if ctx.address is not None else ctx.client_host
+        # The peer's own text unless a trusted proxy named another address (no str() per request)
+        address = ctx.client_host if ctx.forwarded_for is None else str(ctx.address)
         self._guard.check(address)
         try:
             ctx.identity = await self._identify(ctx.authorization)

@@ -16,7 +16,7 @@ from bastion.app import build_gateway
 from bastion.auth.apikeys import ApiKeyRecord
 from bastion.auth.identity import Restrictions
 from bastion.errors import ConfigError
-from bastion.pipeline.account import AccessLogWriter
+from bastion.pipeline.account import AccessLogWriter, format_json, format_text
 from bastion.server.protocol import protocol_class
 from bastion.settings import ModelSettings, Secret, Settings, UpstreamTarget
 from bastion.state import BootstrapKey, StateDir
@@ -114,7 +114,10 @@ async def serve(
             keys=keys,
             pool=pool,
             engine_alive=engine.is_running if engine else None,
-            access_log=AccessLogWriter(sys.stderr.buffer),
+            access_log=AccessLogWriter(
+                sys.stderr.buffer,
+                format=format_json if settings.logging.format == "json" else format_text,
+            ),
         )
         sock = bind(settings.server.host, settings.server.port)
         url = _url(sock)

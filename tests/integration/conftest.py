@@ -2,12 +2,11 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.gateway import GatewayProcess, Keys, base_config
+from tests.support.gateway import GatewayProcess, Keys, base_config, running_gateway
 
 UPSTREAM_KEY = "upstream-secret-123"
 
@@ -55,8 +54,5 @@ def gateway(
         {"name": "down-model", "upstreams": [{"url": f"http://127.0.0.1:{closed_port()}"}]},
         {"name": "renamed", "upstream_model": "real-name", "upstreams": [{"url": upstream.url}]},
     ]
-    state = tmp_path_factory.mktemp("state")
-    config["server"]["state_dir"] = str(state)
-    process = GatewayProcess(config, Path(state), env={"TEST_UPSTREAM_KEY": UPSTREAM_KEY})
-    yield process
-    process.stop()
+    with running_gateway(config, tmp_path_factory.mktemp("state"), UPSTREAM_KEY) as process:
+        yield process

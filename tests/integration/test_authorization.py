@@ -13,7 +13,7 @@ from tests.integration.test_proxy import post, raw_request
 from tests.integration.test_security import request_line, status_of
 from tests.support.clients import openai_client
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.gateway import GatewayProcess, Keys, base_config
+from tests.support.gateway import GatewayProcess, Keys, base_config, running_gateway
 
 KEYS = {name: generate_key() for name in ("only_a", "viewer", "operator", "lab", "proxied")}
 HI = [{"role": "user", "content": "hi"}]
@@ -37,10 +37,8 @@ def policy_gateway(
     config["auth"]["api_keys"] += [
         {"name": name, "hash": hash_key(KEYS[name]), **extra} for name, extra in entries.items()
     ]
-    config["server"]["state_dir"] = str(state)
-    process = GatewayProcess(config, Path(state), env={"TEST_UPSTREAM_KEY": "k"})
-    yield process
-    process.stop()
+    with running_gateway(config, Path(state)) as process:
+        yield process
 
 
 def test_a_key_limited_to_model_a_cannot_use_or_see_model_b(

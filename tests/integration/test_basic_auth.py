@@ -11,7 +11,7 @@ import pytest
 from tests.integration.test_proxy import raw_request
 from tests.integration.test_security import status_of
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.gateway import GatewayProcess, Keys, base_config
+from tests.support.gateway import GatewayProcess, Keys, base_config, running_gateway
 from tests.unit.test_htpasswd import htpasswd
 
 
@@ -25,10 +25,8 @@ def basic_gateway(
     htpasswd(users, "bob", "bob-password-2", "apr1")
     config = base_config(upstream.url, keys)
     config["auth"]["htpasswd"] = {"file": str(users), "admins": ["bob"]}
-    config["server"]["state_dir"] = str(state)
-    process = GatewayProcess(config, Path(state), env={"TEST_UPSTREAM_KEY": "k"})
-    yield process
-    process.stop()
+    with running_gateway(config, Path(state)) as process:
+        yield process
 
 
 def chat(user: str, password: str) -> bytes:

@@ -11,7 +11,7 @@ import pytest
 from bastion.auth.apikeys import generate_key
 from tests.support.clients import openai_client
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.gateway import GatewayProcess, Keys, base_config
+from tests.support.gateway import GatewayProcess, Keys, base_config, running_gateway
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +21,8 @@ def guarded_gateway(
     state = tmp_path_factory.mktemp("state-guard")
     config = base_config(upstream.url, keys)
     config["auth"]["brute_force"] = {"max_failures": 3, "window": 60, "block": 30}
-    config["server"]["state_dir"] = str(state)
-    process = GatewayProcess(config, Path(state), env={"TEST_UPSTREAM_KEY": "k"})
-    yield process
-    process.stop()
+    with running_gateway(config, Path(state)) as process:
+        yield process
 
 
 def test_guessing_gets_the_address_blocked(

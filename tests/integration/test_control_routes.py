@@ -10,7 +10,7 @@ import pytest
 from tests.integration.test_proxy import raw_request
 from tests.integration.test_security import request_line, status_of
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.gateway import GatewayProcess, Keys, base_config
+from tests.support.gateway import GatewayProcess, Keys, base_config, running_gateway
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +19,8 @@ def admin_gateway(
 ) -> Iterator[GatewayProcess]:
     state = tmp_path_factory.mktemp("state-admin")
     config = base_config(upstream.url, keys, routes={"control": "admin"})
-    config["server"]["state_dir"] = str(state)
-    process = GatewayProcess(config, Path(state), env={"TEST_UPSTREAM_KEY": "k"})
-    yield process
-    process.stop()
+    with running_gateway(config, Path(state)) as process:
+        yield process
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.clients import openai_client
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.gateway import GatewayProcess, Keys, base_config
+from tests.support.gateway import GatewayProcess, Keys, base_config, running_gateway
 from tests.unit.test_jwt import ISSUER, Signer, ec_signer, rsa_signer
 
 SIGNERS = [rsa_signer("gw-rsa"), ec_signer("gw-ec")]
@@ -46,10 +46,8 @@ def jwt_gateway(
         "audience": "bastion",
         "jwks_url": f"http://127.0.0.1:{jwks.server_address[1]}/jwks",
     }
-    config["server"]["state_dir"] = str(state)
-    process = GatewayProcess(config, Path(state), env={"TEST_UPSTREAM_KEY": "k"})
-    yield process
-    process.stop()
+    with running_gateway(config, Path(state)) as process:
+        yield process
     jwks.shutdown()
     jwks.server_close()
 

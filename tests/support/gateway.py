@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,19 @@ class GatewayProcess:
         self._reader.join(5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+@contextmanager
+def running_gateway(
+    config: dict[str, Any], state: Path, upstream_key: str = "k"
+) -> Iterator[GatewayProcess]:
+    """A gateway serving ``config`` with its state in ``state``; stopped on exit."""
+    config["server"]["state_dir"] = str(state)
+    process = GatewayProcess(config, state, env={"TEST_UPSTREAM_KEY": upstream_key})
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 def base_config(upstream_url: str, keys: Keys, **overrides: Any) -> dict[str, Any]:

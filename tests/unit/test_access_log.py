@@ -8,7 +8,7 @@ import pytest
 
 from bastion.auth.identity import Identity
 from bastion.errors import ModelNotFoundError
-from bastion.pipeline.account import AccessLogWriter, Account
+from bastion.pipeline.account import AccessLogWriter, Account, Record, format_json, format_text
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.routes import RouteTable
 from bastion.settings import LoggingSettings
@@ -43,11 +43,29 @@ class Sink(io.BytesIO):
         return super().write(data)
 
 
+def record(i: int = 0) -> Record:
+    return (
+        1.5e9,
+        f"r{i}",
+        "10.0.0.1",
+        "GET",
+        "/v1/models",
+        200,
+        None,
+        "p",
+        None,
+        1.0,
+        None,
+        None,
+        5,
+    )
+
+
 async def test_lines_are_batched_and_flushed_on_a_timer() -> None:
     sink = Sink()
     writer = AccessLogWriter(sink, flush_interval=0.05)
     for i in range(100):
-        writer.write(b"line %d\n" % i)
+        writer.write(record(i))
     assert sink.getvalue() == b""
     await asyncio.sleep(0.15)
     assert sink.getvalue().count(b"\n") == 100
@@ -56,20 +74,20 @@ async def test_lines_are_batched_and_flushed_on_a_timer() -> None:
 
 async def test_a_full_buffer_is_written_at_once() -> None:
     sink = Sink()
-    writer = AccessLogWriter(sink, flush_interval=10, max_buffer=100)
-    writer.write(b"x" * 60 + b"\n")
+    writer = AccessLogWriter(sink, flush_interval=10, max_pending=2)
+    writer.write(record(1))
     assert sink.writes == 0
-    writer.write(b"y" * 60 + b"\n")  # over the limit: written now, not in 10 s
+    writer.write(record(2))  # the batch is full: written now, not in 10 s
     assert sink.writes == 1
-    writer.write(b"z\n")
+    writer.write(record(3))
     writer.flush()
-    assert sink.getvalue().endswith(b"z\n")
+    assert sink.getvalue().count(b"\n") == 3
 
 
 def test_without_an_event_loop_lines_are_written_at_once() -> None:
     sink = Sink()
-    AccessLogWriter(sink).write(b"a\n")
-    assert sink.getvalue() == b"a\n"
+    AccessLogWriter(sink).write(record())
+    assert sink.getvalue().startswith(b"2017-07-14T02:40:00.000Z access r0 10.0.0.1")
 
 
 def test_a_broken_stream_drops_lines_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -78,8 +96,8 @@ def test_a_broken_stream_drops_lines_and_says_so_once(caplog: pytest.LogCaptureF
             raise OSError("disk full")
 
     writer = AccessLogWriter(Broken())
-    writer.write(b"a\n")
-    writer.write(b"b\n")
+    writer.write(record(1))
+    writer.write(record(2))
     assert writer.dropped == 2
     assert caplog.text.count("cannot write the access log") == 1
 
@@ -87,7 +105,7 @@ def test_a_broken_stream_drops_lines_and_says_so_once(caplog: pytest.LogCaptureF
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_line_names_the_request_and_no_secret(fmt: str) -> None:
     sink = io.BytesIO()
-    writer = AccessLogWriter(sink)
+    writer = AccessLogWriter(sink, format=format_json if fmt == "json" else format_text)
     account = Account(LoggingSettings(format=fmt), writer)  # type: ignore[arg-type]
     ctx = served_context()
     ctx.scope["headers"] = [(b"authorization", b"Bearer bst_secret")]
