@@ -41,14 +41,44 @@ _REASONS = {
 }
 
 
+class _HeadWatch:
+    """The request-head deadline of every connection, enforced by one sweeping timer.
+
+    A timer per request (armed at the head's first byte, cancelled when it is complete) cost
+    more than the rest of the protocol's own work; a dict entry costs next to nothing. A
+    deadline is noticed at most ``tick`` late.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.tick = min(0.25, timeout / 4)
+        self.waiting: dict[GuardedHttpToolsProtocol, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def arm(self, conn: GuardedHttpToolsProtocol, loop: asyncio.AbstractEventLoop) -> None:
+        self.waiting[conn] = loop.time() + self.timeout
+        if self._timer is None:
+            self._timer = loop.call_later(self.tick, self._sweep, loop)
+
+    def disarm(self, conn: GuardedHttpToolsProtocol) -> None:
+        self.waiting.pop(conn, None)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for conn in [c for c, deadline in self.waiting.items() if deadline <= now]:
+            del self.waiting[conn]
+            conn.on_head_timeout()
+        self._timer = loop.call_later(self.tick, self._sweep, loop) if self.waiting else None
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """One instance per connection; the class carries the limits (see :func:`protocol_class`)."""
 
     limits: ClassVar[HttpSettings] = HttpSettings()
+    head_watch: ClassVar[_HeadWatch] = _HeadWatch(HttpSettings().request_head_timeout)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._header_count = 0
         self._refusal: GatewayError | None = None
@@ -58,10 +88,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         corkable = CorkableTransport(transport)
         super().connection_made(corkable)
         self.downstream = Downstream(corkable)
-        self._arm_head_timer()
+        self.head_watch.arm(self, self.loop)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_timer()
+        self.head_watch.disarm(self)
         super().connection_lost(exc)
         if self.downstream is not None:
             self.downstream.lost()
@@ -95,8 +125,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._head_bytes = 0
         self._header_count = 0
-        if self._head_timer is None:
-            self._arm_head_timer()
+        if self not in self.head_watch.waiting:
+            self.head_watch.arm(self, self.loop)
 
     # on_url and on_header do uvicorn's work themselves (one Python call per callback, not two).
 
@@ -117,7 +147,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._disarm_head_timer()
+        self.head_watch.disarm(self)
         cast(dict[str, Any], self.scope)[DOWNSTREAM_SCOPE_KEY] = self.downstream
         super().on_headers_complete()
 
@@ -125,19 +155,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refusal = error
         raise _HeadRefused()
 
-    def _arm_head_timer(self) -> None:
-        self._disarm_head_timer()
-        self._head_timer = self.loop.call_later(
-            self.limits.request_head_timeout, self._on_head_timeout
-        )
-
-    def _disarm_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _on_head_timeout(self) -> None:
-        self._head_timer = None
+    def on_head_timeout(self) -> None:
+        """Called by the head watch when this connection's request head is overdue."""
         if self.transport.is_closing():
             return
         if self.cycle is not None and not self.cycle.response_complete:
@@ -159,4 +178,5 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 def protocol_class(limits: HttpSettings) -> type[GuardedHttpToolsProtocol]:
     """A protocol class bound to ``limits`` (uvicorn instantiates the class it is given)."""
-    return type("BastionHttpProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})
+    attributes = {"limits": limits, "head_watch": _HeadWatch(limits.request_head_timeout)}
+    return type("BastionHttpProtocol", (GuardedHttpToolsProtocol,), attributes)
