@@ -7,6 +7,7 @@ except :class:`Secret` resolution, which happens once, at load time.
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -174,6 +175,16 @@ class ApiKeyEntry(_Model):
     """Narrow the role to these route permissions (see docs/permissions.md)."""
     networks: tuple[str, ...] | None = None
     """Accept this key only from these networks (CIDR)."""
+    expires: datetime | None = None
+    """After this moment (ISO 8601 with a time zone) the key is refused. To rotate a key kept
+    in git, add the new one and give the old one an expiry: both work until then."""
+
+    @field_validator("expires")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give a time zone, e.g. 2026-12-31T00:00:00Z")
+        return value
 
     @field_validator("hash")
     @classmethod

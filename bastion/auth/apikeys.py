@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
+import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -84,6 +86,8 @@ class ApiKeyRecord:
     hash: str
     role: str
     restrictions: Restrictions | None = None
+    expires_at: float | None = None
+    """Unix time after which the key is refused."""
 
 
 class ApiKeyAuthenticator:
@@ -96,7 +100,7 @@ class ApiKeyAuthenticator:
     method = "api_key"
 
     def __init__(self, records: Iterable[ApiKeyRecord]) -> None:
-        self._by_digest: dict[bytes, tuple[bytes, Identity]] = {}
+        self._by_digest: dict[bytes, tuple[bytes, Identity, float]] = {}
         for record in records:
             digest = bytes.fromhex(record.hash.removeprefix("sha256:"))
             identity = Identity(
@@ -106,7 +110,8 @@ class ApiKeyAuthenticator:
                 method=self.method,
                 restrictions=record.restrictions,
             )
-            self._by_digest[digest] = (digest, identity)
+            expires = record.expires_at if record.expires_at is not None else math.inf
+            self._by_digest[digest] = (digest, identity, expires)
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -120,4 +125,6 @@ class ApiKeyAuthenticator:
         found = self._by_digest.get(digest)
         if found is None or not hmac.compare_digest(found[0], digest):
             raise AuthenticationError()
+        if found[2] <= time.time():
+            raise AuthenticationError("This API key has expired.", code="expired_api_key")
         return found[1]

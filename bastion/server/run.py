@@ -7,6 +7,7 @@ import logging
 import resource
 import socket
 import sys
+import time
 from collections.abc import Callable
 from typing import TextIO
 
@@ -79,13 +80,27 @@ def _keys(settings: Settings, state: StateDir) -> tuple[list[ApiKeyRecord], Boot
             Restrictions(e.routes, e.models, e.networks)
             if (e.routes, e.models, e.networks) != (None, None, None)
             else None,
+            e.expires.timestamp() if e.expires is not None else None,
         )
         for e in settings.auth.api_keys
     ]
+    _warn_about_expiry(settings)
     if records or settings.auth.htpasswd is not None or settings.auth.jwt is not None:
         return records, None
     bootstrap = state.admin_key()
     return [bootstrap.record], bootstrap
+
+
+def _warn_about_expiry(settings: Settings) -> None:
+    now = time.time()
+    for entry in settings.auth.api_keys:
+        if entry.expires is None:
+            continue
+        left = entry.expires.timestamp() - now
+        if left <= 0:
+            log.warning("API key %r expired at %s; it is refused", entry.name, entry.expires)
+        elif left < 7 * 86400:
+            log.warning("API key %r expires at %s", entry.name, entry.expires)
 
 
 async def serve(

@@ -15,7 +15,10 @@ from tests.support.clients import openai_client
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import GatewayProcess, Keys, base_config, running_gateway
 
-KEYS = {name: generate_key() for name in ("only_a", "viewer", "operator", "lab", "proxied")}
+KEYS = {
+    name: generate_key()
+    for name in ("only_a", "viewer", "operator", "lab", "proxied", "expired", "rotated_in")
+}
 HI = [{"role": "user", "content": "hi"}]
 
 
@@ -33,6 +36,8 @@ def policy_gateway(
         "operator": {"role": "operator"},
         "lab": {"role": "user", "networks": ["10.0.0.0/8"]},
         "proxied": {"role": "user", "networks": ["203.0.113.0/24"]},
+        "expired": {"expires": "2020-01-01T00:00:00Z"},
+        "rotated_in": {"expires": "2999-01-01T00:00:00+02:00"},
     }
     config["auth"]["api_keys"] += [
         {"name": name, "hash": hash_key(KEYS[name]), **extra} for name, extra in entries.items()
@@ -92,3 +97,13 @@ def test_network_restricted_keys(policy_gateway: GatewayProcess, upstream: FakeU
     )
     assert status_of(via_proxy) == 200
     assert "x-forwarded-for" not in upstream.seen[-1].headers
+
+
+def test_expired_keys_are_refused_and_the_operator_is_told(
+    policy_gateway: GatewayProcess, upstream: FakeUpstream
+) -> None:
+    with pytest.raises(openai.AuthenticationError) as caught:
+        openai_client(policy_gateway.url, KEYS["expired"]).models.list()
+    assert caught.value.code == "expired_api_key"
+    assert [m.id for m in openai_client(policy_gateway.url, KEYS["rotated_in"]).models.list()]
+    assert "API key 'expired' expired at 2020-01-01" in policy_gateway.logs

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from bastion.auth.apikeys import (
@@ -48,3 +50,17 @@ async def test_authenticator_accepts_known_and_refuses_others() -> None:
         await auth.authenticate(b"bearer", key[:-1].encode() + b"!")
     assert await auth.authenticate(b"basic", key.encode()) is None
     assert await auth.authenticate(b"bearer", b"sk-not-ours") is None
+
+
+async def test_expired_keys_are_refused() -> None:
+    old, new = generate_key(), generate_key()
+    auth = ApiKeyAuthenticator(
+        [
+            ApiKeyRecord("old", hash_key(old), "user", expires_at=time.time() - 1),
+            ApiKeyRecord("new", hash_key(new), "user", expires_at=time.time() + 3600),
+        ]
+    )
+    with pytest.raises(AuthenticationError) as caught:
+        await auth.authenticate(b"bearer", old.encode())
+    assert caught.value.code == "expired_api_key"
+    assert await auth.authenticate(b"bearer", new.encode()) is not None

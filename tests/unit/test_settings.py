@@ -78,3 +78,12 @@ def test_load_settings_reports_bad_yaml(tmp_path: Path) -> None:
     path.write_text("- a list")
     with pytest.raises(ConfigError, match="mapping"):
         load_settings(path)
+
+
+def test_key_expiry_needs_a_time_zone() -> None:
+    entry = {"name": "a", "hash": GOOD_HASH, "expires": "2030-01-01T00:00:00"}
+    with pytest.raises(ConfigError, match=r"auth\.api_keys\.0\.expires: .*time zone"):
+        parse_settings({"auth": {"api_keys": [entry]}})
+    entry["expires"] = "2030-01-01T00:00:00Z"
+    settings = parse_settings({"auth": {"api_keys": [entry]}})
+    assert settings.auth.api_keys[0].expires is not None
