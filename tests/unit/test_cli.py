@@ -78,3 +78,13 @@ def test_config_check_fails_on_unreadable_secret(
     path.write_text(yaml.safe_dump(config))
     assert main(["config", "check", str(path)]) == 2
     assert "BASTION_SURELY_UNSET" in capsys.readouterr().err
+
+
+def test_config_check_names_an_unknown_role(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.yaml"
+    entry = {"name": "a", "hash": "sha256:" + "ab" * 32, "role": "superuser"}
+    path.write_text(yaml.safe_dump({"auth": {"api_keys": [entry]}}))
+    assert main(["config", "check", str(path)]) == 2
+    assert "auth.api_keys.0.role: unknown role 'superuser'" in capsys.readouterr().err
