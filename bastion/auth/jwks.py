@@ -81,9 +81,16 @@ class KeySet:
         key = self._keys.get(kid)
         if key is not None and age < self._settings.jwks_refresh_interval:
             return key
-        if age >= self._settings.jwks_min_refresh_interval:
+        # A fetch under way is waited for (the lock), so that requests arriving while the
+        # first fetch runs are not refused for want of keys about to arrive.
+        if age >= self._settings.jwks_min_refresh_interval or self._lock.locked():
             await self._refresh()
         return self._keys.get(kid)
+
+    @property
+    def available(self) -> bool:
+        """Whether any key is known (False until a first fetch has succeeded)."""
+        return bool(self._keys)
 
     async def _refresh(self) -> None:
         async with self._lock:

@@ -12,6 +12,10 @@ What is refused, and why it matters:
   ``iss`` that is not exactly ours (``https://idp.example.com.evil`` merely contains it);
 - a key id the provider does not publish (after one rate-limited refresh of its key set).
 
+While no key has ever been fetched (the provider unreachable since start-up), tokens are
+refused with 503 rather than 401: nobody's credential was wrong, and the brute-force guard
+must not count it against the caller.
+
 Verified tokens are remembered until they expire (keyed by their SHA-256), so a signature is
 checked once per token, not once per request.
 """
@@ -28,7 +32,7 @@ import jwt
 
 from bastion.auth.identity import Identity
 from bastion.auth.jwks import Fetch, KeySet, SigningKey, http_get
-from bastion.errors import AuthenticationError
+from bastion.errors import AuthenticationError, ServiceUnavailableError
 from bastion.settings import JwtSettings
 
 __all__ = ["JwtAuthenticator"]
@@ -99,6 +103,9 @@ class JwtAuthenticator:
             raise AuthenticationError()
         kid = header.get("kid")
         key = await self.keys.get(kid if isinstance(kid, str) else None)
+        if key is None and not self.keys.available:
+            # Not the caller's fault, and not a guess to count: the provider is unreachable.
+            raise ServiceUnavailableError("The identity provider's keys are not available.")
         if key is None or not _fits(key, algorithm):
             raise AuthenticationError()
         self.verifications += 1

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from bastion.auth.tokens import JwtAuthenticator
-from bastion.errors import AuthenticationError
+from bastion.errors import AuthenticationError, ServiceUnavailableError
 from bastion.settings import JwtSettings
 
 ISSUER = "https://idp.test/realms/main"
@@ -265,10 +265,24 @@ async def test_provider_down_fails_closed(
     idp.keys = [signer.jwk()]
     idp.down = True
     auth = make(idp)
-    await refused(auth, signer.token())
+    with pytest.raises(ServiceUnavailableError):  # no key ever fetched: 503, not a guess
+        await auth.authenticate(b"bearer", signer.token())
     assert "cannot fetch the JWT signing keys" in caplog.text
     idp.down = False
     assert await auth.authenticate(b"bearer", signer.token()) is not None
+    idp.down = True  # keys known: an unknown kid is now the caller's problem (401)
+    await refused(auth, rsa_signer("other").token())
+    assert await auth.authenticate(b"bearer", signer.token(sub="zed")) is not None
+
+
+async def test_requests_during_the_first_fetch_wait_for_it(idp: IdentityProvider) -> None:
+    signer = ec_signer()
+    idp.keys = [signer.jwk()]
+    auth = make(idp, jwks_min_refresh_interval=10)
+    tokens = [signer.token(sub=f"user{i}") for i in range(50)]
+    identities = await asyncio.gather(*(auth.authenticate(b"bearer", t) for t in tokens))
+    assert all(i is not None for i in identities)
+    assert idp.fetches == 1
 
 
 async def test_other_credentials_are_not_ours(idp: IdentityProvider) -> None:
