@@ -240,6 +240,9 @@ class JwtSettings(_Model):
     """Accepted signature algorithms; the token's header never chooses outside this list."""
     jwks_url: str | None = None
     """Where the keys are; None: found through OIDC discovery at ``{issuer}/.well-known/...``."""
+    jwks_file: Path | None = None
+    """A JWKS document on disk instead (pinned keys, or no route to the provider); it is
+    re-read on the same schedule as a URL would be fetched."""
     leeway: float = Field(default=30.0, ge=0, le=300)
     """Clock skew tolerated on ``exp``, ``nbf`` and ``iat``, in seconds."""
     claims: JwtClaims = JwtClaims()
@@ -263,6 +266,12 @@ class JwtSettings(_Model):
                 f"({', '.join(sorted(_ASYMMETRIC))})"
             )
         return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtSettings:
+        if self.jwks_url is not None and self.jwks_file is not None:
+            raise ValueError("give jwks_url or jwks_file, not both")
+        return self
 
     @field_validator("issuer", "jwks_url")
     @classmethod

@@ -99,7 +99,7 @@ class KeySet:
             self._fetched_at = time.monotonic()
             self.fetches += 1
             try:
-                keys = _parse(orjson.loads(await self._fetch(await self._jwks_url())))
+                keys = _parse(orjson.loads(await self._document()))
             except (BastionError, OSError, ValueError, KeyError, TypeError) as exc:
                 if not self._failing:
                     log.warning(
@@ -113,6 +113,12 @@ class KeySet:
                 log.info("JWT signing keys: %d (%s)", len(keys), ", ".join(map(str, keys)))
             self._failing = False
             self._keys = keys
+
+    async def _document(self) -> bytes:
+        path = self._settings.jwks_file
+        if path is not None:
+            return await asyncio.to_thread(path.read_bytes)
+        return await self._fetch(await self._jwks_url())
 
     async def _jwks_url(self) -> str:
         if self._settings.jwks_url is not None:

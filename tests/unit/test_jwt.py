@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -291,3 +292,14 @@ async def test_other_credentials_are_not_ours(idp: IdentityProvider) -> None:
     assert await auth.authenticate(b"bearer", b"opaque-token") is None
     assert await auth.authenticate(b"basic", b"a.b.c") is None
     await refused(auth, b"not.a.jwt")
+
+
+async def test_keys_can_come_from_a_file(tmp_path: Path) -> None:
+    signer = rsa_signer()
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [signer.jwk()]}))
+    settings = JwtSettings(issuer=ISSUER, audience="bastion", jwks_file=path)
+    auth = JwtAuthenticator(settings)
+    assert await auth.authenticate(b"bearer", signer.token()) is not None
+    with pytest.raises(ValueError, match="not both"):
+        JwtSettings(issuer=ISSUER, audience="bastion", jwks_file=path, jwks_url="https://x/j")
