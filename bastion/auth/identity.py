@@ -34,10 +34,6 @@ class Identity:
     restrictions: Restrictions | None = None
     """Narrowing carried by the credential itself (an API key limited to some models...)."""
 
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
 
 class Authenticator(Protocol):
     """Turns one kind of credential into an :class:`Identity`.

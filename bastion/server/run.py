@@ -119,7 +119,7 @@ async def serve(
             engine = ManagedEngine(settings.engine, state.ensure())
             log.info("starting the %s engine (model %s)", settings.engine.kind, engine.served_name)
             await engine.start()
-            models = (_engine_model(engine, settings.engine.kind),)
+            models = (_engine_model(engine),)
         if not models:
             raise ConfigError("no model to serve: declare 'models' or enable 'engine'", "models")
         keys, bootstrap = _keys(settings, state)
@@ -166,12 +166,11 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 1_000)
 
 
-def _engine_model(engine: ManagedEngine, kind: str) -> ModelSettings:
+def _engine_model(engine: ManagedEngine) -> ModelSettings:
     target = UpstreamTarget(
         url=engine.base_url,
         api_key=Secret(value=engine.api_key),
-        # llama-cpp-python's server answers 400 to any X-Request-Id that is not a UUID
-        send_request_id=kind != "llama_cpp",
+        send_request_id=engine.accepts_request_ids,
     )
     return ModelSettings(name=engine.served_name, upstreams=(target,))
 

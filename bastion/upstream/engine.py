@@ -300,6 +300,12 @@ class ManagedEngine:
         return self._settings.served_name
 
     @property
+    def accepts_request_ids(self) -> bool:
+        """Whether the engine takes any X-Request-Id (llama-cpp-python answers 400 to one that
+        is not a UUID)."""
+        return self._settings.kind != "llama_cpp"
+
+    @property
     def output(self) -> tuple[str, ...]:
         """The engine's last output lines, oldest first (the key is masked)."""
         return tuple(self._output)

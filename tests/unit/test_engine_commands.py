@@ -124,6 +124,13 @@ def test_engine_identity_before_start() -> None:
         _ = engine.base_url
 
 
+def test_only_llama_cpp_refuses_foreign_request_ids() -> None:
+    llama = ManagedEngine(EngineSettings(), Path("/nonexistent"))
+    vllm = ManagedEngine(EngineSettings(kind="vllm", model="m"), Path("/nonexistent"))
+    assert not llama.accepts_request_ids
+    assert vllm.accepts_request_ids
+
+
 # --- the bundled model -------------------------------------------------------------------
 
 
