@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from bastion import __version__
+from bastion.admin.cli import add_commands, run_command
 from bastion.auth.apikeys import display_prefix, generate_key, hash_key
 from bastion.errors import BastionError, ConfigError
 from bastion.policy.policy import Policy
@@ -44,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--name", default="my-key", help="name for the config entry")
     generate.add_argument("--role", default="user", help="admin, operator, user, viewer or custom")
     generate.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add_commands(commands, keys_commands)
     return parser
 
 
@@ -123,7 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "config":
             return _config_check(args)
-        return _keys_generate(args)
+        if args.command == "keys" and args.keys_command == "generate":
+            return _keys_generate(args)
+        return run_command(args)
     except BastionError as exc:
         sys.stderr.write(f"bastion: error: {exc}\n")
         return 2

@@ -14,6 +14,7 @@ turns them into an exit code.
     BastionError
     ├── ConfigError
     ├── EngineError                       (a managed model server failed to start)
+    ├── RemoteError                       (the CLI could not do it on a remote gateway)
     └── GatewayError                      status  type
         ├── BadRequestError               400     invalid_request_error
         │   └── MalformedBodyError        400     invalid_request_error
@@ -22,6 +23,7 @@ turns them into an exit code.
         ├── NotFoundError                 404     invalid_request_error
         │   └── ModelNotFoundError        404     invalid_request_error / model_not_found
         ├── MethodNotAllowedError         405     invalid_request_error
+        ├── ConflictError                 409     invalid_request_error (admin API)
         ├── RequestTimeoutError           408     invalid_request_error
         ├── PayloadTooLargeError          413     invalid_request_error
         ├── UnsupportedMediaTypeError     415     invalid_request_error
@@ -29,6 +31,7 @@ turns them into an exit code.
         ├── HeadersTooLargeError          431     invalid_request_error
         ├── InternalError                 500     server_error          (source: gateway)
         ├── ServiceUnavailableError       503     server_error          (source: gateway)
+        │   └── StoreUnavailableError     503     server_error          (the identity store)
         └── UpstreamError                 502     upstream_error        (source: upstream)
             ├── UpstreamConnectError      502
             ├── UpstreamProtocolError     502
@@ -47,6 +50,7 @@ __all__ = [
     "BadRequestError",
     "BastionError",
     "ConfigError",
+    "ConflictError",
     "EngineError",
     "ErrorSource",
     "GatewayError",
@@ -59,8 +63,10 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "RateLimitError",
+    "RemoteError",
     "RequestTimeoutError",
     "ServiceUnavailableError",
+    "StoreUnavailableError",
     "UnsupportedMediaTypeError",
     "UpstreamConnectError",
     "UpstreamError",
@@ -93,6 +99,10 @@ class EngineError(BastionError):
     """A model server that Bastion manages could not be started or kept running."""
 
 
+class RemoteError(BastionError):
+    """A remote gateway's admin API refused or failed an operation the CLI asked for."""
+
+
 class GatewayError(BastionError):
     """A refusal or failure that becomes an OpenAI-shaped HTTP error response."""
 
@@ -101,6 +111,8 @@ class GatewayError(BastionError):
     code: str | None = None
     source: ErrorSource = ErrorSource.CLIENT
     default_message: str = "The request could not be served."
+    audited: bool = False
+    """True when whoever raised it already wrote it to the audit trail (admin refusals)."""
 
     def __init__(
         self,
@@ -162,6 +174,13 @@ class MethodNotAllowedError(GatewayError):
     default_message = "Method not allowed."
 
 
+class ConflictError(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+    default_message = "The request conflicts with the current state."
+
+
 class RequestTimeoutError(GatewayError):
     status = 408
     type = "invalid_request_error"
@@ -211,6 +230,13 @@ class ServiceUnavailableError(GatewayError):
     code = "service_unavailable"
     source = ErrorSource.GATEWAY
     default_message = "The service is not available."
+
+
+class StoreUnavailableError(ServiceUnavailableError):
+    """The identity store (SQLite or PostgreSQL) cannot be read or written."""
+
+    code = "store_unavailable"
+    default_message = "The identity store is not available."
 
 
 class UpstreamError(GatewayError):

@@ -40,6 +40,7 @@ __all__ = [
     "Secret",
     "ServerSettings",
     "Settings",
+    "StoreSettings",
     "UpstreamClientSettings",
     "UpstreamTarget",
     "default_state_dir",
@@ -337,6 +338,36 @@ class RoutesSettings(_Model):
     """vLLM's control routes (/pause, /sleep, ...): never forwarded, or forwarded for admins."""
 
 
+class StoreSettings(_Model):
+    """Where users, teams, API keys and the audit trail are kept."""
+
+    enabled: bool = True
+    """False: no database at all; keys come from the config file only and there is no admin
+    API (the audit trail of refused requests then goes to the log)."""
+    url: str | Secret | None = None
+    """``postgresql://user@host/db`` (or a secret holding it) for several replicas;
+    None: a SQLite file, ``bastion.db`` in the state directory."""
+    poll_interval: float = Field(default=0.5, gt=0, le=10)
+    """How often each gateway asks the store whether anything changed (a revocation reaches
+    every replica within this, plus the time to reload)."""
+    stale_after: float = Field(default=30.0, ge=0)
+    """If the store cannot be read for this long, keys it issued are refused with 503, since a
+    revocation could have been missed (0: keep using the last keys read, however old)."""
+    last_used_interval: float = Field(default=10.0, gt=0)
+    """How often keys' last-used times are written back."""
+    audit_refused: bool = True
+    """Record refused requests (401, 403, blocked addresses) in the audit trail."""
+
+    @field_validator("url")
+    @classmethod
+    def _known_database(cls, value: str | Secret | None) -> str | Secret | None:
+        if isinstance(value, str) and not value.startswith(
+            ("postgresql://", "postgres://", "postgresql+psycopg://", "sqlite:///")
+        ):
+            raise ValueError("give a postgresql:// or sqlite:/// URL")
+        return value
+
+
 class LoggingSettings(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
@@ -353,6 +384,7 @@ class Settings(_Model):
     roles: dict[str, RoleSettings] = Field(default_factory=dict)
     network: NetworkSettings = NetworkSettings()
     routes: RoutesSettings = RoutesSettings()
+    store: StoreSettings = StoreSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @model_validator(mode="after")

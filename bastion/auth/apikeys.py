@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bastion.auth.identity import Identity, Restrictions
-from bastion.errors import AuthenticationError
+from bastion.errors import AuthenticationError, StoreUnavailableError
 
 __all__ = [
     "KEY_PREFIX",
@@ -80,14 +80,18 @@ def display_prefix(key: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ApiKeyRecord:
-    """A known key, by hash: what the config file or the state directory declares."""
+    """A known key, by hash: declared in the config file, or issued by the identity store."""
 
     name: str
+    """The principal the key stands for (a config entry's name, or the owner in the store)."""
     hash: str
     role: str
     restrictions: Restrictions | None = None
     expires_at: float | None = None
     """Unix time after which the key is refused."""
+    key_id: str | None = None
+    """The store's id for the key; None for keys declared in the config file."""
+    teams: tuple[str, ...] = ()
 
 
 class ApiKeyAuthenticator:
@@ -95,23 +99,40 @@ class ApiKeyAuthenticator:
 
     The lookup goes by the SHA-256 digest of the presented key, and the stored digest is then
     compared with :func:`hmac.compare_digest`, so no comparison leaks how much of a key matched.
+
+    Keys issued by the identity store come and go while the gateway runs: the store's
+    synchronizer calls :meth:`replace` with the full set, and reads :attr:`used` (when each
+    store key was last used) to write it back in batches. If the store cannot be reached for
+    longer than its ``stale_after``, store keys are refused with 503 (a revocation could have
+    been missed) while keys from the config file keep working.
     """
 
     method = "api_key"
 
     def __init__(self, records: Iterable[ApiKeyRecord]) -> None:
-        self._by_digest: dict[bytes, tuple[bytes, Identity, float]] = {}
+        self._by_digest: dict[bytes, tuple[bytes, Identity, float, str | None]] = {}
+        self.used: dict[str, float] = {}
+        """Store key id -> when it was last used; taken and cleared by the synchronizer."""
+        self.store_valid_until = math.inf
+        """Store keys are refused after this Unix time (the synchronizer moves it on)."""
+        self.replace(records)
+
+    def replace(self, records: Iterable[ApiKeyRecord]) -> None:
+        """Swap in a new set of keys at once (a request sees the old set or the new one)."""
+        by_digest: dict[bytes, tuple[bytes, Identity, float, str | None]] = {}
         for record in records:
             digest = bytes.fromhex(record.hash.removeprefix("sha256:"))
             identity = Identity(
                 principal=record.name,
                 role=record.role,
-                credential_id=record.name,
+                credential_id=record.key_id or record.name,
                 method=self.method,
+                teams=record.teams,
                 restrictions=record.restrictions,
             )
             expires = record.expires_at if record.expires_at is not None else math.inf
-            self._by_digest[digest] = (digest, identity, expires)
+            by_digest[digest] = (digest, identity, expires, record.key_id)
+        self._by_digest = by_digest
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -125,6 +146,12 @@ class ApiKeyAuthenticator:
         found = self._by_digest.get(digest)
         if found is None or not hmac.compare_digest(found[0], digest):
             raise AuthenticationError()
-        if found[2] <= time.time():
+        now = time.time()
+        if found[2] <= now:
             raise AuthenticationError("This API key has expired.", code="expired_api_key")
+        key_id = found[3]
+        if key_id is not None:
+            if now > self.store_valid_until:
+                raise StoreUnavailableError()
+            self.used[key_id] = now
         return found[1]

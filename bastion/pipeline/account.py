@@ -23,6 +23,7 @@ import orjson
 
 from bastion.pipeline.context import RequestContext
 from bastion.settings import LoggingSettings
+from bastion.store.audit import AuditTrail
 
 __all__ = ["AccessLogWriter", "Account", "Record", "format_json", "format_text"]
 
@@ -132,22 +133,31 @@ class AccessLogWriter:
 
 
 class Account:
-    """Leaves one access-log record per request, when the access log is on."""
+    """Leaves one access-log record per request, when the access log is on, and an audit event
+    per refused request (see :mod:`bastion.store.audit`)."""
 
-    def __init__(self, settings: LoggingSettings, writer: AccessLogWriter | None) -> None:
+    def __init__(
+        self,
+        settings: LoggingSettings,
+        writer: AccessLogWriter | None,
+        audit: AuditTrail | None = None,
+    ) -> None:
         self._writer = writer if settings.access_log else None
+        self._audit = audit
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.flush()
 
     def __call__(self, ctx: RequestContext) -> None:
+        error = ctx.error
+        if error is not None and self._audit is not None and self._audit.wants(error):
+            self._audit.refused(ctx)
         writer = self._writer
         if writer is None:
             return
         route = ctx.route
         identity = ctx.identity
-        error = ctx.error
         ttfb = ctx.time_to_first_byte
         writer.write(
             (

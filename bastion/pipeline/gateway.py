@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
+from bastion.admin.api import AdminApi
 from bastion.errors import (
     GatewayError,
     InternalError,
@@ -37,6 +38,7 @@ from bastion.pipeline.resolve import ModelEntry, ModelRegistry
 from bastion.pipeline.responses import send_error, send_json
 from bastion.pipeline.routes import RouteKind, RouteTable
 from bastion.policy.roles import Access
+from bastion.store.sync import StoreSync
 from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream, Message, Receive, Scope, Send
 
 __all__ = ["Gateway"]
@@ -60,6 +62,8 @@ class Gateway:
         forward: Forward,
         account: Account,
         readiness: ReadinessCheck,
+        admin: AdminApi | None = None,
+        sync: StoreSync | None = None,
     ) -> None:
         self._routes = routes
         self._accept = acceptor
@@ -69,12 +73,21 @@ class Gateway:
         self._forward = forward
         self._account = account
         self._readiness = readiness
+        self._admin = admin
+        self._sync = sync
         self._created = int(time.time())
         self._listings: dict[Access, bytes] = {}
 
-    def close(self) -> None:
-        """Flush what is buffered (the access log); called once the server has stopped."""
+    async def start(self) -> None:
+        """Load the identity store's keys (if there is a store) and keep them current."""
+        if self._sync is not None:
+            await self._sync.start()
+
+    async def stop(self) -> None:
+        """Flush what is buffered (access log, audit, last-used times) once serving stopped."""
         self._account.close()
+        if self._sync is not None:
+            await self._sync.stop()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -120,11 +133,16 @@ class Gateway:
         await self._authenticate(ctx)
         self._authorize(ctx)
         await self._accept.read_body(ctx)
-        if route.kind is RouteKind.CONTROL:
+        kind = route.kind
+        if kind is not RouteKind.INFERENCE:
+            if kind is RouteKind.ADMIN:
+                assert self._admin is not None  # the route exists only with the admin API
+                await self._admin(ctx)
+                return
+            if kind is RouteKind.LOCAL:
+                await self._answer_local(ctx)
+                return
             ctx.model = ctx.control_model
-        if route.kind is RouteKind.LOCAL:
-            await self._answer_local(ctx)
-            return
         entry = self._models.resolve(ctx)
         self._authorize.model(ctx, entry.name)
         await self._forward_watching(ctx, entry)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import unquote_to_bytes
 
-__all__ = ["BodyKind", "Route", "RouteKind", "RouteTable", "canonical_path"]
+__all__ = ["ADMIN_ROUTE", "BodyKind", "Route", "RouteKind", "RouteTable", "canonical_path"]
 
 
 class RouteKind(StrEnum):
@@ -25,6 +25,8 @@ class RouteKind(StrEnum):
     """Answered by the gateway itself."""
     CONTROL = "control"
     """A model server's control route: forwarded only to administrators, and only if enabled."""
+    ADMIN = "admin"
+    """Bastion's own admin API (``/admin/v1/...``), answered by the gateway."""
 
 
 class BodyKind(StrEnum):
@@ -44,6 +46,8 @@ class Route:
     """The permission a caller needs (coarse; refined by the identity and access work)."""
     public: bool = False
     """Answered without a credential (liveness and readiness only)."""
+    prefix: bool = False
+    """Also matches every path below this one (the admin API only)."""
 
     @property
     def target(self) -> bytes:
@@ -59,6 +63,15 @@ def _control(path: str) -> Route:
 
 
 _GET = frozenset({"GET"})
+
+ADMIN_ROUTE = Route(
+    "/admin/v1",
+    frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"}),
+    RouteKind.ADMIN,
+    BodyKind.ANY,
+    "admin",
+    prefix=True,
+)
 
 DEFAULT_ROUTES: tuple[Route, ...] = (
     Route("/health", _GET, RouteKind.LOCAL, BodyKind.NONE, "health", public=True),
@@ -80,6 +93,7 @@ DEFAULT_ROUTES: tuple[Route, ...] = (
     _inference("/v1/rerank", "rerank"),
     _inference("/v2/rerank", "rerank"),
     _inference("/invocations", "invocations"),
+    ADMIN_ROUTE,
     *(
         _control(p)
         for p in (
@@ -144,6 +158,7 @@ class RouteTable:
                 raise ValueError(f"route {route.path} is not in canonical form")
             self._by_path[route.path] = route
         self._by_raw: dict[bytes, Route] = {r.target: r for r in routes}
+        self._prefixes = tuple((r.path + "/", r) for r in routes if r.prefix)
 
     def __iter__(self) -> Iterator[Route]:
         return iter(self._by_path.values())
@@ -154,4 +169,11 @@ class RouteTable:
         if route is not None:
             return route
         path = canonical_path(raw_path)
-        return None if path is None else self._by_path.get(path)
+        if path is None:
+            return None
+        route = self._by_path.get(path)
+        if route is None:
+            for start, candidate in self._prefixes:
+                if path.startswith(start):
+                    return candidate
+        return route

@@ -43,6 +43,14 @@ class NetworkList:
             address.version == n.version and address in n for n in self._networks
         )
 
+    def covers(self, other: NetworkList) -> bool:
+        """True when every network of ``other`` lies inside one of these (an empty list
+        covers nothing but itself)."""
+        return all(
+            any(n.version == o.version and o.subnet_of(n) for n in self._networks)  # type: ignore[arg-type]
+            for o in other._networks
+        ) and (bool(other) or not self)
+
 
 def client_address(
     peer: str | None, forwarded_for: bytes | None, trusted: NetworkList

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from bastion.errors import ConfigError
 from bastion.policy.networks import Address, NetworkList
@@ -93,6 +94,22 @@ class Access:
     def allows_address(self, address: Address | None) -> bool:
         return all(address is not None and address in n for n in self.networks)
 
+    def within(self, other: Access) -> bool:
+        """True when this access allows nothing that ``other`` does not (conservative: when
+        it cannot tell, it answers False).
+
+        Every constraint of ``other`` must be matched by one of this access at least as
+        narrow: routes are a subset; for each model list of ``other``, one model list here
+        whose every pattern is covered; for each network list of ``other``, one network
+        list here whose every network lies inside it.
+        """
+        if not self.routes <= other.routes:
+            return False
+        for patterns in other.models:
+            if not any(_patterns_covered(mine, patterns) for mine in self.models):
+                return False
+        return all(any(theirs.covers(mine) for mine in self.networks) for theirs in other.networks)
+
     def narrowed(
         self,
         routes: frozenset[str] | None,
@@ -107,6 +124,24 @@ class Access:
         )
 
 
+def _patterns_covered(inner: tuple[str, ...], outer: tuple[str, ...]) -> bool:
+    """Every name matching a pattern of ``inner`` surely matches one of ``outer``."""
+    return all(any(_pattern_covered(i, o) for o in outer) for i in inner)
+
+
+def _pattern_covered(inner: str, outer: str) -> bool:
+    if outer == "*" or inner == outer:
+        return True
+    if not _has_glob(inner):  # a plain name: the pattern decides
+        return fnmatch.fnmatchcase(inner, outer)
+    # A pattern inside another: only the sure case of a plain prefix followed by '*'.
+    return outer.endswith("*") and not _has_glob(outer[:-1]) and inner.startswith(outer[:-1])
+
+
+def _has_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
 class RoleBook:
     """The built-in roles and the configured ones, compiled."""
 
@@ -115,7 +150,8 @@ class RoleBook:
         if clash:
             raise ConfigError(f"{', '.join(clash)}: a built-in role cannot be redefined", "roles")
         self._roles: dict[str, Access] = {}
-        for name, role in {**BUILTIN_ROLES, **custom}.items():
+        self._settings = {**BUILTIN_ROLES, **custom}
+        for name, role in self._settings.items():
             key = f"roles.{name}"
             networks = (NetworkList(role.networks, f"{key}.networks"),) if role.networks else ()
             self._roles[name] = Access(
@@ -129,3 +165,16 @@ class RoleBook:
 
     def access(self, role: str) -> Access | None:
         return self._roles.get(role)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every role as configured, for the admin API and CLI."""
+        return [
+            {
+                "name": name,
+                "builtin": name in BUILTIN_ROLES,
+                "routes": list(role.routes),
+                "models": list(role.models),
+                "networks": None if role.networks is None else list(role.networks),
+            }
+            for name, role in sorted(self._settings.items())
+        ]

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import resource
 import socket
 import sys
-import time
 from collections.abc import Callable
 from typing import TextIO
 
 import uvicorn
 
 from bastion.app import build_gateway
-from bastion.auth.apikeys import ApiKeyRecord
-from bastion.auth.identity import Restrictions
 from bastion.errors import ConfigError
 from bastion.pipeline.account import AccessLogWriter, format_json, format_text
 from bastion.server.protocol import protocol_class
+from bastion.server.startup import Welcome, open_store, startup_keys
 from bastion.settings import ModelSettings, Secret, Settings, UpstreamTarget
-from bastion.state import BootstrapKey, StateDir
+from bastion.state import StateDir
+from bastion.store.store import Store
 from bastion.upstream.client import UpstreamPool
 from bastion.upstream.engine import ManagedEngine
 
@@ -69,40 +69,6 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _keys(settings: Settings, state: StateDir) -> tuple[list[ApiKeyRecord], BootstrapKey | None]:
-    """Keys from the config; with no credential configured at all, the state directory's
-    administrator key, so that a gateway never runs open."""
-    records = [
-        ApiKeyRecord(
-            e.name,
-            e.hash,
-            e.role,
-            Restrictions(e.routes, e.models, e.networks)
-            if (e.routes, e.models, e.networks) != (None, None, None)
-            else None,
-            e.expires.timestamp() if e.expires is not None else None,
-        )
-        for e in settings.auth.api_keys
-    ]
-    _warn_about_expiry(settings)
-    if records or settings.auth.htpasswd is not None or settings.auth.jwt is not None:
-        return records, None
-    bootstrap = state.admin_key()
-    return [bootstrap.record], bootstrap
-
-
-def _warn_about_expiry(settings: Settings) -> None:
-    now = time.time()
-    for entry in settings.auth.api_keys:
-        if entry.expires is None:
-            continue
-        left = entry.expires.timestamp() - now
-        if left <= 0:
-            log.warning("API key %r expired at %s; it is refused", entry.name, entry.expires)
-        elif left < 7 * 86400:
-            log.warning("API key %r expires at %s", entry.name, entry.expires)
-
-
 async def serve(
     settings: Settings,
     *,
@@ -114,7 +80,10 @@ async def serve(
     engine: ManagedEngine | None = None
     models = settings.models
     pool = UpstreamPool(settings.upstream)
+    store: Store | None = None
     try:
+        if settings.store.enabled:
+            store = await asyncio.to_thread(open_store, settings, state)
         if settings.uses_engine:
             engine = ManagedEngine(settings.engine, state.ensure())
             log.info("starting the %s engine (model %s)", settings.engine.kind, engine.served_name)
@@ -122,7 +91,7 @@ async def serve(
             models = (_engine_model(engine),)
         if not models:
             raise ConfigError("no model to serve: declare 'models' or enable 'engine'", "models")
-        keys, bootstrap = _keys(settings, state)
+        keys, welcome = await asyncio.to_thread(startup_keys, settings, state, store)
         gateway = build_gateway(
             settings,
             models=models,
@@ -133,22 +102,26 @@ async def serve(
                 sys.stderr.buffer,
                 format=format_json if settings.logging.format == "json" else format_text,
             ),
+            store=store,
         )
+        await gateway.start()
         sock = bind(settings.server.host, settings.server.port)
         url = _url(sock)
         server = uvicorn.Server(_uvicorn_config(settings, gateway))
         log.info("Bastion listening on %s serving %s", url, ", ".join(m.name for m in models))
-        if bootstrap is not None:
-            _print_welcome(out, url, models[0].name, bootstrap, state)
+        if welcome is not None:
+            _print_welcome(out, url, models[0].name, welcome)
         if on_ready is not None:
             on_ready(url)
         _tune_gc()
         try:
             await server.serve(sockets=[sock])
         finally:
-            gateway.close()
+            await gateway.stop()
     finally:
         await pool.aclose()
+        if store is not None:
+            store.close()
         if engine is not None:
             await engine.stop()
 
@@ -199,23 +172,21 @@ def _url(sock: socket.socket) -> str:
     return f"http://{shown}:{port}"
 
 
-def _print_welcome(
-    out: TextIO, url: str, model: str, bootstrap: BootstrapKey, state: StateDir
-) -> None:
-    if bootstrap.new_key is None:
+def _print_welcome(out: TextIO, url: str, model: str, welcome: Welcome) -> None:
+    if welcome.new_key is None:
         out.write(
             f"\nBastion is serving {model} at {url}\n"
-            f"The administrator key was shown when it was created; only its hash is kept in "
-            f"{state.path}. Remove that file to issue a new one.\n\n"
+            f"The administrator key was shown when it was created; only its hash is kept "
+            f"({welcome.kept_in}). {welcome.recover}\n\n"
         )
         out.flush()
         return
-    key = bootstrap.new_key
+    key = welcome.new_key
     out.write(
         f"""
 Bastion is serving {model} at {url}
 
-Administrator API key (shown this once; only its hash is kept in {state.path}):
+Administrator API key (shown this once; only its hash is kept in {welcome.kept_in}):
 
     {key}
 

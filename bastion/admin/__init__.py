@@ -1,0 +1,1 @@
+"""Administration: the rules (service), the HTTP API, the CLI and its remote client."""

@@ -1,0 +1,430 @@
+"""``bastion users|teams|roles|keys|audit``: the admin operations from a terminal.
+
+Two ways to reach the store, the same commands and output either way:
+
+- local (default): the store named by the config file (``--config``; by default the SQLite
+  file in the state directory), opened directly. The operator is unrestricted and is named in
+  the audit trail as ``local:<login>``.
+- remote (``--url``, or ``BASTION_URL``): a running gateway's admin API, with the admin key
+  from ``BASTION_API_KEY`` or ``--key-file`` (never from the command line, where other users
+  of the machine could read it). The gateway applies its rules to that key's holder.
+
+Output is a table for people, or ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from bastion.admin.client import AdminClient
+from bastion.admin.service import AdminService, Caller
+from bastion.errors import BadRequestError, ConfigError, RemoteError
+from bastion.policy.policy import Policy
+from bastion.settings import Settings, load_settings
+from bastion.state import StateDir
+from bastion.store.records import AuditQuery
+from bastion.store.store import Store, database_url
+
+__all__ = ["COMMANDS", "add_commands", "parse_duration", "run_command"]
+
+COMMANDS = ("users", "teams", "roles", "keys", "audit")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``15m``, ``12h``, ``30d``, ``2w`` (or plain seconds) to seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", text.strip())
+    if match is None:
+        raise BadRequestError(f"{text!r} is not a duration (like 90s, 15m, 12h, 30d)")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def parse_when(text: str) -> float:
+    """A moment: an ISO 8601 time (UTC unless it says otherwise) or a duration from now."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return time.time() + parse_duration(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def parse_since(text: str) -> float:
+    """For ``audit --since``: an ISO time, or a duration meaning that long ago."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return time.time() - parse_duration(text)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+# -- argument parsing -------------------------------------------------------------------------
+
+
+def _target(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_argument_group("which store")
+    where.add_argument("--config", type=Path, help="config file naming the store (local)")
+    where.add_argument("--url", help="a running gateway's URL: use its admin API (remote)")
+    where.add_argument("--key-file", type=Path, help="file holding the admin key (remote)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def _sub(commands: Any, name: str, help_: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(name, help=help_)
+    _target(parser)
+    return parser
+
+
+def add_commands(commands: Any, key_commands: Any) -> None:
+    """Add ``users``, ``teams``, ``roles``, ``audit`` and ``keys create|list|...``."""
+    users = commands.add_parser("users", help="users and service accounts").add_subparsers(
+        dest="action", required=True
+    )
+    _sub(users, "list", "list users")
+    show = _sub(users, "show", "show one user")
+    show.add_argument("name")
+    create = _sub(users, "create", "create a user or service account")
+    create.add_argument("name")
+    create.add_argument("--role", default="user")
+    create.add_argument("--service", action="store_true", help="a service account, not a person")
+    create.add_argument("--description", default="")
+    update = _sub(users, "update", "change a user's role, description or state")
+    update.add_argument("name")
+    update.add_argument("--role")
+    update.add_argument("--description")
+    state = update.add_mutually_exclusive_group()
+    state.add_argument("--disable", action="store_true", help="refuse all of the user's keys")
+    state.add_argument("--enable", action="store_true")
+    delete = _sub(users, "delete", "delete a user and their keys")
+    delete.add_argument("name")
+
+    teams = commands.add_parser("teams", help="teams").add_subparsers(dest="action", required=True)
+    _sub(teams, "list", "list teams")
+    for name, help_ in (("show", "show one team"), ("delete", "delete a team")):
+        _sub(teams, name, help_).add_argument("name")
+    team_create = _sub(teams, "create", "create a team")
+    team_create.add_argument("name")
+    team_create.add_argument("--description", default="")
+    for name, help_ in (("add", "add a user to a team"), ("remove", "remove a user from a team")):
+        member = _sub(teams, name, help_)
+        member.add_argument("team")
+        member.add_argument("user")
+
+    roles = commands.add_parser("roles", help="roles").add_subparsers(dest="action", required=True)
+    _sub(roles, "list", "list roles and what they allow")
+
+    audit = _sub(commands, "audit", "read the audit trail (newest first)")
+    audit.add_argument("--since", help="ISO time or how long ago (1h, 7d)")
+    audit.add_argument("--until", help="ISO time or how long ago")
+    audit.add_argument("--actor")
+    audit.add_argument("--action", help="an action, or a prefix ending in '.' (key.)")
+    audit.add_argument("--outcome", choices=("ok", "denied", "failed"))
+    audit.add_argument("--limit", type=int, default=50)
+
+    key_create = _sub(key_commands, "create", "issue a key to a user (shown once)")
+    key_create.add_argument("--user", required=True)
+    key_create.add_argument("--name", default="default")
+    key_create.add_argument("--models", nargs="+", help="only these models (names or globs)")
+    key_create.add_argument("--routes", nargs="+", help="only these permissions (chat, ...)")
+    key_create.add_argument("--networks", nargs="+", help="only from these networks (CIDR)")
+    key_create.add_argument("--expires", help="ISO time or duration from now (30d)")
+    key_list = _sub(key_commands, "list", "list keys")
+    key_list.add_argument("--user")
+    key_list.add_argument("--all", action="store_true", help="include revoked keys")
+    for name, help_ in (("show", "show one key"), ("revoke", "revoke a key now")):
+        _sub(key_commands, name, help_).add_argument("id")
+    rotate = _sub(key_commands, "rotate", "issue a replacement; the old key works for --overlap")
+    rotate.add_argument("id")
+    rotate.add_argument("--overlap", default="1h", help="how long the old key keeps working")
+
+
+# -- backends --------------------------------------------------------------------------------
+
+
+class _Local:
+    """Operations on the store itself, as the unrestricted local operator."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.store.enabled:
+            raise ConfigError("the store is disabled in this config", "store.enabled")
+        state = StateDir(settings.state_path())
+        url = database_url(settings.store, state.path)
+        if url.startswith("sqlite"):
+            state.ensure()
+        self._store = Store.open(url)
+        self._service = AdminService(self._store, Policy(settings))
+        self._caller = Caller.local(f"local:{_login()}")
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __call__(self, op: str, args: argparse.Namespace) -> Any:
+        s, c, now = self._service, self._caller, time.time()
+        if op == "users.list":
+            return [u.public() for u in s.users()]
+        if op == "users.show":
+            return s.user(args.name).public()
+        if op == "users.create":
+            kind = "service" if args.service else "user"
+            return s.create_user(
+                c, args.name, role=args.role, kind=kind, description=args.description
+            ).public()
+        if op == "users.update":
+            return s.update_user(
+                c, args.name, role=args.role, disabled=_disabled(args),
+                description=args.description,
+            ).public()  # fmt: skip
+        if op == "users.delete":
+            s.delete_user(c, args.name)
+            return {"name": args.name, "deleted": True}
+        if op == "teams.list":
+            return [t.public() for t in s.teams()]
+        if op == "teams.show":
+            return s.team(args.name).public()
+        if op == "teams.create":
+            return s.create_team(c, args.name, description=args.description).public()
+        if op == "teams.delete":
+            s.delete_team(c, args.name)
+            return {"name": args.name, "deleted": True}
+        if op == "teams.add":
+            return s.add_member(c, args.team, args.user).public()
+        if op == "teams.remove":
+            return s.remove_member(c, args.team, args.user).public()
+        if op == "roles.list":
+            return s.roles()
+        if op == "keys.list":
+            return [k.public(now) for k in s.keys(args.user, include_revoked=args.all)]
+        if op == "keys.show":
+            return s.key(args.id).public(now)
+        if op == "keys.create":
+            key, secret = s.create_key(
+                c, args.user, name=args.name, models=args.models, routes=args.routes,
+                networks=args.networks, expires_at=_expires(args),
+            )  # fmt: skip
+            return {"key": key.public(now), "secret": secret}
+        if op == "keys.revoke":
+            return s.revoke_key(c, args.id).public(now)
+        if op == "keys.rotate":
+            key, secret = s.rotate_key(c, args.id, overlap=parse_duration(args.overlap))
+            return {"key": key.public(now), "secret": secret}
+        if op == "audit":
+            return [e.public() for e in s.audit(_audit_query(args))]
+        raise AssertionError(op)  # pragma: no cover - the parser allows no other
+
+
+class _Remote:
+    """The same operations through a running gateway's admin API."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self._client = AdminClient(url, key)
+
+    def close(self) -> None:
+        pass
+
+    def __call__(self, op: str, args: argparse.Namespace) -> Any:
+        call = self._client.call
+        if op == "users.list":
+            return call("GET", "users")["data"]
+        if op in ("users.show", "teams.show"):
+            return call("GET", f"{op.split('.')[0]}/{args.name}")
+        if op == "users.create":
+            kind = "service" if args.service else "user"
+            body = {"name": args.name, "role": args.role, "kind": kind,
+                    "description": args.description}  # fmt: skip
+            return call("POST", "users", body)
+        if op == "users.update":
+            body = {"role": args.role, "description": args.description,
+                    "disabled": _disabled(args)}  # fmt: skip
+            return call(
+                "PATCH", f"users/{args.name}", {k: v for k, v in body.items() if v is not None}
+            )
+        if op in ("users.delete", "teams.delete"):
+            return call("DELETE", f"{op.split('.')[0]}/{args.name}")
+        if op == "teams.list":
+            return call("GET", "teams")["data"]
+        if op == "teams.create":
+            return call("POST", "teams", {"name": args.name, "description": args.description})
+        if op in ("teams.add", "teams.remove"):
+            method = "PUT" if op == "teams.add" else "DELETE"
+            return call(method, f"teams/{args.team}/members/{args.user}")
+        if op == "roles.list":
+            return call("GET", "roles")["data"]
+        if op == "keys.list":
+            query = {"user": args.user, "include_revoked": "true" if args.all else None}
+            return call("GET", "keys", query=query)["data"]
+        if op == "keys.show":
+            return call("GET", f"keys/{args.id}")
+        if op == "keys.create":
+            body = {"user": args.user, "name": args.name, "models": args.models,
+                    "routes": args.routes, "networks": args.networks,
+                    "expires_at": _expires(args)}  # fmt: skip
+            return call("POST", "keys", {k: v for k, v in body.items() if v is not None})
+        if op == "keys.revoke":
+            return call("POST", f"keys/{args.id}/revoke")
+        if op == "keys.rotate":
+            return call("POST", f"keys/{args.id}/rotate", {"overlap": parse_duration(args.overlap)})
+        if op == "audit":
+            q = _audit_query(args)
+            query = {"since": q.since, "until": q.until, "actor": q.actor, "action": q.action,
+                     "outcome": q.outcome, "limit": q.limit}  # fmt: skip
+            return call("GET", "audit", query=query)["data"]
+        raise AssertionError(op)  # pragma: no cover
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def _disabled(args: argparse.Namespace) -> bool | None:
+    return True if args.disable else False if args.enable else None
+
+
+def _expires(args: argparse.Namespace) -> float | None:
+    return None if args.expires is None else parse_when(args.expires)
+
+
+def _audit_query(args: argparse.Namespace) -> AuditQuery:
+    return AuditQuery(
+        since=None if args.since is None else parse_since(args.since),
+        until=None if args.until is None else parse_since(args.until),
+        actor=args.actor,
+        action=args.action,
+        outcome=args.outcome,
+        limit=args.limit,
+    )
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def _when(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _listed(value: Sequence[str] | None) -> str:
+    return "*" if value is None else ",".join(value)
+
+
+_COLUMNS: dict[str, list[tuple[str, Callable[[dict[str, Any]], str]]]] = {
+    "users": [
+        ("NAME", lambda r: r["name"]),
+        ("KIND", lambda r: r["kind"]),
+        ("ROLE", lambda r: r["role"]),
+        ("TEAMS", lambda r: ",".join(r["teams"]) or "-"),
+        ("STATE", lambda r: "disabled" if r["disabled"] else "enabled"),
+        ("CREATED", lambda r: _when(r["created_at"])),
+    ],
+    "teams": [
+        ("NAME", lambda r: r["name"]),
+        ("MEMBERS", lambda r: ",".join(r["members"]) or "-"),
+        ("DESCRIPTION", lambda r: r["description"] or "-"),
+    ],
+    "roles": [
+        ("NAME", lambda r: r["name"] + ("" if r["builtin"] else " (custom)")),
+        ("ROUTES", lambda r: ",".join(r["routes"])),
+        ("MODELS", lambda r: ",".join(r["models"])),
+        ("NETWORKS", lambda r: _listed(r["networks"])),
+    ],
+    "keys": [
+        ("ID", lambda r: r["id"]),
+        ("USER", lambda r: r["user"]),
+        ("NAME", lambda r: r["name"]),
+        ("PREFIX", lambda r: r["prefix"] + "…"),
+        ("STATE", lambda r: r["state"]),
+        ("EXPIRES", lambda r: _when(r["expires_at"])),
+        ("LAST USED", lambda r: _when(r["last_used_at"])),
+        ("MODELS", lambda r: _listed(r["models"])),
+        ("ROUTES", lambda r: _listed(r["routes"])),
+    ],
+    "audit": [
+        ("TIME", lambda r: _when(r["at"])),
+        ("ACTOR", lambda r: r["actor"]),
+        ("ACTION", lambda r: r["action"]),
+        ("TARGET", lambda r: r["target"]),
+        ("OUTCOME", lambda r: r["outcome"] + (f" {r['status']}" if r["status"] else "")),
+        ("FROM", lambda r: r["address"]),
+        ("DETAIL", lambda r: "-" if not r["detail"] else json.dumps(r["detail"], sort_keys=True)),
+    ],
+}
+
+
+def table(kind: str, rows: Sequence[dict[str, Any]]) -> str:
+    columns = _COLUMNS[kind]
+    cells = [[h for h, _ in columns], *([get(r) for _, get in columns] for r in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
+        for row in cells
+    )
+
+
+def _show(out: TextIO, kind: str, op: str, result: Any, as_json: bool) -> None:
+    if as_json:
+        out.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        return
+    if isinstance(result, list):
+        out.write(table(kind, result) if result else f"no {kind}\n")
+        return
+    if isinstance(result, dict) and "secret" in result:
+        key = result["key"]
+        out.write(
+            f"{key['id']}  user={key['user']}  name={key['name']}  "
+            f"expires={_when(key['expires_at'])}\n\n"
+            f"    {result['secret']}\n\n"
+            "This key is shown only now; Bastion keeps its hash. Give it to its holder.\n"
+        )
+        return
+    if isinstance(result, dict) and result.get("deleted"):
+        out.write(f"deleted {result['name']}\n")
+        return
+    out.write(table(kind, [result]))
+
+
+def run_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Run one of :data:`COMMANDS` (or ``keys create|list|show|revoke|rotate``)."""
+    out = sys.stdout if out is None else out  # looked up now, not when the module was imported
+    kind = args.command
+    op = (
+        kind
+        if kind == "audit"
+        else f"{kind}.{args.action if kind != 'keys' else args.keys_command}"
+    )
+    backend = _backend(args)
+    try:
+        result = backend(op, args)
+    finally:
+        backend.close()
+    _show(out, kind, op, result, args.json)
+    return 0
+
+
+def _backend(args: argparse.Namespace) -> _Local | _Remote:
+    url = args.url or os.environ.get("BASTION_URL")
+    if url is None:
+        return _Local(load_settings(args.config))
+    if args.key_file is not None:
+        try:
+            key = args.key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise RemoteError(f"cannot read {args.key_file}: {exc.strerror}") from None
+    else:
+        key = os.environ.get("BASTION_API_KEY", "")
+    if not key:
+        raise RemoteError("give the admin key in BASTION_API_KEY or with --key-file")
+    return _Remote(url, key)

@@ -1,0 +1,1 @@
+"""The identity store: users, teams, API keys and the audit trail (SQLite or PostgreSQL)."""

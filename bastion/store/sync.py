@@ -1,0 +1,155 @@
+"""Keeps a gateway's in-process view of the store current, off the request path.
+
+Requests never wait on the database. A background task asks the store for its revision every
+``poll_interval`` (one indexed single-row read); when it moved, the usable keys are read again
+and swapped into the API key authenticator at once. A revocation made through any replica or
+the CLI is therefore refused everywhere within ``poll_interval`` plus one reload.
+
+The same task writes back what requests leave behind: keys' last-used times and the audit
+events of refused requests, in batches. If the store is unreachable those wait (bounded) and
+are written when it returns; the failure is logged once, not per attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Sequence
+
+from bastion.auth.apikeys import ApiKeyAuthenticator, ApiKeyRecord
+from bastion.auth.identity import Restrictions
+from bastion.errors import StoreUnavailableError
+from bastion.settings import StoreSettings
+from bastion.store.audit import AuditTrail
+from bastion.store.records import KeyGrant
+from bastion.store.store import Store
+
+__all__ = ["StoreSync", "grant_record"]
+
+log = logging.getLogger("bastion.store")
+
+
+def grant_record(grant: KeyGrant) -> ApiKeyRecord:
+    restrictions = (
+        Restrictions(grant.routes, grant.models, grant.networks)
+        if (grant.routes, grant.models, grant.networks) != (None, None, None)
+        else None
+    )
+    return ApiKeyRecord(
+        name=grant.principal,
+        hash="sha256:" + grant.digest.hex(),
+        role=grant.role,
+        restrictions=restrictions,
+        expires_at=grant.expires_at,
+        key_id=grant.id,
+        teams=grant.teams,
+    )
+
+
+class StoreSync:
+    def __init__(
+        self,
+        store: Store,
+        authenticator: ApiKeyAuthenticator,
+        config_keys: Sequence[ApiKeyRecord],
+        settings: StoreSettings,
+        trail: AuditTrail,
+    ) -> None:
+        self._store = store
+        self._authenticator = authenticator
+        self._config_keys = tuple(config_keys)
+        self._settings = settings
+        self._trail = trail
+        self._revision: int | None = None
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+        self.reloads = 0
+        self.failures = 0
+
+    @property
+    def revision(self) -> int | None:
+        return self._revision
+
+    async def start(self) -> None:
+        """Load the keys once (an unreachable store fails the start), then keep them current."""
+        await self.refresh()
+        self._task = asyncio.create_task(self._run(), name="bastion-store-sync")
+
+    async def refresh(self) -> None:
+        """Reload now if the store changed (after an admin write, so it is seen at once)."""
+        async with self._lock:
+            current = await asyncio.to_thread(self._store.revision)
+            if current != self._revision:
+                snapshot = await asyncio.to_thread(self._store.snapshot)
+                records = [*self._config_keys, *(grant_record(g) for g in snapshot.keys)]
+                self._authenticator.replace(records)
+                self._revision = snapshot.revision
+                self.reloads += 1
+            stale_after = self._settings.stale_after
+            self._authenticator.store_valid_until = (
+                time.time() + stale_after if stale_after > 0 else math.inf
+            )
+
+    async def stop(self) -> None:
+        """Stop polling and write what is still pending (best effort, a few seconds)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(StoreUnavailableError, TimeoutError):
+            await asyncio.wait_for(self.flush(), timeout=5.0)
+
+    async def flush(self) -> None:
+        """Write last-used times and pending audit events."""
+        await self._write_used()
+        await self._write_audit()
+
+    async def _write_used(self) -> None:
+        used, self._authenticator.used = self._authenticator.used, {}
+        if not used:
+            return
+        try:
+            await asyncio.to_thread(self._store.touch_keys, used)
+        except StoreUnavailableError:
+            for key_id, when in used.items():  # requests since then hold newer times
+                self._authenticator.used.setdefault(key_id, when)
+            raise
+
+    async def _write_audit(self) -> None:
+        events = self._trail.take()
+        if not events:
+            return
+        try:
+            await asyncio.to_thread(self._store.append_audit, events)
+        except StoreUnavailableError:
+            self._trail.put_back(events)
+            raise
+
+    async def _run(self) -> None:
+        settings = self._settings
+        used_due = time.monotonic() + settings.last_used_interval
+        while True:
+            await asyncio.sleep(settings.poll_interval)
+            try:
+                await self.refresh()
+                await self._write_audit()
+                if time.monotonic() >= used_due:
+                    used_due = time.monotonic() + settings.last_used_interval
+                    await self._write_used()
+            except StoreUnavailableError as exc:
+                self.failures += 1
+                if not self._failing:
+                    self._failing = True
+                    log.error("identity store unreachable: %s (retrying)", exc.message)
+                continue
+            except Exception:  # never let the task die: the cache would silently age
+                log.exception("identity store sync failed")
+                continue
+            if self._failing:
+                self._failing = False
+                log.warning("identity store reachable again")

@@ -1,0 +1,192 @@
+"""The gateway's view of the store: follows changes, rides out an outage, fails closed if stale."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bastion.auth.apikeys import ApiKeyAuthenticator, ApiKeyRecord, generate_key, hash_key
+from bastion.errors import AuthenticationError, StoreUnavailableError
+from bastion.settings import StoreSettings
+from bastion.store.audit import AuditTrail
+from bastion.store.records import Actor, AuditEvent, AuditQuery
+from bastion.store.store import Store
+from bastion.store.sync import StoreSync
+
+ME = Actor("tester")
+CONFIG_KEY = generate_key()
+
+
+class FlakyStore(Store):
+    """A real store that can be made unreachable."""
+
+    down = False
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in {
+            "revision",
+            "snapshot",
+            "touch_keys",
+            "append_audit",
+        } and object.__getattribute__(self, "down"):
+            raise StoreUnavailableError("injected outage")
+        return object.__getattribute__(self, name)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[FlakyStore]:
+    opened = FlakyStore(f"sqlite:///{tmp_path / 's.db'}")
+    Store.open(opened.url).close()  # migrate
+    opened.create_principal(ME, "ann", role="user")
+    yield opened
+    opened.close()
+
+
+def make_sync(store: Store, **settings: Any) -> tuple[StoreSync, ApiKeyAuthenticator, AuditTrail]:
+    config = [ApiKeyRecord("ops", hash_key(CONFIG_KEY), "admin")]
+    keys = ApiKeyAuthenticator(config)
+    trail = AuditTrail(to_store=True)
+    defaults = {"poll_interval": 0.05, "last_used_interval": 0.05}
+    sync = StoreSync(store, keys, config, StoreSettings(**{**defaults, **settings}), trail)
+    return sync, keys, trail
+
+
+async def auth(keys: ApiKeyAuthenticator, key: str) -> str:
+    identity = await keys.authenticate(b"bearer", key.encode())
+    assert identity is not None
+    return identity.principal
+
+
+async def eventually(check: Any, timeout: float = 3.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+
+
+async def test_keys_appear_and_disappear_as_the_store_changes(store: FlakyStore) -> None:
+    sync, keys, _ = make_sync(store)
+    await sync.start()
+    try:
+        assert await auth(keys, CONFIG_KEY) == "ops"  # config keys stay alongside store keys
+        stored, secret = store.create_key(ME, "ann")
+        await eventually(lambda: len(keys) == 2)
+        assert await auth(keys, secret) == "ann"
+        store.revoke_key(ME, stored.id)
+        await eventually(lambda: len(keys) == 1)
+        with pytest.raises(AuthenticationError):
+            await auth(keys, secret)
+    finally:
+        await sync.stop()
+
+
+async def test_teams_and_restrictions_reach_the_identity(store: FlakyStore) -> None:
+    store.create_team(ME, "blue")
+    store.add_member(ME, "blue", "ann")
+    _, secret = store.create_key(ME, "ann", models=["m-*"], routes=["chat"])
+    sync, keys, _ = make_sync(store)
+    await sync.start()
+    try:
+        identity = await keys.authenticate(b"bearer", secret.encode())
+        assert identity is not None
+        assert identity.teams == ("blue",)
+        assert identity.restrictions is not None
+        assert identity.restrictions.models == ("m-*",)
+        assert identity.restrictions.routes == ("chat",)
+        assert identity.credential_id.startswith("key_")
+    finally:
+        await sync.stop()
+
+
+async def test_an_outage_keeps_the_last_keys_then_fails_closed_when_stale(
+    store: FlakyStore,
+) -> None:
+    _, secret = store.create_key(ME, "ann")
+    sync, keys, _ = make_sync(store, stale_after=0.3)
+    await sync.start()
+    try:
+        store.down = True
+        assert await auth(keys, secret) == "ann"  # within stale_after: the cache answers
+        await asyncio.sleep(0.4)
+        with pytest.raises(StoreUnavailableError):
+            await auth(keys, secret)
+        assert await auth(keys, CONFIG_KEY) == "ops"  # config keys do not depend on the store
+        assert sync.failures > 0
+        store.down = False  # recovery needs no restart
+        for _ in range(150):
+            try:
+                assert await auth(keys, secret) == "ann"
+                break
+            except StoreUnavailableError:
+                await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("store keys were not accepted again after the outage")
+    finally:
+        await sync.stop()
+
+
+async def test_stale_after_zero_never_refuses(store: FlakyStore) -> None:
+    _, secret = store.create_key(ME, "ann")
+    sync, keys, _ = make_sync(store, stale_after=0)
+    await sync.start()
+    try:
+        store.down = True
+        await asyncio.sleep(0.2)
+        assert await auth(keys, secret) == "ann"
+    finally:
+        store.down = False
+        await sync.stop()
+
+
+async def test_a_store_that_cannot_be_read_fails_the_start(store: FlakyStore) -> None:
+    sync, _, _ = make_sync(store)
+    store.down = True
+    with pytest.raises(StoreUnavailableError):
+        await sync.start()
+
+
+async def test_audit_and_last_used_survive_an_outage(store: FlakyStore) -> None:
+    stored, secret = store.create_key(ME, "ann")
+    sync, keys, trail = make_sync(store)
+    await sync.start()
+    try:
+        store.down = True
+        await auth(keys, secret)
+        event = AuditEvent(
+            at=1.0, actor="-", action="request.refused", target="/x", outcome="denied"
+        )
+        trail.put_back([event])
+        await asyncio.sleep(0.3)  # several failed flushes
+        assert trail.pending == 1
+        store.down = False
+        await eventually(lambda: store.key(stored.id).last_used_at is not None)
+        await eventually(lambda: len(store.audit(AuditQuery(action="request.refused"))) == 1)
+    finally:
+        await sync.stop()
+
+
+async def test_stop_writes_what_is_pending(store: FlakyStore) -> None:
+    stored, secret = store.create_key(ME, "ann")
+    sync, keys, _ = make_sync(store, poll_interval=10, last_used_interval=100)
+    await sync.start()
+    await auth(keys, secret)
+    assert store.key(stored.id).last_used_at is None
+    await sync.stop()
+    assert store.key(stored.id).last_used_at is not None
+
+
+def test_the_audit_trail_is_bounded() -> None:
+    trail = AuditTrail(to_store=True, max_pending=3)
+    trail.put_back(
+        [
+            AuditEvent(at=float(i), actor="-", action="a", target="t", outcome="denied")
+            for i in range(5)
+        ]
+    )
+    assert trail.pending == 3
+    assert trail.dropped == 2
+    assert [e.at for e in trail.take()] == [2.0, 3.0, 4.0]
