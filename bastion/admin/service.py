@@ -14,6 +14,7 @@ Methods are blocking; the admin API runs them in a worker thread.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,8 +150,8 @@ class AdminService:
         expires_at: float | None = None,
     ) -> tuple[StoredKey, str]:
         restrictions = _restrictions(models, routes, networks)
-        if expires_at is not None and expires_at <= time.time():
-            raise BadRequestError("expires_at is in the past", param="expires_at")
+        if expires_at is not None and not (time.time() < expires_at < math.inf):
+            raise BadRequestError("expires_at must be a moment in the future", param="expires_at")
         principal = self.store.principal(owner)
         self._key_within(caller, "key.create", principal, restrictions)
         created = self.store.create_key(
@@ -227,7 +228,7 @@ class AdminService:
                     action=action,
                     target=target,
                     outcome="denied",
-                    status=0,
+                    status=403,
                     credential=actor.credential,
                     address=actor.address,
                     request_id=actor.request_id,

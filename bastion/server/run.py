@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import resource
+import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import TextIO
 
 import uvicorn
@@ -107,7 +109,7 @@ async def serve(
         await gateway.start()
         sock = bind(settings.server.host, settings.server.port)
         url = _url(sock)
-        server = uvicorn.Server(_uvicorn_config(settings, gateway))
+        server = _Server(_uvicorn_config(settings, gateway))
         log.info("Bastion listening on %s serving %s", url, ", ".join(m.name for m in models))
         if welcome is not None:
             _print_welcome(out, url, models[0].name, welcome)
@@ -124,6 +126,27 @@ async def serve(
             store.close()
         if engine is not None:
             await engine.stop()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, except that a SIGTERM or SIGINT ends :func:`serve` normally.
+
+    uvicorn re-raises the signal it caught once it has shut down, which kills the process
+    before the caller's clean-up runs: the last access-log lines, audit events and last-used
+    times would be lost and the store left unclosed. Bastion finishes its clean-up instead.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                captured = getattr(self, "_captured_signals", None)
+                if captured:
+                    names = ", ".join(signal.Signals(n).name for n in captured)
+                    log.info("stopping (%s): clean-up done by Bastion", names)
+                    captured.clear()
 
 
 def _tune_gc() -> None:

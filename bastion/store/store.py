@@ -87,6 +87,12 @@ def valid_name(name: str, what: str) -> str:
     return name
 
 
+def _bounded(text: str | None, limit: int, param: str) -> None:
+    """The same limits on SQLite (which would store anything) and PostgreSQL (which refuses)."""
+    if text is not None and (not isinstance(text, str) or len(text) > limit):
+        raise BadRequestError(f"{param} is at most {limit} characters", param=param)
+
+
 def _new_id(kind: str) -> str:
     return kind + "_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(16))
 
@@ -176,6 +182,9 @@ class Store:
         except SQLAlchemyError as exc:
             store.close()
             raise StoreUnavailableError(f"cannot open the store: {_reason(exc)}") from None
+        except BaseException:  # a database newer than this code (ConfigError)
+            store.close()
+            raise
         return store
 
     def close(self) -> None:
@@ -262,6 +271,8 @@ class Store:
         self, actor: Actor, name: str, *, role: str, kind: str = "user", description: str = ""
     ) -> Principal:
         valid_name(name, "user")
+        _bounded(role, 64, "role")
+        _bounded(description, 500, "description")
         if kind not in KINDS:
             raise BadRequestError("kind is 'user' or 'service'", param="kind")
         now = time.time()
@@ -303,6 +314,8 @@ class Store:
         disabled: bool | None = None,
         description: str | None = None,
     ) -> Principal:
+        _bounded(role, 64, "role")
+        _bounded(description, 500, "description")
         changes: dict[str, Any] = {}
         if role is not None:
             changes["role"] = role
@@ -339,6 +352,7 @@ class Store:
 
     def create_team(self, actor: Actor, name: str, *, description: str = "") -> Team:
         valid_name(name, "team")
+        _bounded(description, 500, "description")
         with self._write() as conn:
             if conn.execute(select(t.c.id).where(t.c.name == name)).first() is not None:
                 raise ConflictError(f"A team named {name!r} already exists.")

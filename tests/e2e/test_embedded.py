@@ -15,7 +15,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from bastion.auth.apikeys import generate_key
+from bastion.auth.apikeys import generate_key, hash_key
 from tests.support.clients import openai_client
 from tests.support.gateway import GatewayProcess
 
@@ -37,8 +37,9 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway
         yield process, found.group(1)
     finally:
         process.stop()
-    stored = (Path(home) / "bastion" / "admin_key.json").read_text()
-    assert found.group(1) not in stored
+    stored = (Path(home) / "bastion" / "bastion.db").read_bytes()
+    assert found.group(1).encode() not in stored  # only its digest is kept
+    assert hash_key(found.group(1)).removeprefix("sha256:").encode() in stored
     again = GatewayProcess(None, Path(home), env={"XDG_STATE_HOME": str(home)}, ready_timeout=600)
     again.stop()
     assert not _KEY.search(again.logs), "the administrator key must be shown only once"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -244,7 +245,7 @@ def test_errors_exit_2_with_one_line(cli: Cli) -> None:
     cli.ok("users", "create", "bob")
     assert "already exists" in cli.error("users", "create", "bob")
     assert "unknown role 'wizard'" in cli.error("users", "create", "alice", "--role", "wizard")
-    assert "past" in cli.error("keys", "create", "--user", "bob", "--expires", "2000-01-01")
+    assert "future" in cli.error("keys", "create", "--user", "bob", "--expires", "2000-01-01")
     assert "not a duration" in cli.error("keys", "create", "--user", "bob", "--expires", "soon")
     assert "unknown permission 'fly'" in cli.error("keys", "create", "--user", "bob",
                                                    "--routes", "fly")  # fmt: skip
@@ -324,6 +325,17 @@ def test_parse_duration_rejects(text: str) -> None:
         parse_duration(text)
 
 
+@pytest.fixture
+def _away_from_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A local zone other than UTC, so that a naive time read as local time shows."""
+    monkeypatch.setenv("TZ", "EST+5")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("_away_from_utc")
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
