@@ -41,6 +41,7 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "StoreSettings",
+    "TeamSettings",
     "UpstreamClientSettings",
     "UpstreamTarget",
     "default_state_dir",
@@ -322,6 +323,18 @@ class RoleSettings(_Model):
     """Only from these networks (CIDR); None: from anywhere the gateway accepts."""
 
 
+class TeamSettings(_Model):
+    """Rules for the members of a team (a store team, or a JWT's teams claim, by name).
+
+    They narrow a member's access, never widen it; a member of several teams with rules must
+    satisfy all of them."""
+
+    models: tuple[str, ...] | None = None
+    """Members may use only these models (names or glob patterns)."""
+    networks: tuple[str, ...] | None = None
+    """Members are served only from these networks (CIDR)."""
+
+
 class NetworkSettings(_Model):
     """Which addresses may talk to the gateway at all, and which proxies to believe."""
 
@@ -382,6 +395,7 @@ class Settings(_Model):
     engine: EngineSettings = EngineSettings()
     auth: AuthSettings = AuthSettings()
     roles: dict[str, RoleSettings] = Field(default_factory=dict)
+    teams: dict[str, TeamSettings] = Field(default_factory=dict)
     network: NetworkSettings = NetworkSettings()
     routes: RoutesSettings = RoutesSettings()
     store: StoreSettings = StoreSettings()

@@ -52,7 +52,11 @@ def _apikey(facts: PresetFacts) -> Preset:
     """The baseline, as shipped: one model, one upstream, API-key authentication, the access
     log on (written to the process's log file, in text form)."""
     config = {
-        "server": {"host": "127.0.0.1", "port": facts.port},
+        "server": {
+            "host": "127.0.0.1",
+            "port": facts.port,
+            "state_dir": str(facts.workdir / "state"),  # its own store, not the user's
+        },
         "models": [{"name": facts.model, "upstreams": [{"url": facts.upstream_url}]}],
         "auth": {"api_keys": [{"name": "bench", "hash": facts.key_hash, "role": "user"}]},
     }
@@ -63,6 +67,36 @@ def _apikey_nolog(facts: PresetFacts) -> Preset:
     """The baseline with the access log off: what the access log costs is the difference."""
     preset = _apikey(facts)
     return Preset({**preset.config, "logging": {"access_log": False}}, preset.authorization)
+
+
+def _apikey_nostore(facts: PresetFacts) -> Preset:
+    """The baseline with the identity store off (config keys only): what keeping the store
+    current in the background costs is the difference."""
+    preset = _apikey(facts)
+    return Preset({**preset.config, "store": {"enabled": False}}, preset.authorization)
+
+
+def _store_key(facts: PresetFacts) -> Preset:
+    """The caller's key issued by the identity store (SQLite in the state directory), as
+    ``bastion keys create`` makes it: the store's key cache, last-used recording and revision
+    polling all on."""
+    from bastion.store.records import Actor
+    from bastion.store.store import Store
+
+    preset = _apikey(facts)
+    state = Path(preset.config["server"]["state_dir"])
+    state.mkdir(parents=True, exist_ok=True)
+    store = Store.open(f"sqlite:///{state / 'bastion.db'}")
+    try:
+        actor = Actor("bench")
+        store.create_principal(actor, "bench", role="user")
+        _, secret = store.create_key(actor, "bench", name="bench")
+    finally:
+        store.close()
+    config = {**preset.config, "auth": {}}
+    # a config key for nobody, so that start-up does not bootstrap an administrator
+    config["auth"] = {"api_keys": [{"name": "unused", "hash": facts.key_hash, "role": "viewer"}]}
+    return Preset(config, f"Bearer {secret}")
 
 
 def _access_log_json(facts: PresetFacts) -> Preset:
@@ -106,6 +140,8 @@ PRESETS: dict[str, Callable[[PresetFacts], Preset]] = {
     "apikey": _apikey,
     "basic": _basic,
     "apikey-nolog": _apikey_nolog,
+    "apikey-nostore": _apikey_nostore,
+    "store-key": _store_key,
     "access-log-json": _access_log_json,
 }
 

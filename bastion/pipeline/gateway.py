@@ -210,7 +210,9 @@ class Gateway:
                     ],
                 }
             )
-            self._listings[access] = body  # one per role and restriction: a handful
+            if len(self._listings) >= 10_000:  # one per role, restriction and team rules
+                self._listings.clear()
+            self._listings[access] = body
         return body
 
     async def _answer_local(self, ctx: RequestContext) -> None:

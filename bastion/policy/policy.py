@@ -24,6 +24,17 @@ class Policy:
         self._trusted = NetworkList(network.trusted_proxies, "network.trusted_proxies")
         self._narrowed: dict[tuple[str, Restrictions], Access | None] = {}
         self._peers: dict[str, Address | None] = {}
+        self._teams = {
+            name: (
+                team.models,
+                NetworkList(team.networks, f"teams.{name}.networks")
+                if team.networks is not None
+                else None,
+            )
+            for name, team in settings.teams.items()
+            if team.models is not None or team.networks is not None
+        }
+        self._with_teams: dict[tuple[Access, tuple[str, ...]], Access] = {}
         self._check_references(settings)
 
     def _check_references(self, settings: Settings) -> None:
@@ -62,6 +73,23 @@ class Policy:
 
     def access(self, identity: Identity) -> Access | None:
         """The identity's effective access; None when its role is unknown (deny)."""
+        found = self._credential_access(identity)
+        if found is None or not self._teams or not identity.teams:
+            return found
+        key = (found, identity.teams)
+        narrowed = self._with_teams.get(key)
+        if narrowed is None:
+            narrowed = found
+            for team in identity.teams:
+                rule = self._teams.get(team)
+                if rule is not None:
+                    narrowed = narrowed.narrowed(None, rule[0], rule[1])
+            if len(self._with_teams) >= 10_000:  # bounded whatever the tokens' claims say
+                self._with_teams.clear()
+            self._with_teams[key] = narrowed
+        return narrowed
+
+    def _credential_access(self, identity: Identity) -> Access | None:
         base = self.roles.access(identity.role)
         restrictions = identity.restrictions
         if base is None or restrictions is None:

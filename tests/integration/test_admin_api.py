@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from bastion.auth.apikeys import generate_key, hash_key
+from bastion.cli import main
 from tests.integration.conftest import UPSTREAM_KEY
 from tests.support.clients import openai_client
 from tests.support.fake_upstream import FakeUpstream
@@ -69,6 +70,7 @@ def gateway(
         "lead": {"routes": ["admin", "inference", "models"], "models": ["test-model"]},
         "test-only": {"routes": ["inference", "models"], "models": ["test-model"]},
     }
+    config["teams"] = {"offsite": {"networks": ["10.0.0.0/8"]}, "narrow": {"models": ["test-*"]}}
     config["store"] = {"poll_interval": 0.2, "last_used_interval": 0.2}
     with running_gateway(config, tmp_path_factory.mktemp("admin"), UPSTREAM_KEY) as process:
         yield process
@@ -223,3 +225,47 @@ def test_teams_and_roles(gateway: GatewayProcess) -> None:
     assert {"admin", "operator", "user", "viewer", "lead", "test-only"} <= roles
     assert admin(gateway, ROOT, "POST", "teams", {"name": "research"})[0] == 409
     assert admin(gateway, ROOT, "POST", "users", {"name": "' OR '1'='1"})[0] == 400
+
+
+def test_team_rules_narrow_their_members(gateway: GatewayProcess) -> None:
+    new_user(gateway, "lou")
+    _, secret = new_key(gateway, "lou")
+    for team in ("offsite", "narrow"):
+        assert admin(gateway, ROOT, "POST", "teams", {"name": team})[0] == 201
+    assert chat(gateway, secret, "other-model")
+    assert admin(gateway, ROOT, "PUT", "teams/narrow/members/lou")[0] == 200
+    with pytest.raises(openai.PermissionDeniedError):
+        chat(gateway, secret, "other-model")
+    assert chat(gateway, secret, "test-model")
+    assert admin(gateway, ROOT, "PUT", "teams/offsite/members/lou")[0] == 200
+    with pytest.raises(openai.PermissionDeniedError):  # only from 10/8; the test is 127.0.0.1
+        chat(gateway, secret, "test-model")
+    assert admin(gateway, ROOT, "DELETE", "teams/offsite/members/lou")[0] == 200
+    assert chat(gateway, secret, "test-model")
+
+
+def test_the_cli_works_through_the_admin_api(
+    gateway: GatewayProcess, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BASTION_API_KEY", ROOT)
+    remote = ["--url", gateway.url, "--json"]
+    assert main(["users", "create", "max", "--role", "test-only", *remote]) == 0
+    assert json.loads(capsys.readouterr().out)["role"] == "test-only"
+    assert main(["keys", "create", "--user", "max", "--expires", "1h", *remote]) == 0
+    issued = json.loads(capsys.readouterr().out)
+    assert chat(gateway, issued["secret"])
+    assert main(["keys", "revoke", issued["key"]["id"], *remote]) == 0
+    capsys.readouterr()
+    with pytest.raises(openai.AuthenticationError):
+        chat(gateway, issued["secret"])
+    assert main(["audit", "--action", "key.", "--since", "1h", *remote]) == 0
+    trail = json.loads(capsys.readouterr().out)
+    assert [e["action"] for e in trail if e["target"] == issued["key"]["id"]] == [
+        "key.revoke",
+        "key.create",
+    ]
+    assert all(e["actor"] == "root" for e in trail if e["target"] == issued["key"]["id"])
+    # a non-admin key is refused by the gateway, and the CLI says so
+    monkeypatch.setenv("BASTION_API_KEY", ALICE)
+    assert main(["users", "list", *remote]) == 2
+    assert "403" in capsys.readouterr().err
