@@ -11,8 +11,11 @@ from bastion.auth.guard import FailureGuard
 from bastion.auth.htpasswd import HtpasswdAuthenticator
 from bastion.auth.identity import Authenticator
 from bastion.auth.tokens import JwtAuthenticator
+from bastion.limits.backends import build_limiter
+from bastion.limits.plan import Planner
 from bastion.pipeline.accept import Acceptor
 from bastion.pipeline.account import AccessLogWriter, Account
+from bastion.pipeline.admit import Admit
 from bastion.pipeline.authenticate import Authenticate
 from bastion.pipeline.authorize import Authorize
 from bastion.pipeline.forward import Forward
@@ -24,6 +27,7 @@ from bastion.settings import ModelSettings, Settings
 from bastion.store.audit import AuditTrail
 from bastion.store.store import Store
 from bastion.store.sync import StoreSync
+from bastion.store.usage import UsageQueue
 from bastion.upstream.client import UpstreamPool
 from bastion.upstream.health import Readiness
 
@@ -71,9 +75,16 @@ def build_gateway(
     policy = Policy(settings)
     api_keys = ApiKeyAuthenticator(keys)
     audit = AuditTrail(to_store=store is not None)
+    usage = (
+        UsageQueue(settings.usage.max_pending)
+        if store is not None and settings.usage.enabled
+        else None
+    )
     sync = admin = None
     if store is not None:
-        sync = StoreSync(store, api_keys, keys, settings.store, audit)
+        sync = StoreSync(
+            store, api_keys, keys, settings.store, audit, usage, settings.usage.retention_days
+        )
         admin = AdminApi(AdminService(store, policy), sync)
     registry = ModelRegistry(models)
     readiness = Readiness(
@@ -90,9 +101,24 @@ def build_gateway(
         models=registry,
         forward=Forward(pool),
         account=Account(
-            settings.logging, access_log, audit if settings.store.audit_refused else None
+            settings.logging, access_log, audit if settings.store.audit_refused else None, usage
         ),
         readiness=readiness,
         admin=admin,
         sync=sync,
+        admit=_admit(settings, account_usage=usage is not None),
+    )
+
+
+def _admit(settings: Settings, *, account_usage: bool) -> Admit | None:
+    """The admit phase, or None when there is nothing for it to do (no limit, no priority,
+    no usage records)."""
+    planner = Planner(settings.limits)
+    if not planner.active and planner.priority_off and not account_usage:
+        return None
+    return Admit(
+        planner,
+        build_limiter(settings.limits),
+        settings.limits.default_max_tokens,
+        account_usage=account_usage,
     )

@@ -28,6 +28,7 @@ turns them into an exit code.
         ├── PayloadTooLargeError          413     invalid_request_error
         ├── UnsupportedMediaTypeError     415     invalid_request_error
         ├── RateLimitError                429     rate_limit_error
+        │   └── QuotaExceededError        429     insufficient_quota
         ├── HeadersTooLargeError          431     invalid_request_error
         ├── InternalError                 500     server_error          (source: gateway)
         ├── ServiceUnavailableError       503     server_error          (source: gateway)
@@ -62,6 +63,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "QuotaExceededError",
     "RateLimitError",
     "RemoteError",
     "RequestTimeoutError",
@@ -207,6 +209,14 @@ class RateLimitError(GatewayError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
     default_message = "Too many requests; retry later."
+
+
+class QuotaExceededError(RateLimitError):
+    """A token budget (per day or month) is used up."""
+
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+    default_message = "The token budget for this period is used up."
 
 
 class HeadersTooLargeError(GatewayError):

@@ -32,9 +32,13 @@ __all__ = [
     "HttpSettings",
     "JwtClaims",
     "JwtSettings",
+    "LimitSettings",
+    "LimitsSettings",
     "LoggingSettings",
     "ModelSettings",
     "NetworkSettings",
+    "PrioritySettings",
+    "RedisSettings",
     "RoleSettings",
     "RoutesSettings",
     "Secret",
@@ -44,6 +48,7 @@ __all__ = [
     "TeamSettings",
     "UpstreamClientSettings",
     "UpstreamTarget",
+    "UsageSettings",
     "default_state_dir",
     "load_settings",
 ]
@@ -381,6 +386,79 @@ class StoreSettings(_Model):
         return value
 
 
+class LimitSettings(_Model):
+    """Limits for one bucket of requests (a key, a user, a team, a model, or everything)."""
+
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, gt=0)
+    """Requests that may arrive at once (default: ``requests_per_minute``); after that they
+    are admitted at the steady rate (GCRA: no burst at a window boundary)."""
+    tokens_per_minute: int | None = Field(default=None, gt=0)
+    count: Literal["total", "prompt", "completion"] = "total"
+    """Which tokens ``tokens_per_minute`` and the budgets count."""
+    concurrency: int | None = Field(default=None, gt=0)
+    """Requests in flight at once (streams count until they end)."""
+    tokens_per_day: int | None = Field(default=None, gt=0)
+    """A budget per UTC day; exhausted: 429 ``insufficient_quota`` until the day ends."""
+    tokens_per_month: int | None = Field(default=None, gt=0)
+
+
+class RedisSettings(_Model):
+    url: str | Secret = "redis://127.0.0.1:6379/0"
+    timeout: float = Field(default=0.1, gt=0)
+    """Longest wait for one limiter decision before the backend counts as failed."""
+    key_prefix: str = "bastion:"
+    lease_seconds: float = Field(default=900.0, gt=0)
+    """A concurrency slot lapses after this long even if never released (a replica that
+    died holding it); a request running longer stops counting against concurrency."""
+
+
+class PrioritySettings(_Model):
+    """vLLM's per-request ``priority`` (lower is served first, with
+    ``--scheduling-policy priority``), set by the gateway; a caller's own value is replaced."""
+
+    default: int | None = None
+    roles: dict[str, int] = Field(default_factory=dict)
+    teams: dict[str, int] = Field(default_factory=dict)
+    """A member of several teams gets the lowest (most urgent) of their values."""
+
+
+class LimitsSettings(_Model):
+    """Rate limits, concurrency limits and token budgets; see docs/limits.md."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis: RedisSettings = RedisSettings()
+    on_backend_failure: Literal["closed", "open"] = "closed"
+    """Redis unreachable: refuse with 503 (closed), or apply the limits per replica from
+    memory (open). Either way it is counted and logged once."""
+    default_max_tokens: int = Field(default=1024, gt=0)
+    """Completion tokens reserved for a request that sets no ``max_tokens``."""
+    per_key: LimitSettings | None = None
+    per_user: LimitSettings | None = None
+    per_team: LimitSettings | None = None
+    per_model: LimitSettings | None = None
+    all: LimitSettings | None = None
+    """Everything through this gateway (all replicas, with Redis) together."""
+    users: dict[str, LimitSettings] = Field(default_factory=dict)
+    roles: dict[str, LimitSettings] = Field(default_factory=dict)
+    """Per principal with this role; a user named under ``users`` takes that instead."""
+    teams: dict[str, LimitSettings] = Field(default_factory=dict)
+    models: dict[str, LimitSettings] = Field(default_factory=dict)
+    priority: PrioritySettings = PrioritySettings()
+
+
+class UsageSettings(_Model):
+    """Usage records: one per inference request, kept in the store (see docs/limits.md)."""
+
+    enabled: bool = True
+    """Record usage (needs the store). Also makes every stream report its usage."""
+    retention_days: float = Field(default=90.0, gt=0)
+    """Raw records older than this are deleted; hourly rollups are kept."""
+    max_pending: int = Field(default=100_000, gt=0)
+    """Records waiting for the store (a slow or absent database) before the oldest are
+    dropped and counted."""
+
+
 class LoggingSettings(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
@@ -399,6 +477,8 @@ class Settings(_Model):
     network: NetworkSettings = NetworkSettings()
     routes: RoutesSettings = RoutesSettings()
     store: StoreSettings = StoreSettings()
+    limits: LimitsSettings = LimitsSettings()
+    usage: UsageSettings = UsageSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @model_validator(mode="after")

@@ -76,6 +76,13 @@ def _apikey_nostore(facts: PresetFacts) -> Preset:
     return Preset({**preset.config, "store": {"enabled": False}}, preset.authorization)
 
 
+def _apikey_nousage(facts: PresetFacts) -> Preset:
+    """The baseline with usage records off (store on): what recording usage costs is the
+    difference."""
+    preset = _apikey(facts)
+    return Preset({**preset.config, "usage": {"enabled": False}}, preset.authorization)
+
+
 def _store_key(facts: PresetFacts) -> Preset:
     """The caller's key issued by the identity store (SQLite in the state directory), as
     ``bastion keys create`` makes it: the store's key cache, last-used recording and revision
@@ -97,6 +104,18 @@ def _store_key(facts: PresetFacts) -> Preset:
     # a config key for nobody, so that start-up does not bootstrap an administrator
     config["auth"] = {"api_keys": [{"name": "unused", "hash": facts.key_hash, "role": "viewer"}]}
     return Preset(config, f"Bearer {secret}")
+
+
+def _memory_limits(facts: PresetFacts) -> Preset:
+    """The baseline with limits on, in memory: per key requests and tokens per minute,
+    concurrency and a daily budget (all too high to refuse), so every request is admitted,
+    reserves tokens, has its usage read from the response and reconciled."""
+    preset = _apikey(facts)
+    huge = 10**12
+    per_key = {"requests_per_minute": huge, "tokens_per_minute": huge, "concurrency": 100_000,
+               "tokens_per_day": huge}  # fmt: skip
+    limits = {"backend": "memory", "per_key": per_key}
+    return Preset({**preset.config, "limits": limits}, preset.authorization)
 
 
 def _access_log_json(facts: PresetFacts) -> Preset:
@@ -141,13 +160,14 @@ PRESETS: dict[str, Callable[[PresetFacts], Preset]] = {
     "basic": _basic,
     "apikey-nolog": _apikey_nolog,
     "apikey-nostore": _apikey_nostore,
+    "apikey-nousage": _apikey_nousage,
     "store-key": _store_key,
+    "memory-limits": _memory_limits,
     "access-log-json": _access_log_json,
 }
 
 # Hooks for later sessions: the feature each name is meant to switch on.
 RESERVED: dict[str, str] = {
-    "memory-limits": "rate limits and quotas with the in-memory backend",
     "redis-limits": "rate limits and quotas with the Redis backend",
     "metrics": "Prometheus metrics switched on",
     "usage-sqlite": "usage accounting persisted to SQLite",

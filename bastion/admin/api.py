@@ -18,6 +18,7 @@ rotated key's secret appears once, in the response that created it.
     GET    /admin/v1/keys/{id}
     POST   /admin/v1/keys/{id}/revoke          POST /admin/v1/keys/{id}/rotate
     GET    /admin/v1/audit[?since=&until=&actor=&action=&outcome=&limit=]
+    GET    /admin/v1/usage[?by=user,model&period=hour|day|all&since=&until=&user=&team=&model=]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from bastion.pipeline.responses import send_json
 from bastion.pipeline.routes import canonical_path
 from bastion.store.records import Actor, AuditQuery, StoredKey
 from bastion.store.sync import StoreSync
+from bastion.store.usage import UsageQuery
 
 __all__ = ["PREFIX", "AdminApi"]
 
@@ -119,6 +121,7 @@ class AdminApi:
             ("POST", ("keys", "*", "revoke")): self._revoke_key,
             ("POST", ("keys", "*", "rotate")): self._rotate_key,
             ("GET", ("audit",)): self._read(self._audit),
+            ("GET", ("usage",)): self._read(lambda c: _data(s.usage(usage_query(c.query)))),
         }
         self._shapes = {shape for _, shape in self._table}
 
@@ -321,3 +324,24 @@ def _body(ctx: RequestContext) -> dict[str, Any]:
 def _query(ctx: RequestContext) -> dict[str, str]:
     raw = ctx.scope.get("query_string", b"").decode("latin-1")
     return {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+
+
+def usage_query(query: dict[str, str]) -> UsageQuery:
+    """A usage report's parameters, from a query string (or the CLI's options)."""
+    period = query.get("period", "day")
+    if period not in ("hour", "day", "all"):
+        raise BadRequestError("period is hour, day or all", param="period")
+    try:
+        since = float(query["since"]) if query.get("since") else None
+        until = float(query["until"]) if query.get("until") else None
+    except ValueError:
+        raise BadRequestError("since and until are Unix times.") from None
+    return UsageQuery(
+        by=tuple(b for b in query.get("by", "user").split(",") if b),
+        period=period,  # type: ignore[arg-type]
+        since=since,
+        until=until,
+        user=query.get("user") or None,
+        team=query.get("team") or None,
+        model=query.get("model") or None,
+    )

@@ -15,7 +15,9 @@ Output is a table for people, or ``--json`` for scripts.
 from __future__ import annotations
 
 import argparse
+import csv
 import getpass
+import io
 import json
 import os
 import re
@@ -26,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from bastion.admin.api import usage_query
 from bastion.admin.client import AdminClient
 from bastion.admin.service import AdminService, Caller
 from bastion.errors import BadRequestError, ConfigError, RemoteError
@@ -37,7 +40,7 @@ from bastion.store.store import Store, database_url
 
 __all__ = ["COMMANDS", "add_commands", "parse_duration", "run_command"]
 
-COMMANDS = ("users", "teams", "roles", "keys", "audit")
+COMMANDS = ("users", "teams", "roles", "keys", "audit", "usage")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -132,6 +135,16 @@ def add_commands(commands: Any, key_commands: Any) -> None:
     audit.add_argument("--outcome", choices=("ok", "denied", "failed"))
     audit.add_argument("--limit", type=int, default=50)
 
+    usage = _sub(commands, "usage", "who used how much: requests and tokens")
+    usage.add_argument("--by", default="user", help="user, key, team, model (comma-separated)")
+    usage.add_argument("--period", choices=("hour", "day", "all"), default="day")
+    usage.add_argument("--since", help="ISO time or how long ago (default: 7d)", default="7d")
+    usage.add_argument("--until", help="ISO time or how long ago")
+    usage.add_argument("--user")
+    usage.add_argument("--team")
+    usage.add_argument("--model")
+    usage.add_argument("--csv", action="store_true", help="print CSV")
+
     key_create = _sub(key_commands, "create", "issue a key to a user (shown once)")
     key_create.add_argument("--user", required=True)
     key_create.add_argument("--name", default="default")
@@ -220,6 +233,8 @@ class _Local:
             return {"key": key.public(now), "secret": secret}
         if op == "audit":
             return [e.public() for e in s.audit(_audit_query(args))]
+        if op == "usage":
+            return s.usage(usage_query(_usage_params(args)))
         raise AssertionError(op)  # pragma: no cover - the parser allows no other
 
 
@@ -279,6 +294,8 @@ class _Remote:
             query = {"since": q.since, "until": q.until, "actor": q.actor, "action": q.action,
                      "outcome": q.outcome, "limit": q.limit}  # fmt: skip
             return call("GET", "audit", query=query)["data"]
+        if op == "usage":
+            return call("GET", "usage", query=_usage_params(args))["data"]
         raise AssertionError(op)  # pragma: no cover
 
 
@@ -295,6 +312,16 @@ def _disabled(args: argparse.Namespace) -> bool | None:
 
 def _expires(args: argparse.Namespace) -> float | None:
     return None if args.expires is None else parse_when(args.expires)
+
+
+def _usage_params(args: argparse.Namespace) -> dict[str, str]:
+    params = {"by": args.by, "period": args.period, "user": args.user, "team": args.team,
+              "model": args.model}  # fmt: skip
+    if args.since:
+        params["since"] = repr(parse_since(args.since))
+    if args.until:
+        params["until"] = repr(parse_since(args.until))
+    return {k: v for k, v in params.items() if v is not None}
 
 
 def _audit_query(args: argparse.Namespace) -> AuditQuery:
@@ -364,8 +391,38 @@ _COLUMNS: dict[str, list[tuple[str, Callable[[dict[str, Any]], str]]]] = {
 }
 
 
+_USAGE_TOTALS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens",
+                 "mean_latency_ms")  # fmt: skip
+
+
+def _usage_columns(
+    rows: Sequence[dict[str, Any]],
+) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
+    first = rows[0] if rows else {}
+    names = [n for n in first if n not in _USAGE_TOTALS] + list(_USAGE_TOTALS)
+    columns: list[tuple[str, Callable[[dict[str, Any]], str]]] = []
+    for name in names:
+        columns.append((name.upper().replace("_", " "), _cell(name)))
+    return columns
+
+
+def _cell(name: str) -> Callable[[dict[str, Any]], str]:
+    if name == "period":
+        return lambda row: _when(row["period"])
+    return lambda row: str(row[name])
+
+
+def _csv(rows: Sequence[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def table(kind: str, rows: Sequence[dict[str, Any]]) -> str:
-    columns = _COLUMNS[kind]
+    columns = _usage_columns(rows) if kind == "usage" else _COLUMNS[kind]
     cells = [[h for h, _ in columns], *([get(r) for _, get in columns] for r in rows)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     return "".join(
@@ -374,7 +431,12 @@ def table(kind: str, rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
-def _show(out: TextIO, kind: str, op: str, result: Any, as_json: bool) -> None:
+def _show(
+    out: TextIO, kind: str, op: str, result: Any, as_json: bool, as_csv: bool = False
+) -> None:
+    if as_csv:
+        out.write(_csv(result))
+        return
     if as_json:
         out.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
         return
@@ -402,7 +464,7 @@ def run_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     kind = args.command
     op = (
         kind
-        if kind == "audit"
+        if kind in ("audit", "usage")
         else f"{kind}.{args.action if kind != 'keys' else args.keys_command}"
     )
     backend = _backend(args)
@@ -410,7 +472,7 @@ def run_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
         result = backend(op, args)
     finally:
         backend.close()
-    _show(out, kind, op, result, args.json)
+    _show(out, kind, op, result, args.json, getattr(args, "csv", False))
     return 0
 
 

@@ -34,6 +34,7 @@ from bastion.store.records import (
     Team,
 )
 from bastion.store.store import Store
+from bastion.store.usage import UsageLedger, UsageQuery
 
 __all__ = ["MAX_OVERLAP", "AdminService", "Caller"]
 
@@ -58,6 +59,7 @@ class AdminService:
     def __init__(self, store: Store, policy: Policy) -> None:
         self.store = store
         self._policy = policy
+        self._ledger = UsageLedger(store)
 
     # -- users --------------------------------------------------------------------------
 
@@ -181,6 +183,11 @@ class AdminService:
 
     def audit(self, query: AuditQuery) -> list[AuditEvent]:
         return self.store.audit(query)
+
+    # -- usage ----------------------------------------------------------------------------
+
+    def usage(self, query: UsageQuery) -> list[dict[str, Any]]:
+        return self._ledger.report(query)
 
     # -- rules ----------------------------------------------------------------------------
 

@@ -21,9 +21,14 @@ from typing import BinaryIO
 
 import orjson
 
+from bastion.limits.usage import billed
 from bastion.pipeline.context import RequestContext
+from bastion.pipeline.routes import RouteKind
 from bastion.settings import LoggingSettings
 from bastion.store.audit import AuditTrail
+from bastion.store.usage import UsageQueue, UsageRecord
+
+_INFERENCE = RouteKind.INFERENCE
 
 __all__ = ["AccessLogWriter", "Account", "Record", "format_json", "format_text"]
 
@@ -141,9 +146,11 @@ class Account:
         settings: LoggingSettings,
         writer: AccessLogWriter | None,
         audit: AuditTrail | None = None,
+        usage: UsageQueue | None = None,
     ) -> None:
         self._writer = writer if settings.access_log else None
         self._audit = audit
+        self._usage = usage
 
     def close(self) -> None:
         if self._writer is not None:
@@ -153,6 +160,8 @@ class Account:
         error = ctx.error
         if error is not None and self._audit is not None and self._audit.wants(error):
             self._audit.refused(ctx)
+        if self._usage is not None and ctx.route is not None and ctx.route.kind is _INFERENCE:
+            self._usage.add(_usage_record(ctx))
         writer = self._writer
         if writer is None:
             return
@@ -176,3 +185,30 @@ class Account:
                 ctx.response_bytes,
             )
         )
+
+
+def _usage_record(ctx: RequestContext) -> UsageRecord:
+    identity = ctx.identity
+    status = ctx.status
+    if ctx.client_disconnected and not ctx.response_done:
+        status = 499  # a cut stream is still billed for what it got
+        tokens = billed(ctx.usage, status=200, sse=ctx.response_sse,
+                        prompt_estimate=ctx.prompt_estimate, content_events=ctx.content_events,
+                        response_bytes=ctx.response_bytes)  # fmt: skip
+    elif ctx.usage is not None:
+        tokens = ctx.usage
+    else:
+        tokens = billed(None, status=status, sse=ctx.response_sse,
+                        prompt_estimate=ctx.prompt_estimate, content_events=ctx.content_events,
+                        response_bytes=ctx.response_bytes)  # fmt: skip
+    ttfb = ctx.time_to_first_byte
+    teams: tuple[str, ...] = ()
+    if identity is None:
+        who, credential = "-", "-"
+    else:
+        who, credential, teams = identity.principal, identity.credential_id, identity.teams
+    return UsageRecord(
+        time.time(), ctx.request_id, who, credential, teams, ctx.model or "-",
+        ctx.route.permission if ctx.route is not None else "-", status, tokens[0], tokens[1],
+        round(ctx.elapsed_ms(), 2), None if ttfb is None else round(ttfb * 1000, 2),
+    )  # fmt: skip

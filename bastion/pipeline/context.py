@@ -7,6 +7,7 @@ from typing import Any
 
 from bastion.auth.identity import Identity
 from bastion.errors import GatewayError
+from bastion.limits.limiter import Grant
 from bastion.pipeline.routes import Route
 from bastion.policy.networks import Address
 from bastion.policy.roles import Access
@@ -27,16 +28,20 @@ class RequestContext:
         "address",
         "authorization",
         "body",
+        "body_overrides",
         "client_disconnected",
+        "content_events",
         "content_length",
         "content_type",
         "control_model",
         "error",
         "forwarded_for",
+        "grant",
         "identity",
         "json",
         "method",
         "model",
+        "prompt_estimate",
         "receive",
         "request_id",
         "response_bytes",
@@ -48,8 +53,11 @@ class RequestContext:
         "send",
         "started",
         "status",
+        "strip_usage",
         "time_to_first_byte",
+        "track_usage",
         "upstream",
+        "usage",
     )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -84,6 +92,18 @@ class RequestContext:
         self.time_to_first_byte: float | None = None
         self.client_disconnected = False
         self.error: GatewayError | None = None
+        self.grant: Grant | None = None
+        """What ``admit`` took from the limiter (released by its ``finish``)."""
+        self.prompt_estimate = 0
+        self.track_usage = False
+        """Read the upstream's token usage from the response (limits count tokens)."""
+        self.strip_usage = False
+        """Remove the stream's usage chunk: the gateway asked for it, not the caller."""
+        self.usage: tuple[int, int] | None = None
+        """(prompt, completion) tokens as the upstream reported them."""
+        self.content_events = 0
+        self.body_overrides: dict[str, Any] | None = None
+        """Fields the gateway sets in the forwarded JSON body (priority, stream_options)."""
 
     @property
     def client_host(self) -> str:

@@ -9,10 +9,13 @@ for the caller's socket to drain, which is the backpressure.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import orjson
 
+from bastion.limits.limiter import rate_headers
+from bastion.limits.usage import UsageTap, usage_of
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.resolve import ModelEntry, Target
 from bastion.pipeline.responses import send_whole
@@ -141,19 +144,35 @@ class Forward:
             elif name == b"content-length" and value.isdigit():
                 length = int(value)
         ctx.status = response.status
+        if ctx.grant is not None:
+            headers.extend(rate_headers(ctx.grant.info))
         if length is not None and length <= _WHOLE_BODY_LIMIT:
             body = await response.read()
             ctx.time_to_first_byte = time.perf_counter() - ctx.started
+            if ctx.track_usage:
+                body = _tapped_whole(ctx, body, headers)
             await send_whole(ctx, response.status, headers, body)
             return
+        tap = UsageTap(sse=ctx.response_sse, strip=ctx.strip_usage) if ctx.track_usage else None
+        if tap is not None and length is not None:  # the tap may change the length
+            headers = [(n, v) for n, v in headers if n != b"content-length"]
+            length = None
         await self._start(ctx, headers)
         downstream: Downstream | None = ctx.scope.get(DOWNSTREAM_SCOPE_KEY)
-        if length is None and downstream is not None:
-            await _splice(ctx, response, downstream)
-        else:
-            await _pump(ctx, response)
+        try:
+            if length is None and downstream is not None:
+                await _splice(ctx, response, downstream, tap)
+            else:
+                await _pump(ctx, response, tap)
+        finally:
+            if tap is not None:
+                ctx.usage = tap.usage
+                ctx.content_events = tap.content_events
+        rest = tap.end() if tap is not None else b""
+        if tap is not None:
+            ctx.usage = tap.usage
         ctx.response_done = True
-        await ctx.send({"type": "http.response.body", "body": b""})
+        await ctx.send({"type": "http.response.body", "body": rest})
 
     @staticmethod
     async def _start(ctx: RequestContext, headers: list[tuple[bytes, bytes]]) -> None:
@@ -161,17 +180,23 @@ class Forward:
         await ctx.send({"type": "http.response.start", "status": ctx.status, "headers": headers})
 
 
-async def _pump(ctx: RequestContext, response: UpstreamResponse) -> None:
+async def _pump(ctx: RequestContext, response: UpstreamResponse, tap: UsageTap | None) -> None:
     """Relay the body through ASGI ``send``, piece by piece (any ASGI server)."""
     send = ctx.send
     async for chunk in response:
         if ctx.time_to_first_byte is None:
             ctx.time_to_first_byte = time.perf_counter() - ctx.started
         ctx.response_bytes += len(chunk)
+        if tap is not None:
+            chunk = tap.feed(chunk)
+            if not chunk:
+                continue
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
 
-async def _splice(ctx: RequestContext, response: UpstreamResponse, downstream: Downstream) -> None:
+async def _splice(
+    ctx: RequestContext, response: UpstreamResponse, downstream: Downstream, tap: UsageTap | None
+) -> None:
     """Relay a chunked body from the upstream socket's callback straight to the caller's.
 
     The fast path for streams under Bastion's own server protocol: no task wakes up per
@@ -185,6 +210,10 @@ async def _splice(ctx: RequestContext, response: UpstreamResponse, downstream: D
         if ctx.time_to_first_byte is None:
             ctx.time_to_first_byte = time.perf_counter() - ctx.started
         ctx.response_bytes += len(piece)
+        if tap is not None:
+            piece = tap.feed(piece)
+            if not piece:  # held back (a partial event); an empty chunk would end the body
+                return
         write(b"%x\r\n%b\r\n" % (len(piece), piece))
         if downstream.writing_paused:
             response.pause_reading()
@@ -197,9 +226,32 @@ async def _splice(ctx: RequestContext, response: UpstreamResponse, downstream: D
 
 
 def _body_for(ctx: RequestContext, entry: ModelEntry | None) -> bytes:
-    """The body to forward: as received, unless the upstream knows the model by another name."""
-    if entry is None or entry.upstream_model is None or ctx.json is None:
+    """The body to forward: as received, unless the upstream knows the model by another name
+    or the gateway sets fields (``priority``, ``stream_options``)."""
+    renamed = entry is not None and entry.upstream_model is not None
+    if ctx.json is None or not (renamed or ctx.body_overrides):
         return ctx.body
     rewritten = dict(ctx.json)
-    rewritten["model"] = entry.upstream_model
+    if renamed:
+        assert entry is not None
+        rewritten["model"] = entry.upstream_model
+    if ctx.body_overrides:
+        rewritten.update(ctx.body_overrides)
     return orjson.dumps(rewritten)
+
+
+def _tapped_whole(ctx: RequestContext, body: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A complete body with its usage read (and, for a stream, its usage chunk dropped)."""
+    if not ctx.response_sse:
+        if b'"usage"' in body:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                ctx.usage = usage_of(orjson.loads(body))
+        return body
+    tap = UsageTap(sse=True, strip=ctx.strip_usage)
+    kept = tap.feed(body) + tap.end()
+    ctx.usage = tap.usage
+    ctx.content_events = tap.content_events
+    if len(kept) != len(body):
+        headers[:] = [(n, v) for n, v in headers if n != b"content-length"]
+        headers.append((b"content-length", str(len(kept)).encode()))
+    return kept

@@ -30,6 +30,7 @@ from bastion.errors import (
 )
 from bastion.pipeline.accept import Acceptor
 from bastion.pipeline.account import Account
+from bastion.pipeline.admit import Admit
 from bastion.pipeline.authenticate import Authenticate
 from bastion.pipeline.authorize import Authorize
 from bastion.pipeline.context import RequestContext
@@ -64,6 +65,7 @@ class Gateway:
         readiness: ReadinessCheck,
         admin: AdminApi | None = None,
         sync: StoreSync | None = None,
+        admit: Admit | None = None,
     ) -> None:
         self._routes = routes
         self._accept = acceptor
@@ -75,6 +77,7 @@ class Gateway:
         self._readiness = readiness
         self._admin = admin
         self._sync = sync
+        self._admit = admit
         self._created = int(time.time())
         self._listings: dict[Access, bytes] = {}
 
@@ -88,6 +91,8 @@ class Gateway:
         self._account.close()
         if self._sync is not None:
             await self._sync.stop()
+        if self._admit is not None:
+            await self._admit.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -109,7 +114,17 @@ class Gateway:
             log.exception("unexpected error request_id=%s", ctx.request_id)
             await self._refuse(ctx, InternalError())
         finally:
+            if ctx.grant is not None:
+                self._finish(ctx)
             self._account(ctx)
+
+    def _finish(self, ctx: RequestContext) -> None:
+        """Give back what ``admit`` took; never lets an error escape into ``account``."""
+        assert self._admit is not None
+        try:
+            self._admit.finish(ctx)
+        except Exception:
+            log.exception("releasing limits failed request_id=%s", ctx.request_id)
 
     async def _refuse(self, ctx: RequestContext, error: GatewayError) -> None:
         if ctx.client_disconnected:
@@ -145,6 +160,8 @@ class Gateway:
             ctx.model = ctx.control_model
         entry = self._models.resolve(ctx)
         self._authorize.model(ctx, entry.name)
+        if self._admit is not None and kind is RouteKind.INFERENCE:
+            await self._admit(ctx, entry.name)
         await self._forward_watching(ctx, entry)
 
     async def _forward_watching(self, ctx: RequestContext, entry: ModelEntry) -> None:

@@ -46,8 +46,13 @@ def _v1_initial(conn: Connection) -> None:
     conn.execute(insert(schema.revision).values(id=1, revision=1))
 
 
+def _v2_usage(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.usage_records, schema.usage_hourly])
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[Connection], None]], ...] = (
     ("users, teams, api keys, audit log", _v1_initial),
+    ("usage records and hourly rollups", _v2_usage),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -33,6 +33,8 @@ __all__ = [
     "schema_version",
     "team_members",
     "teams",
+    "usage_hourly",
+    "usage_records",
 ]
 
 metadata = MetaData()
@@ -129,4 +131,39 @@ audit_log = Table(
     Column("address", String(64), nullable=False),
     Column("request_id", String(128), nullable=False),
     Column("detail", Text),
+)
+
+usage_records = Table(
+    "usage_records",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("at", Float, nullable=False, index=True),
+    Column("request_id", String(128), nullable=False),
+    Column("principal", String(160), nullable=False),
+    Column("credential", String(64), nullable=False),
+    Column("teams", String(500), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("route", String(64), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("ttft_ms", Float),
+    comment="One row per inference request; pruned after usage.retention_days.",
+)
+
+usage_hourly = Table(
+    "usage_hourly",
+    metadata,
+    Column("hour", BigInteger, primary_key=True, autoincrement=False),
+    Column("principal", String(160), primary_key=True),
+    Column("credential", String(64), primary_key=True),
+    Column("team", String(128), primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    comment="Rollup by hour (Unix hour number), principal, key, team ('' for none) and model.",
 )

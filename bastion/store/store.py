@@ -13,6 +13,7 @@ written to the audit trail in the same transaction as the change itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -219,6 +220,14 @@ class Store:
             raise ConflictError("That conflicts with something that already exists.") from None
         except (DBAPIError, SQLAlchemyError) as exc:
             raise StoreUnavailableError(f"the store failed: {_reason(exc)}") from None
+
+    def reading(self) -> contextlib.AbstractContextManager[Connection]:
+        """A connection for reads (for the store's companion modules: usage)."""
+        return self._read()
+
+    def writing(self) -> contextlib.AbstractContextManager[Connection]:
+        """A transaction that does not bump the revision (usage, audit: nothing to reload)."""
+        return self._write(bump=False)
 
     # -- what the gateway's cache reads ------------------------------------------------
 

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from bastion.auth.apikeys import ApiKeyAuthenticator, ApiKeyRecord
 from bastion.auth.identity import Restrictions
@@ -26,6 +26,7 @@ from bastion.settings import StoreSettings
 from bastion.store.audit import AuditTrail
 from bastion.store.records import KeyGrant
 from bastion.store.store import Store
+from bastion.store.usage import UsageLedger, UsageQueue
 
 __all__ = ["StoreSync", "grant_record"]
 
@@ -57,15 +58,21 @@ class StoreSync:
         config_keys: Sequence[ApiKeyRecord],
         settings: StoreSettings,
         trail: AuditTrail,
+        usage: UsageQueue | None = None,
+        retention_days: float = 90.0,
     ) -> None:
         self._store = store
+        self._usage = usage
+        self._ledger = UsageLedger(store)
+        self._retention_days = retention_days
+        self._prune_due = 0.0
         self._authenticator = authenticator
         self._config_keys = tuple(config_keys)
         self._settings = settings
         self._trail = trail
         self._revision: int | None = None
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._failing = False
         self.reloads = 0
         self.failures = 0
@@ -77,7 +84,10 @@ class StoreSync:
     async def start(self) -> None:
         """Load the keys once (an unreachable store fails the start), then keep them current."""
         await self.refresh()
-        self._task = asyncio.create_task(self._run(), name="bastion-store-sync")
+        self._tasks = [
+            asyncio.create_task(self._poll(), name="bastion-store-poll"),
+            asyncio.create_task(self._write(), name="bastion-store-write"),
+        ]
 
     async def refresh(self) -> None:
         """Reload now if the store changed (after an admin write, so it is seen at once)."""
@@ -96,18 +106,33 @@ class StoreSync:
 
     async def stop(self) -> None:
         """Stop polling and write what is still pending (best effort, a few seconds)."""
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._tasks = []
         with contextlib.suppress(StoreUnavailableError, TimeoutError):
             await asyncio.wait_for(self.flush(), timeout=5.0)
 
     async def flush(self) -> None:
-        """Write last-used times and pending audit events."""
+        """Write last-used times, pending audit events and usage records."""
         await self._write_used()
         await self._write_audit()
+        await self._write_usage()
+
+    async def _write_usage(self) -> None:
+        if self._usage is None or not len(self._usage):
+            return
+        records = self._usage.take()
+        try:
+            await asyncio.to_thread(self._ledger.append, records)
+        except StoreUnavailableError:
+            self._usage.put_back(records)
+            raise
+        self._usage.written += len(records)
+        if time.monotonic() >= self._prune_due:
+            self._prune_due = time.monotonic() + 3600
+            await asyncio.to_thread(self._ledger.prune, self._retention_days)
 
     async def _write_used(self) -> None:
         used, self._authenticator.used = self._authenticator.used, {}
@@ -130,26 +155,37 @@ class StoreSync:
             self._trail.put_back(events)
             raise
 
-    async def _run(self) -> None:
+    async def _poll(self) -> None:
+        """Follow the store's revision (its own task: a slow write never delays a reload)."""
+        while True:
+            await asyncio.sleep(self._settings.poll_interval)
+            await self._guarded(self.refresh)
+
+    async def _write(self) -> None:
+        """Write what requests left behind: audit and usage each second, last-used times
+        every ``last_used_interval``."""
         settings = self._settings
         used_due = time.monotonic() + settings.last_used_interval
         while True:
-            await asyncio.sleep(settings.poll_interval)
-            try:
-                await self.refresh()
-                await self._write_audit()
-                if time.monotonic() >= used_due:
-                    used_due = time.monotonic() + settings.last_used_interval
-                    await self._write_used()
-            except StoreUnavailableError as exc:
-                self.failures += 1
-                if not self._failing:
-                    self._failing = True
-                    log.error("identity store unreachable: %s (retrying)", exc.message)
-                continue
-            except Exception:  # never let the task die: the cache would silently age
-                log.exception("identity store sync failed")
-                continue
-            if self._failing:
-                self._failing = False
-                log.warning("identity store reachable again")
+            await asyncio.sleep(min(1.0, settings.poll_interval))
+            await self._guarded(self._write_audit)
+            await self._guarded(self._write_usage)
+            if time.monotonic() >= used_due:
+                used_due = time.monotonic() + settings.last_used_interval
+                await self._guarded(self._write_used)
+
+    async def _guarded(self, step: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await step()
+        except StoreUnavailableError as exc:
+            self.failures += 1
+            if not self._failing:
+                self._failing = True
+                log.error("identity store unreachable: %s (retrying)", exc.message)
+            return
+        except Exception:  # never let the tasks die: the cache would silently age
+            log.exception("identity store sync failed")
+            return
+        if self._failing:
+            self._failing = False
+            log.warning("identity store reachable again")

@@ -195,6 +195,20 @@ class FakeUpstream:
                 await asyncio.sleep(behaviour.gap)
         if disconnected.is_set():
             return
+        options = payload.get("stream_options") or {}
+        if options.get("include_usage"):
+            # as vLLM does: a last chunk with no choices and the usage of the whole stream
+            usage = {"prompt_tokens": 5, "completion_tokens": behaviour.events,
+                     "total_tokens": 5 + behaviour.events}  # fmt: skip
+            chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1,
+                     "model": payload.get("model"), "choices": [], "usage": usage}  # fmt: skip
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
+                    "more_body": True,
+                }
+            )
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True})
         await send({"type": "http.response.body", "body": b""})
         self.stream_finished.append(time.monotonic())

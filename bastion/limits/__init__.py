@@ -1,0 +1,1 @@
+"""Rate limits, concurrency limits and token budgets, in memory or shared through Redis."""

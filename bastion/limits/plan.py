@@ -1,0 +1,135 @@
+"""Which limits apply to a request: the buckets it counts against, compiled once per caller.
+
+A bucket is a named counter (``key:<id>``, ``user:<name>``, ``team:<name>``, ``model:<name>``,
+``all``) with the limits configured for it. A request is admitted only if every one of its
+buckets admits it, and then counts against all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bastion.auth.identity import Identity
+from bastion.settings import LimitSettings, LimitsSettings
+
+__all__ = ["Bucket", "Limit", "Planner"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One bucket's limits, compiled (``None``: no limit of that kind)."""
+
+    requests_per_minute: int | None
+    burst: int
+    tokens_per_minute: int | None
+    count: str
+    concurrency: int | None
+    tokens_per_day: int | None
+    tokens_per_month: int | None
+
+    @classmethod
+    def of(cls, settings: LimitSettings) -> Limit:
+        rpm = settings.requests_per_minute
+        return cls(
+            requests_per_minute=rpm,
+            burst=settings.burst or rpm or 1,
+            tokens_per_minute=settings.tokens_per_minute,
+            count=settings.count,
+            concurrency=settings.concurrency,
+            tokens_per_day=settings.tokens_per_day,
+            tokens_per_month=settings.tokens_per_month,
+        )
+
+    @property
+    def counts_tokens(self) -> bool:
+        return (
+            self.tokens_per_minute is not None
+            or self.tokens_per_day is not None
+            or self.tokens_per_month is not None
+        )
+
+    def tokens(self, prompt: int, completion: int) -> int:
+        """The tokens of a request that this limit counts."""
+        if self.count == "prompt":
+            return prompt
+        if self.count == "completion":
+            return completion
+        return prompt + completion
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    key: str
+    limit: Limit
+
+
+class Planner:
+    """Compiles the ``limits`` settings; :meth:`plan` is cached per caller and model."""
+
+    def __init__(self, settings: LimitsSettings) -> None:
+        self._settings = settings
+        compile_ = Limit.of
+        self._per_key = compile_(settings.per_key) if settings.per_key else None
+        self._per_user = compile_(settings.per_user) if settings.per_user else None
+        self._per_team = compile_(settings.per_team) if settings.per_team else None
+        self._per_model = compile_(settings.per_model) if settings.per_model else None
+        self._all = compile_(settings.all) if settings.all else None
+        self._users = {k: compile_(v) for k, v in settings.users.items()}
+        self._roles = {k: compile_(v) for k, v in settings.roles.items()}
+        self._teams = {k: compile_(v) for k, v in settings.teams.items()}
+        self._models = {k: compile_(v) for k, v in settings.models.items()}
+        self.active = any(
+            (self._per_key, self._per_user, self._per_team, self._per_model, self._all)
+        ) or any((self._users, self._roles, self._teams, self._models))
+        self._cache: dict[tuple[str, str, str, str, tuple[str, ...], str], tuple[Bucket, ...]] = {}
+
+    def plan(self, identity: Identity, model: str | None) -> tuple[Bucket, ...]:
+        cache_key = (identity.method, identity.credential_id, identity.principal, identity.role,
+                     identity.teams, model or "")  # fmt: skip
+        found = self._cache.get(cache_key)
+        if found is None:
+            found = self._build(identity, model)
+            if len(self._cache) >= 100_000:
+                self._cache.clear()
+            self._cache[cache_key] = found
+        return found
+
+    def _build(self, identity: Identity, model: str | None) -> tuple[Bucket, ...]:
+        buckets: list[Bucket] = []
+        if self._per_key is not None:
+            # A key's id names it (config keys: their entry name): never the secret
+            buckets.append(Bucket(f"key:{identity.method}:{identity.credential_id}", self._per_key))
+        user = (
+            self._users.get(identity.principal) or self._roles.get(identity.role) or self._per_user
+        )
+        if user is not None:
+            buckets.append(Bucket(f"user:{identity.method}:{identity.principal}", user))
+        for team in dict.fromkeys(identity.teams):  # a team named twice counts once
+            limit = self._teams.get(team) or self._per_team
+            if limit is not None:
+                buckets.append(Bucket(f"team:{team}", limit))
+        if model is not None:
+            limit = self._models.get(model) or self._per_model
+            if limit is not None:
+                buckets.append(Bucket(f"model:{model}", limit))
+        if self._all is not None:
+            buckets.append(Bucket("all", self._all))
+        return tuple(buckets)
+
+    @property
+    def priority_off(self) -> bool:
+        p = self._settings.priority
+        return p.default is None and not p.roles and not p.teams
+
+    def priority(self, identity: Identity) -> int | None:
+        """The ``priority`` to forward for this caller (it replaces the caller's own), or
+        None when priorities are not configured (the body is left alone)."""
+        settings = self._settings.priority
+        if self.priority_off:
+            return None
+        values = [settings.teams[t] for t in identity.teams if t in settings.teams]
+        if identity.role in settings.roles:
+            values.append(settings.roles[identity.role])
+        if values:
+            return min(values)  # vLLM serves lower values first
+        return settings.default if settings.default is not None else 0

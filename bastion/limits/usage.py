@@ -1,0 +1,125 @@
+"""Token usage from the upstream's answer, so reservations can be reconciled.
+
+Non-streaming answers carry ``usage`` in their JSON. For streams the gateway asks the upstream
+for it (``stream_options.include_usage``) even when the caller did not, takes the counts from
+the final usage chunk, and, if the caller did not ask, removes that chunk before it reaches
+the caller. A stream cut before its usage arrives is billed for what was relayed: the
+prompt estimate plus one token per content event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Any
+
+import orjson
+
+__all__ = ["UsageTap", "billed", "usage_of"]
+
+_TAIL = 64 * 1024
+_END = re.compile(rb"\r\n\r\n|\n\n")  # an event ends with an empty line (LF or CRLF)
+
+
+def usage_of(document: Any) -> tuple[int, int] | None:
+    """``(prompt_tokens, completion_tokens)`` from a response object, if it reports them."""
+    if not isinstance(document, dict):
+        return None
+    usage = document.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
+    if not isinstance(prompt, int) or not isinstance(completion, int) or prompt < 0:
+        return None
+    return prompt, max(0, completion)
+
+
+def billed(
+    reported: tuple[int, int] | None,
+    *,
+    status: int,
+    sse: bool,
+    prompt_estimate: int,
+    content_events: int,
+    response_bytes: int,
+) -> tuple[int, int]:
+    """The (prompt, completion) tokens a request is billed: what the upstream reported, or,
+    when it reported nothing, an estimate of what was relayed."""
+    if reported is not None:
+        return reported
+    if status >= 400:
+        return 0, 0  # refused or failed: nothing was generated
+    if sse:
+        return prompt_estimate, content_events
+    return prompt_estimate, response_bytes // 4
+
+
+class UsageTap:
+    """Watches a relayed body for usage; in a stream, may drop the usage-only chunk.
+
+    ``feed`` takes each piece as it arrives and returns what to send on (for a stream:
+    whole events only; a partial event waits for its end). ``end`` returns what is left.
+    """
+
+    __slots__ = ("_buffer", "_sse", "_strip", "content_events", "usage")
+
+    def __init__(self, *, sse: bool, strip: bool) -> None:
+        self._sse = sse
+        self._strip = strip
+        self._buffer = b""
+        self.usage: tuple[int, int] | None = None
+        self.content_events = 0
+
+    def feed(self, piece: bytes) -> bytes:
+        if not self._sse:
+            self._buffer = (self._buffer + piece)[-_TAIL:]
+            return piece
+        data = self._buffer + piece if self._buffer else piece
+        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+        if lf < 0 and crlf < 0:
+            self._buffer = data
+            return b""
+        end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+        self._buffer = data[end:]
+        complete = data[:end]
+        if b'"usage"' not in complete:
+            self.content_events += complete.count(b'"choices":[{') + complete.count(
+                b'"choices": [{'
+            )
+            return complete
+        kept, start = [], 0
+        for found in _END.finditer(complete):
+            kept.append(self._event(complete[start : found.end()]))
+            start = found.end()
+        kept.append(complete[start:])  # only line breaks, if anything
+        return b"".join(kept)
+
+    def end(self) -> bytes:
+        """At the end of the body: what was held back (and, for JSON, its usage)."""
+        rest, self._buffer = self._buffer, b""
+        if not self._sse:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                self.usage = usage_of(orjson.loads(rest)) or self.usage
+            return b""
+        return rest
+
+    def _event(self, event: bytes) -> bytes:
+        if b'"choices":[{' in event or b'"choices": [{' in event:
+            self.content_events += 1
+        if b'"usage"' not in event:
+            return event
+        payload = event.strip()
+        if not payload.startswith(b"data:"):
+            return event
+        try:
+            chunk = orjson.loads(payload[5:])
+        except orjson.JSONDecodeError:
+            return event
+        found = usage_of(chunk)
+        if found is None:
+            return event
+        self.usage = found
+        if self._strip and isinstance(chunk, dict) and not chunk.get("choices"):
+            return b""  # the chunk the caller did not ask for
+        return event

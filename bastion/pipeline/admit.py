@@ -1,0 +1,104 @@
+"""Phase ``admit``: may this request run now? Rate limits, concurrency, token budgets.
+
+After the model is known, the request is counted against each of its buckets (see
+:mod:`bastion.limits.plan`): its prompt is estimated from the body (a byte per four, an
+over-estimate for text) and its completion is its ``max_tokens`` (or the configured default).
+Refusals are 429 with ``Retry-After`` and OpenAI's ``x-ratelimit-*`` headers (budgets:
+``insufficient_quota``); a request too large for a limit even when idle is a 400.
+
+:meth:`Admit.finish` runs on every exit of the request (the gateway's ``finally``): it
+reconciles the reservation with the tokens the upstream reported, or with what was relayed
+if the stream was cut, and releases the concurrency slot.
+
+This phase also sets vLLM's ``priority`` field when priorities are configured, replacing
+whatever the caller sent, and asks streams for their usage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bastion.limits.limiter import Limiter
+from bastion.limits.plan import Planner
+from bastion.limits.usage import billed
+from bastion.pipeline.context import RequestContext
+
+__all__ = ["Admit"]
+
+_GENERATING = frozenset({"chat", "completions", "responses", "audio"})
+
+
+class Admit:
+    def __init__(
+        self,
+        planner: Planner,
+        limiter: Limiter,
+        default_max_tokens: int,
+        *,
+        account_usage: bool = False,
+    ) -> None:
+        self._planner = planner
+        self._limiter = limiter
+        self._default = default_max_tokens
+        self._account_usage = account_usage
+        """Usage records are kept: every request's token usage is read, limits or not."""
+
+    async def __call__(self, ctx: RequestContext, model: str) -> None:
+        identity = ctx.identity
+        assert identity is not None and ctx.route is not None
+        overrides: dict[str, Any] = {}
+        priority = self._planner.priority(identity)
+        if priority is not None and ctx.json is not None:
+            overrides["priority"] = priority
+        buckets = self._planner.plan(identity, model) if self._planner.active else ()
+        ctx.prompt_estimate = prompt = len(ctx.body) // 4 + 1
+        if buckets:
+            completion = self._completion(ctx)
+            ctx.grant = await self._limiter.acquire(buckets, prompt, completion)
+        if self._account_usage or any(b.limit.counts_tokens for b in buckets):
+            ctx.track_usage = True
+            self._ask_for_stream_usage(ctx, overrides)
+        if overrides:
+            ctx.body_overrides = overrides
+
+    async def aclose(self) -> None:
+        await self._limiter.aclose()
+
+    def finish(self, ctx: RequestContext) -> None:
+        grant = ctx.grant
+        if grant is None:
+            return
+        prompt, completion = billed(
+            ctx.usage,
+            status=ctx.status,
+            sse=ctx.response_sse,
+            prompt_estimate=ctx.prompt_estimate,
+            content_events=ctx.content_events,
+            response_bytes=ctx.response_bytes,
+        )
+        self._limiter.finish(grant, prompt, completion)
+
+    def _completion(self, ctx: RequestContext) -> int:
+        assert ctx.route is not None
+        if ctx.route.permission not in _GENERATING:
+            return 0
+        body = ctx.json or {}
+        for field in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+            value = body.get(field)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return self._default
+
+    @staticmethod
+    def _ask_for_stream_usage(ctx: RequestContext, overrides: dict[str, Any]) -> None:
+        body = ctx.json
+        if body is None or body.get("stream") is not True:
+            return
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            return  # the caller asked: the usage chunk is theirs to see
+        overrides["stream_options"] = {
+            **(options if isinstance(options, dict) else {}),
+            "include_usage": True,
+        }
+        ctx.strip_usage = True
