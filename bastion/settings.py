@@ -439,6 +439,9 @@ class LimitsSettings(_Model):
     per_model: LimitSettings | None = None
     all: LimitSettings | None = None
     """Everything through this gateway (all replicas, with Redis) together."""
+    keys: dict[str, LimitSettings] = Field(default_factory=dict)
+    """Per key, by the store's key id (``key_...``) or a config key's name; instead of
+    ``per_key`` for that key."""
     users: dict[str, LimitSettings] = Field(default_factory=dict)
     roles: dict[str, LimitSettings] = Field(default_factory=dict)
     """Per principal with this role; a user named under ``users`` takes that instead."""

@@ -74,13 +74,14 @@ class Planner:
         self._per_team = compile_(settings.per_team) if settings.per_team else None
         self._per_model = compile_(settings.per_model) if settings.per_model else None
         self._all = compile_(settings.all) if settings.all else None
+        self._keys = {k: compile_(v) for k, v in settings.keys.items()}
         self._users = {k: compile_(v) for k, v in settings.users.items()}
         self._roles = {k: compile_(v) for k, v in settings.roles.items()}
         self._teams = {k: compile_(v) for k, v in settings.teams.items()}
         self._models = {k: compile_(v) for k, v in settings.models.items()}
         self.active = any(
             (self._per_key, self._per_user, self._per_team, self._per_model, self._all)
-        ) or any((self._users, self._roles, self._teams, self._models))
+        ) or any((self._keys, self._users, self._roles, self._teams, self._models))
         self._cache: dict[tuple[str, str, str, str, tuple[str, ...], str], tuple[Bucket, ...]] = {}
 
     def plan(self, identity: Identity, model: str | None) -> tuple[Bucket, ...]:
@@ -96,9 +97,11 @@ class Planner:
 
     def _build(self, identity: Identity, model: str | None) -> tuple[Bucket, ...]:
         buckets: list[Bucket] = []
-        if self._per_key is not None:
+        key = self._keys.get(identity.credential_id) if identity.method == "api_key" else None
+        key = key or self._per_key
+        if key is not None:
             # A key's id names it (config keys: their entry name): never the secret
-            buckets.append(Bucket(f"key:{identity.method}:{identity.credential_id}", self._per_key))
+            buckets.append(Bucket(f"key:{identity.method}:{identity.credential_id}", key))
         user = (
             self._users.get(identity.principal) or self._roles.get(identity.role) or self._per_user
         )
