@@ -75,6 +75,10 @@ class UsageTap:
         if not self._sse:
             self._buffer = (self._buffer + piece)[-_TAIL:]
             return piece
+        if not self._buffer and piece.endswith(b"\n\n") and b'"usage"' not in piece:
+            # the usual piece: whole events, none about usage; pass it on as it is
+            self.content_events += piece.count(b'"choices":[{') + piece.count(b'"choices": [{')
+            return piece
         data = self._buffer + piece if self._buffer else piece
         lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
         if lf < 0 and crlf < 0:
@@ -107,8 +111,8 @@ class UsageTap:
     def _event(self, event: bytes) -> bytes:
         if b'"choices":[{' in event or b'"choices": [{' in event:
             self.content_events += 1
-        if b'"usage"' not in event:
-            return event
+        if b'"usage"' not in event or b'"usage":null' in event or b'"usage": null' in event:
+            return event  # OpenAI-style servers say "usage": null in every chunk
         payload = event.strip()
         if not payload.startswith(b"data:"):
             return event
