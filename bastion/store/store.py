@@ -162,6 +162,7 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
             time.sleep(0.05)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA cache_size=-1024")  # 1 MiB per connection: bounded memory
     cursor.close()
 
 

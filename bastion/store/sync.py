@@ -121,15 +121,15 @@ class StoreSync:
         await self._write_usage()
 
     async def _write_usage(self) -> None:
-        if self._usage is None or not len(self._usage):
+        if self._usage is None or not self._usage.pending:
             return
-        records = self._usage.take()
+        rows, rollup = self._usage.take()
         try:
-            await asyncio.to_thread(self._ledger.append, records)
+            await asyncio.to_thread(self._ledger.write, rows, rollup)
         except StoreUnavailableError:
-            self._usage.put_back(records)
+            self._usage.put_back(rows, rollup)
             raise
-        self._usage.written += len(records)
+        self._usage.written += len(rows)
         if time.monotonic() >= self._prune_due:
             self._prune_due = time.monotonic() + 3600
             await asyncio.to_thread(self._ledger.prune, self._retention_days)
