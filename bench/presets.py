@@ -118,6 +118,21 @@ def _memory_limits(facts: PresetFacts) -> Preset:
     return Preset({**preset.config, "limits": limits}, preset.authorization)
 
 
+def _redis_limits(facts: PresetFacts) -> Preset:
+    """``memory-limits`` with the limits kept in the local Redis (127.0.0.1:6379, its own
+    key prefix per run): one Redis script per admission and one per finish."""
+    preset = _memory_limits(facts)
+    limits = {
+        **preset.config["limits"],
+        "backend": "redis",
+        "redis": {
+            "url": "redis://127.0.0.1:6379/0",
+            "key_prefix": f"bench-{facts.port}-{time.time_ns()}:",
+        },
+    }
+    return Preset({**preset.config, "limits": limits}, preset.authorization)
+
+
 def _access_log_json(facts: PresetFacts) -> Preset:
     """The baseline with the access log in JSON."""
     preset = _apikey(facts)
@@ -163,14 +178,13 @@ PRESETS: dict[str, Callable[[PresetFacts], Preset]] = {
     "apikey-nousage": _apikey_nousage,
     "store-key": _store_key,
     "memory-limits": _memory_limits,
+    "redis-limits": _redis_limits,
     "access-log-json": _access_log_json,
 }
 
 # Hooks for later sessions: the feature each name is meant to switch on.
 RESERVED: dict[str, str] = {
-    "redis-limits": "rate limits and quotas with the Redis backend",
     "metrics": "Prometheus metrics switched on",
-    "usage-sqlite": "usage accounting persisted to SQLite",
 }
 
 
