@@ -82,6 +82,15 @@ def _masked(value: Any) -> Any:
 
 
 def _check_secrets(settings: Settings) -> None:
+    for where, secret in (
+        ("store.url", settings.store.url),
+        ("limits.redis.url", settings.limits.redis.url),
+    ):
+        if isinstance(secret, Secret):
+            try:
+                secret.resolve()
+            except ConfigError as exc:
+                raise ConfigError(str(exc), where) from None
     for model in settings.models:
         for index, upstream in enumerate(model.upstreams):
             if isinstance(upstream.api_key, Secret):

@@ -88,3 +88,17 @@ def test_config_check_names_an_unknown_role(
     path.write_text(yaml.safe_dump({"auth": {"api_keys": [entry]}}))
     assert main(["config", "check", str(path)]) == 2
     assert "auth.api_keys.0.role: unknown role 'superuser'" in capsys.readouterr().err
+
+
+def test_config_check_resolves_the_store_and_redis_secrets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"store": {"url": {"env": "BASTION_TEST_UNSET_VAR"}}}))
+    assert main(["config", "check", str(path)]) == 2
+    assert "store.url" in capsys.readouterr().err
+    path.write_text(
+        yaml.safe_dump({"limits": {"redis": {"url": {"value": "redis://:hunter2@h:6379/0"}}}})
+    )
+    assert main(["config", "check", str(path)]) == 0
+    assert "hunter2" not in capsys.readouterr().out
