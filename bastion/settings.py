@@ -46,6 +46,7 @@ __all__ = [
     "Settings",
     "StoreSettings",
     "TeamSettings",
+    "TlsSettings",
     "UpstreamClientSettings",
     "UpstreamTarget",
     "UsageSettings",
@@ -98,11 +99,26 @@ class Secret(_Model):
         return text
 
 
+class TlsSettings(_Model):
+    """HTTPS on the gateway's own port: TLS 1.2 and 1.3 only."""
+
+    certificate: Path
+    """PEM certificate chain (the server's certificate first)."""
+    key: Path
+    """PEM private key of the certificate."""
+    client_ca: Path | None = None
+    """PEM CA certificates that sign client certificates; with it, callers must present a
+    certificate signed by one of them (mutual TLS), unless ``client_certificate`` says
+    ``optional``."""
+    client_certificate: Literal["required", "optional"] = "required"
+
+
 class ServerSettings(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     state_dir: Path | None = None
     """Where Bastion keeps its own state (bootstrap admin key, assembled model files)."""
+    tls: TlsSettings | None = None
 
 
 class HttpSettings(_Model):

@@ -20,6 +20,7 @@ from bastion.errors import ConfigError
 from bastion.pipeline.account import AccessLogWriter, format_json, format_text
 from bastion.server.protocol import protocol_class
 from bastion.server.startup import Welcome, open_store, startup_keys
+from bastion.server.tls import server_context
 from bastion.settings import ModelSettings, Secret, Settings, UpstreamTarget
 from bastion.state import StateDir
 from bastion.store.store import Store
@@ -108,8 +109,13 @@ async def serve(
         )
         await gateway.start()
         sock = bind(settings.server.host, settings.server.port)
-        url = _url(sock)
-        server = _Server(_uvicorn_config(settings, gateway))
+        tls = settings.server.tls
+        url = _url(sock, https=tls is not None)
+        config = _uvicorn_config(settings, gateway)
+        config.load()
+        if tls is not None:
+            config.ssl = server_context(tls)  # used by uvicorn's create_server for our socket
+        server = _Server(config)
         log.info("Bastion listening on %s serving %s", url, ", ".join(m.name for m in models))
         if welcome is not None:
             _print_welcome(out, url, models[0].name, welcome)
@@ -187,12 +193,12 @@ def _uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
     )
 
 
-def _url(sock: socket.socket) -> str:
+def _url(sock: socket.socket, *, https: bool = False) -> str:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     if host in ("0.0.0.0", "::"):
         shown = "127.0.0.1"
-    return f"http://{shown}:{port}"
+    return f"{'https' if https else 'http'}://{shown}:{port}"
 
 
 def _print_welcome(out: TextIO, url: str, model: str, welcome: Welcome) -> None:

@@ -18,7 +18,7 @@ import yaml
 
 from bastion.auth.apikeys import generate_key, hash_key
 
-_LISTENING = re.compile(r"Bastion listening on (http://\S+)")
+_LISTENING = re.compile(r"Bastion listening on (https?://\S+)")
 
 
 @dataclass
@@ -96,7 +96,7 @@ class GatewayProcess:
 
     @property
     def host_port(self) -> tuple[str, int]:
-        host, port = self.url.removeprefix("http://").rsplit(":", 1)
+        host, port = self.url.split("://", 1)[1].rsplit(":", 1)
         return host, int(port)
 
     def stop(self) -> None:
