@@ -119,6 +119,9 @@ class ServerSettings(_Model):
     state_dir: Path | None = None
     """Where Bastion keeps its own state (bootstrap admin key, assembled model files)."""
     tls: TlsSettings | None = None
+    drain_timeout: float = Field(default=30.0, ge=0)
+    """On SIGTERM or SIGINT: stop accepting, let requests and streams in flight finish for
+    up to this long, then close what is left. Managed engines stop after the drain."""
 
 
 class HttpSettings(_Model):

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import resource
 import signal
 import socket
@@ -189,7 +190,7 @@ def _uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
         proxy_headers=False,  # X-Forwarded-For is never believed by default
         log_config=None,
         timeout_keep_alive=int(settings.http.keep_alive_timeout),
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=math.ceil(settings.server.drain_timeout),
     )
 
 
