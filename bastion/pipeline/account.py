@@ -35,10 +35,10 @@ __all__ = ["AccessLogWriter", "Account", "Record", "format_json", "format_text"]
 log = logging.getLogger("bastion")
 
 # (time, request id, client, method, route, status, model, principal, upstream,
-#  latency ms, time to first byte ms, error code, response bytes)
+#  latency ms, time to first byte ms, error code, response bytes, (prompt, completion) tokens)
 Record = tuple[
     float, str, str, str, str, int, str | None, str | None, str | None, float,
-    float | None, str | None, int,
+    float | None, str | None, int, tuple[int, int] | None,
 ]  # fmt: skip
 Formatter = Callable[[Sequence[Record]], bytes]
 
@@ -61,11 +61,27 @@ class _Clock:
 def format_text(records: Sequence[Record]) -> bytes:
     clock = _Clock()
     lines = []
-    for when, rid, client, method, route, status, model, who, upstream, ms, ttfb, err, _ in records:
+    for (
+        when,
+        rid,
+        client,
+        method,
+        route,
+        status,
+        model,
+        who,
+        upstream,
+        ms,
+        ttfb,
+        err,
+        _,
+        used,
+    ) in records:
         lines.append(
             f'{clock.format(when)} access {rid} {client} "{method} {route}" {status} '
             f"model={model or '-'} principal={who or '-'} upstream={upstream or '-'} "
             f"latency_ms={ms} ttfb_ms={'-' if ttfb is None else ttfb}"
+            f"{f' tokens={used[0]}/{used[1]}' if used else ''}"
             f"{f' error={err}' if err else ''}\n"
         )
     return "".join(lines).encode()
@@ -77,7 +93,12 @@ def format_json(records: Sequence[Record]) -> bytes:
             "upstream", "latency_ms", "ttfb_ms", "error", "bytes")  # fmt: skip
     return b"".join(
         orjson.dumps(
-            {"time": clock.format(record[0]), **dict(zip(keys, record[1:], strict=True))},
+            {
+                "time": clock.format(record[0]),
+                **dict(zip(keys, record[1:-1], strict=True)),
+                "prompt_tokens": record[-1][0] if record[-1] else None,
+                "completion_tokens": record[-1][1] if record[-1] else None,
+            },
             option=orjson.OPT_APPEND_NEWLINE,
         )
         for record in records
@@ -183,6 +204,7 @@ class Account:
                 None if ttfb is None else round(ttfb * 1000, 2),
                 error.code if error is not None else None,
                 ctx.response_bytes,
+                ctx.usage,
             )
         )
 

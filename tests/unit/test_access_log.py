@@ -58,6 +58,7 @@ def record(i: int = 0) -> Record:
         None,
         None,
         5,
+        None,
     )
 
 
@@ -109,6 +110,7 @@ def test_line_names_the_request_and_no_secret(fmt: str) -> None:
     account = Account(LoggingSettings(format=fmt), writer)  # type: ignore[arg-type]
     ctx = served_context()
     ctx.scope["headers"] = [(b"authorization", b"Bearer bst_secret")]
+    ctx.usage = (5, 3)
     account(ctx)
     refused = served_context()
     refused.error = ModelNotFoundError()
@@ -124,9 +126,12 @@ def test_line_names_the_request_and_no_secret(fmt: str) -> None:
         assert first["principal"] == "alice"
         assert first["route"] == "/v1/chat/completions"
         assert first["status"] == 200
+        assert (first["prompt_tokens"], first["completion_tokens"]) == (5, 3)
         assert orjson.loads(lines[1])["error"] == "model_not_found"
+        assert orjson.loads(lines[1])["prompt_tokens"] is None
     else:
         assert b'rid-1 10.0.0.1 "POST /v1/chat/completions" 200 model=m principal=alice' in lines[0]
+        assert b" tokens=5/3" in lines[0] and b"tokens=" not in lines[1]
         assert lines[1].endswith(b"error=model_not_found")
 
 
