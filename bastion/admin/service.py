@@ -217,7 +217,9 @@ class AdminService:
             role=owner.role,
             credential_id="-",
             method="api_key",
-            restrictions=restrictions if restrictions != Restrictions() else None,
+            restrictions=Restrictions.of(
+                restrictions.routes, restrictions.models, restrictions.networks
+            ),
         )
         access = self._policy.access(identity)
         if access is None or not access.within(caller.access):

@@ -16,6 +16,19 @@ class Restrictions:
     models: tuple[str, ...] | None = None
     networks: tuple[str, ...] | None = None
 
+    @classmethod
+    def of(
+        cls,
+        routes: tuple[str, ...] | None,
+        models: tuple[str, ...] | None,
+        networks: tuple[str, ...] | None,
+    ) -> Restrictions | None:
+        """The restrictions a credential declares, or None when it narrows nothing (so that
+        the unrestricted majority share their role's access as it is)."""
+        if routes is None and models is None and networks is None:
+            return None
+        return cls(routes, models, networks)
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:

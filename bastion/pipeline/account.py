@@ -21,7 +21,6 @@ from typing import BinaryIO
 
 import orjson
 
-from bastion.limits.usage import billed
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.routes import RouteKind
 from bastion.settings import LoggingSettings
@@ -211,18 +210,12 @@ class Account:
 
 def _usage_record(ctx: RequestContext) -> UsageRecord:
     identity = ctx.identity
-    status = ctx.status
     if ctx.client_disconnected and not ctx.response_done:
-        status = 499  # a cut stream is still billed for what it got
-        tokens = billed(ctx.usage, status=200, sse=ctx.response_sse,
-                        prompt_estimate=ctx.prompt_estimate, content_events=ctx.content_events,
-                        response_bytes=ctx.response_bytes)  # fmt: skip
-    elif ctx.usage is not None:
-        tokens = ctx.usage
+        status = 499
+        tokens = ctx.billed_tokens(200)  # a cut stream is still billed for what it got
     else:
-        tokens = billed(None, status=status, sse=ctx.response_sse,
-                        prompt_estimate=ctx.prompt_estimate, content_events=ctx.content_events,
-                        response_bytes=ctx.response_bytes)  # fmt: skip
+        status = ctx.status
+        tokens = ctx.billed_tokens(status)
     ttfb = ctx.time_to_first_byte
     teams: tuple[str, ...] = ()
     if identity is None:

@@ -20,7 +20,6 @@ from typing import Any
 
 from bastion.limits.limiter import Limiter
 from bastion.limits.plan import Planner
-from bastion.limits.usage import billed
 from bastion.pipeline.context import RequestContext
 
 __all__ = ["Admit"]
@@ -68,14 +67,7 @@ class Admit:
         grant = ctx.grant
         if grant is None:
             return
-        prompt, completion = billed(
-            ctx.usage,
-            status=ctx.status,
-            sse=ctx.response_sse,
-            prompt_estimate=ctx.prompt_estimate,
-            content_events=ctx.content_events,
-            response_bytes=ctx.response_bytes,
-        )
+        prompt, completion = ctx.billed_tokens(ctx.status)
         self._limiter.finish(grant, prompt, completion)
 
     def _completion(self, ctx: RequestContext) -> int:

@@ -8,6 +8,7 @@ from typing import Any
 from bastion.auth.identity import Identity
 from bastion.errors import GatewayError
 from bastion.limits.limiter import Grant
+from bastion.limits.usage import billed
 from bastion.pipeline.routes import Route
 from bastion.policy.networks import Address
 from bastion.policy.roles import Access
@@ -104,6 +105,18 @@ class RequestContext:
         self.content_events = 0
         self.body_overrides: dict[str, Any] | None = None
         """Fields the gateway sets in the forwarded JSON body (priority, stream_options)."""
+
+    def billed_tokens(self, status: int) -> tuple[int, int]:
+        """(prompt, completion) tokens to bill: the upstream's report, or an estimate of
+        what was relayed (see :func:`bastion.limits.usage.billed`)."""
+        return billed(
+            self.usage,
+            status=status,
+            sse=self.response_sse,
+            prompt_estimate=self.prompt_estimate,
+            content_events=self.content_events,
+            response_bytes=self.response_bytes,
+        )
 
     @property
     def client_host(self) -> str:

@@ -164,13 +164,11 @@ class Forward:
                 await _splice(ctx, response, downstream, tap)
             else:
                 await _pump(ctx, response, tap)
-        finally:
+        finally:  # also when the stream is cut: what was relayed is billed
+            rest = tap.end() if tap is not None else b""
             if tap is not None:
                 ctx.usage = tap.usage
                 ctx.content_events = tap.content_events
-        rest = tap.end() if tap is not None else b""
-        if tap is not None:
-            ctx.usage = tap.usage
         ctx.response_done = True
         await ctx.send({"type": "http.response.body", "body": rest})
 

@@ -54,9 +54,7 @@ def config_keys(settings: Settings) -> list[ApiKeyRecord]:
             e.name,
             e.hash,
             e.role,
-            Restrictions(e.routes, e.models, e.networks)
-            if (e.routes, e.models, e.networks) != (None, None, None)
-            else None,
+            Restrictions.of(e.routes, e.models, e.networks),
             e.expires.timestamp() if e.expires is not None else None,
         )
         for e in settings.auth.api_keys

@@ -34,16 +34,11 @@ log = logging.getLogger("bastion.store")
 
 
 def grant_record(grant: KeyGrant) -> ApiKeyRecord:
-    restrictions = (
-        Restrictions(grant.routes, grant.models, grant.networks)
-        if (grant.routes, grant.models, grant.networks) != (None, None, None)
-        else None
-    )
     return ApiKeyRecord(
         name=grant.principal,
         hash="sha256:" + grant.digest.hex(),
         role=grant.role,
-        restrictions=restrictions,
+        restrictions=Restrictions.of(grant.routes, grant.models, grant.networks),
         expires_at=grant.expires_at,
         key_id=grant.id,
         teams=grant.teams,
