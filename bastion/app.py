@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from bastion.admin.api import AdminApi
 from bastion.admin.service import AdminService
 from bastion.auth.apikeys import ApiKeyAuthenticator, ApiKeyRecord
+from bastion.auth.clientcert import ClientCertificateAuthenticator
 from bastion.auth.guard import FailureGuard
 from bastion.auth.htpasswd import HtpasswdAuthenticator
 from bastion.auth.identity import Authenticator
 from bastion.auth.tokens import JwtAuthenticator
+from bastion.errors import NotFoundError
 from bastion.limits.backends import build_limiter
+from bastion.limits.limiter import Limiter
 from bastion.limits.plan import Planner
+from bastion.observability.instruments import GatewayMetrics
 from bastion.pipeline.accept import Acceptor
 from bastion.pipeline.account import AccessLogWriter, Account
 from bastion.pipeline.admit import Admit
@@ -21,22 +26,26 @@ from bastion.pipeline.authorize import Authorize
 from bastion.pipeline.forward import Forward
 from bastion.pipeline.gateway import Gateway
 from bastion.pipeline.resolve import ModelRegistry
-from bastion.pipeline.routes import DEFAULT_ROUTES, RouteKind, RouteTable
+from bastion.pipeline.routes import DEFAULT_ROUTES, METRICS_ROUTE, RouteKind, RouteTable
 from bastion.policy.policy import Policy
-from bastion.settings import ModelSettings, Settings
+from bastion.settings import BruteForceSettings, ModelSettings, Settings
 from bastion.store.audit import AuditTrail
 from bastion.store.store import Store
 from bastion.store.sync import StoreSync
 from bastion.store.usage import UsageQueue
+from bastion.upstream.balancer import UpstreamSet
 from bastion.upstream.client import UpstreamPool
-from bastion.upstream.health import Readiness
+from bastion.upstream.health import HealthChecker, Readiness
 
-__all__ = ["authenticators", "build_gateway", "build_routes"]
+if TYPE_CHECKING:
+    from bastion.server.reload import ReloadReport
+
+__all__ = ["Services", "authenticators", "build_gateway", "build_routes"]
 
 
 def build_routes(settings: Settings, *, admin: bool = True) -> RouteTable:
     """The route table; control routes are absent unless administrators may use them, the
-    admin API when there is no store to administer."""
+    admin API when there is no store to administer, metrics when they are off."""
     allow_control = settings.routes.control == "admin"
     return RouteTable(
         tuple(
@@ -44,6 +53,7 @@ def build_routes(settings: Settings, *, admin: bool = True) -> RouteTable:
             for r in DEFAULT_ROUTES
             if (allow_control or r.kind is not RouteKind.CONTROL)
             and (admin or r.kind is not RouteKind.ADMIN)
+            and (settings.metrics.enabled or r is not METRICS_ROUTE)
         )
     )
 
@@ -60,65 +70,221 @@ def authenticators(
     return tuple(found)
 
 
-def build_gateway(
-    settings: Settings,
-    *,
-    models: tuple[ModelSettings, ...],
-    keys: Sequence[ApiKeyRecord],
-    pool: UpstreamPool,
-    engine_alive: Callable[[], bool] | None = None,
-    access_log: AccessLogWriter | None = None,
-    store: Store | None = None,
-) -> Gateway:
-    """The gateway; with a ``store``, also its admin API, audit trail and key synchronizer
-    (started by :meth:`Gateway.start`)."""
-    policy = Policy(settings)
-    api_keys = ApiKeyAuthenticator(keys)
-    audit = AuditTrail(to_store=store is not None)
-    usage = (
-        UsageQueue(settings.usage.max_pending)
-        if store is not None and settings.usage.enabled
-        else None
-    )
-    sync = admin = None
-    if store is not None:
-        sync = StoreSync(
-            store, api_keys, keys, settings.store, audit, usage, settings.usage.retention_days
+def _client_certificates(
+    settings: Settings, policy: Policy
+) -> ClientCertificateAuthenticator | None:
+    """Names callers without an ``Authorization`` header by their client certificate."""
+    if settings.auth.client_certificate is None:
+        return None
+    return ClientCertificateAuthenticator(settings.auth.client_certificate, policy.roles)
+
+
+class Services:
+    """What outlives a configuration: connections, upstream health, limiter state, queues and
+    the identity store's synchronizer. Built once per process; every gateway built by
+    :func:`build_gateway` (at start and at each reload) uses the same ones."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        keys: Sequence[ApiKeyRecord],
+        pool: UpstreamPool,
+        access_log: AccessLogWriter | None = None,
+        store: Store | None = None,
+        engine_alive: Callable[[], bool] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.access_log = access_log
+        self.store = store
+        self.engine_alive = engine_alive
+        self.upstreams = UpstreamSet(settings.upstream.ejection)
+        self.health = HealthChecker(pool, self.upstreams, settings.upstream.health)
+        self.api_keys = ApiKeyAuthenticator(keys)
+        self.audit = AuditTrail(to_store=store is not None)
+        self.usage = (
+            UsageQueue(settings.usage.max_pending)
+            if store is not None and settings.usage.enabled
+            else None
         )
-        admin = AdminApi(AdminService(store, policy), sync)
-    registry = ModelRegistry(models)
+        self.sync = (
+            StoreSync(
+                store,
+                self.api_keys,
+                keys,
+                settings.store,
+                self.audit,
+                self.usage,
+                settings.usage.retention_days,
+            )
+            if store is not None
+            else None
+        )
+        self.metrics = GatewayMetrics(settings.metrics) if settings.metrics.enabled else None
+        if self.metrics is not None:
+            self._watch(self.metrics)
+        self._limits = settings.limits
+        self._limiter: Limiter | None = None
+        self._guard: tuple[BruteForceSettings, FailureGuard] | None = None
+        self.reloads = 0
+        self.reload_failures = 0
+        self.reloader: Callable[[], Awaitable[ReloadReport]] | None = None
+        """Re-reads and applies the configuration (set by the server that owns the services)."""
+
+    def _watch(self, metrics: GatewayMetrics) -> None:
+        """Counters kept by the services themselves, read at scrape time."""
+        metrics.watch_upstreams(self.upstreams)
+        watch = metrics.watch_count
+        watch(
+            "bastion_limiter_fail_open_total",
+            "Requests let through because the limiter's backend failed (on_backend_failure: open).",
+            lambda: getattr(self._limiter, "fail_open_decisions", 0),
+        )
+        watch(
+            "bastion_limiter_backend_failures_total",
+            "Times the limiter's backend could not be reached.",
+            lambda: getattr(self._limiter, "failures", 0),
+        )
+        watch(
+            "bastion_auth_blocked_addresses_total",
+            "Times an address was blocked for repeated failed authentications.",
+            lambda: self._guard[1].blocks if self._guard is not None else 0,
+        )
+        access_log = self.access_log
+        if access_log is not None:
+            watch(
+                "bastion_access_log_dropped_total",
+                "Access-log lines lost because the log could not be written.",
+                lambda: access_log.dropped,
+            )
+        sync = self.sync
+        if sync is not None:
+            watch(
+                "bastion_store_sync_failures_total",
+                "Failed reads or writes of the identity store.",
+                lambda: sync.failures,
+            )
+        watch(
+            "bastion_config_reloads_total",
+            "Configuration reloads applied.",
+            lambda: self.reloads,
+        )
+        watch(
+            "bastion_config_reload_failures_total",
+            "Configuration reloads refused (the running configuration stayed).",
+            lambda: self.reload_failures,
+        )
+
+    def limiter(self) -> Limiter:
+        """The limiter, made on first need (a configuration without limits never makes one)."""
+        if self._limiter is None:
+            self._limiter = build_limiter(self._limits)
+        return self._limiter
+
+    def guard(self, settings: BruteForceSettings) -> FailureGuard:
+        """The brute-force guard; what it knows survives a reload unless its settings change."""
+        if self._guard is None or self._guard[0] != settings:
+            self._guard = (settings, FailureGuard(settings))
+        return self._guard[1]
+
+    async def reload(self) -> ReloadReport:
+        """Re-read the configuration and apply it (the admin API's reload)."""
+        if self.reloader is None:
+            raise NotFoundError("This gateway has no configuration file to reload.")
+        return await self.reloader()
+
+    async def reconfigure(self, settings: Settings, keys: Sequence[ApiKeyRecord]) -> None:
+        """Apply a reloaded configuration's keys and upstream health settings."""
+        if self.sync is not None:
+            self.sync.replace_config_keys(keys)
+        else:
+            self.api_keys.replace(keys)
+        self.upstreams.reconfigure(settings.upstream.ejection)
+        if settings.upstream.health != self.health.settings:
+            await self.health.stop()
+            self.health.settings = settings.upstream.health
+            self.health.start()
+
+    def adopt(self, gateway: Gateway) -> None:
+        """``gateway`` now serves: label its models, check only its upstreams."""
+        if self.metrics is not None:
+            self.metrics.set_models(gateway.models.names)
+        self.upstreams.retain(gateway.models.origins())
+
+    async def start(self) -> None:
+        """Load the identity store's keys (an unreachable store fails the start) and start
+        the background work: key synchronization, health checks."""
+        if self.sync is not None:
+            await self.sync.start()
+        self.health.start()
+
+    async def stop(self) -> None:
+        """Once serving stopped: flush what is buffered (access log, audit, usage, last-used
+        times) and close the limiter."""
+        await self.health.stop()
+        if self.access_log is not None:
+            self.access_log.flush()
+        if self.sync is not None:
+            await self.sync.stop()
+        if self._limiter is not None:
+            await self._limiter.aclose()
+
+
+def build_gateway(
+    settings: Settings, services: Services, models: tuple[ModelSettings, ...]
+) -> Gateway:
+    """A gateway for ``settings`` on top of long-lived ``services``; with a store, also its
+    admin API. Only what depends on the configuration is made here."""
+    policy = Policy(settings)
+    store = services.store
+    admin = None
+    if store is not None:
+        assert services.sync is not None
+        admin = AdminApi(AdminService(store, policy), services.sync, services.reload)
+    registry = ModelRegistry(models, services.upstreams, settings.upstream.health.path)
+    health = settings.upstream.health
     readiness = Readiness(
-        (tuple(t.origin for t in entry.targets) for entry in registry.entries()),
-        extra=engine_alive,
+        (entry.balancer for entry in registry.entries()),
+        checked=health.enabled,
+        extra=services.engine_alive,
     )
     return Gateway(
         routes=build_routes(settings, admin=admin is not None),
         acceptor=Acceptor(settings.http),
         authenticate=Authenticate(
-            authenticators(settings, api_keys, policy), FailureGuard(settings.auth.brute_force)
+            authenticators(settings, services.api_keys, policy),
+            services.guard(settings.auth.brute_force),
+            _client_certificates(settings, policy),
+            services.metrics,
         ),
         authorize=Authorize(policy),
         models=registry,
-        forward=Forward(pool),
+        forward=Forward(services.pool, settings.upstream),
         account=Account(
-            settings.logging, access_log, audit if settings.store.audit_refused else None, usage
+            settings.logging,
+            services.access_log,
+            services.audit if settings.store.audit_refused else None,
+            services.usage,
+            services.metrics,
         ),
         readiness=readiness,
         admin=admin,
-        sync=sync,
-        admit=_admit(settings, account_usage=usage is not None),
+        admit=_admit(settings, services),
+        metrics=services.metrics,
     )
 
 
-def _admit(settings: Settings, *, account_usage: bool) -> Admit | None:
+def _admit(settings: Settings, services: Services) -> Admit | None:
     """The admit phase, or None when there is nothing for it to do (no limit, no priority,
     no usage records)."""
     planner = Planner(settings.limits)
+    account_usage = services.usage is not None
     if not planner.active and planner.priority_off and not account_usage:
         return None
     return Admit(
         planner,
-        build_limiter(settings.limits),
+        services.limiter(),
         settings.limits.default_max_tokens,
         account_usage=account_usage,
+        metrics=services.metrics,
     )

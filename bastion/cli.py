@@ -65,9 +65,12 @@ def _with_overrides(settings: Settings, host: str | None, port: int | None) -> S
 def _serve(args: argparse.Namespace) -> int:
     from bastion.server.run import run
 
-    settings = _with_overrides(load_settings(args.config), args.host, args.port)
+    def load() -> Settings:
+        return _with_overrides(load_settings(args.config), args.host, args.port)
+
+    settings = load()
     with contextlib.suppress(KeyboardInterrupt):
-        run(settings)
+        run(settings, load=load, source=str(args.config or "built-in defaults"))
     return 0
 
 

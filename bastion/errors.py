@@ -24,6 +24,7 @@ turns them into an exit code.
         │   └── ModelNotFoundError        404     invalid_request_error / model_not_found
         ├── MethodNotAllowedError         405     invalid_request_error
         ├── ConflictError                 409     invalid_request_error (admin API)
+        ├── ConfigRefusedError            422     invalid_request_error (a reload refused)
         ├── RequestTimeoutError           408     invalid_request_error
         ├── PayloadTooLargeError          413     invalid_request_error
         ├── UnsupportedMediaTypeError     415     invalid_request_error
@@ -32,7 +33,8 @@ turns them into an exit code.
         ├── HeadersTooLargeError          431     invalid_request_error
         ├── InternalError                 500     server_error          (source: gateway)
         ├── ServiceUnavailableError       503     server_error          (source: gateway)
-        │   └── StoreUnavailableError     503     server_error          (the identity store)
+        │   ├── StoreUnavailableError     503     server_error          (the identity store)
+        │   └── NoUpstreamError           503     server_error          (every upstream down)
         └── UpstreamError                 502     upstream_error        (source: upstream)
             ├── UpstreamConnectError      502
             ├── UpstreamProtocolError     502
@@ -51,6 +53,7 @@ __all__ = [
     "BadRequestError",
     "BastionError",
     "ConfigError",
+    "ConfigRefusedError",
     "ConflictError",
     "EngineError",
     "ErrorSource",
@@ -60,6 +63,7 @@ __all__ = [
     "MalformedBodyError",
     "MethodNotAllowedError",
     "ModelNotFoundError",
+    "NoUpstreamError",
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
@@ -183,6 +187,15 @@ class ConflictError(GatewayError):
     default_message = "The request conflicts with the current state."
 
 
+class ConfigRefusedError(GatewayError):
+    """A configuration reload was refused; the running configuration stays."""
+
+    status = 422
+    type = "invalid_request_error"
+    code = "invalid_config"
+    default_message = "The configuration was refused."
+
+
 class RequestTimeoutError(GatewayError):
     status = 408
     type = "invalid_request_error"
@@ -240,6 +253,15 @@ class ServiceUnavailableError(GatewayError):
     code = "service_unavailable"
     source = ErrorSource.GATEWAY
     default_message = "The service is not available."
+
+
+class NoUpstreamError(ServiceUnavailableError):
+    """Every upstream of the model is down or ejected: answered at once, never after a
+    timeout per request."""
+
+    code = "no_healthy_upstream"
+    source = ErrorSource.UPSTREAM
+    default_message = "No upstream server for this model is available; retry later."
 
 
 class StoreUnavailableError(ServiceUnavailableError):

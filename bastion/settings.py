@@ -27,6 +27,7 @@ __all__ = [
     "ApiKeyEntry",
     "AuthSettings",
     "BruteForceSettings",
+    "ClientCertificateSettings",
     "EngineSettings",
     "HtpasswdSettings",
     "HttpSettings",
@@ -111,6 +112,9 @@ class TlsSettings(_Model):
     certificate signed by one of them (mutual TLS), unless ``client_certificate`` says
     ``optional``."""
     client_certificate: Literal["required", "optional"] = "required"
+    reload_interval: float = Field(default=10.0, gt=0)
+    """Seconds between looks at the certificate, key and client CA files; when one changed,
+    new handshakes use the new files (a file that cannot be loaded keeps the old ones)."""
 
 
 class ServerSettings(_Model):
@@ -136,6 +140,31 @@ class HttpSettings(_Model):
     keep_alive_timeout: float = Field(default=5.0, gt=0)
 
 
+class HealthCheckSettings(_Model):
+    """Active health checks: each upstream is asked ``GET path`` every ``interval`` seconds."""
+
+    enabled: bool = True
+    path: str = Field(default="/health", pattern=r"^/")
+    """vLLM answers 200 on ``/health`` once its engine is up."""
+    interval: float = Field(default=5.0, gt=0)
+    timeout: float = Field(default=2.0, gt=0)
+    unhealthy_after: int = Field(default=2, ge=1)
+    """Consecutive failed checks before an upstream is taken out."""
+    healthy_after: int = Field(default=1, ge=1)
+    """Consecutive passed checks before it is put back."""
+
+
+class EjectionSettings(_Model):
+    """Passive ejection: an upstream whose requests keep failing is left alone for a while."""
+
+    failures: int = Field(default=3, ge=0)
+    """Consecutive failed requests (connection errors, timeouts, 502/503/504) that eject an
+    upstream; 0 never ejects."""
+    duration: float = Field(default=5.0, gt=0)
+    """First ejection's length; it doubles with each ejection in a row."""
+    max_duration: float = Field(default=60.0, gt=0)
+
+
 class UpstreamClientSettings(_Model):
     """How Bastion talks to model servers."""
 
@@ -148,6 +177,13 @@ class UpstreamClientSettings(_Model):
     """Idle keep-alive connections kept per upstream."""
     idle_connection_ttl: float = Field(default=4.0, gt=0)
     """An idle connection older than this is closed rather than reused."""
+    retries: int = Field(default=2, ge=0)
+    """Further attempts on another upstream of the model when one fails before its response
+    has begun (connection refused or reset, timeout, 502/503/504)."""
+    retry_window: float = Field(default=15.0, ge=0)
+    """No further attempt starts later than this many seconds after the first."""
+    health: HealthCheckSettings = HealthCheckSettings()
+    ejection: EjectionSettings = EjectionSettings()
 
 
 class UpstreamTarget(_Model):
@@ -156,6 +192,18 @@ class UpstreamTarget(_Model):
     send_request_id: bool = True
     """Forward ``X-Request-Id``; off for servers that reject ids they did not make
     (llama-cpp-python's accepts only UUIDs)."""
+    weight: int = Field(default=1, ge=0, le=1000)
+    """Share of the model's requests relative to its other upstreams; 0 sends it none (to
+    drain it before taking it away)."""
+    health_path: str | None = None
+    """Overrides ``upstream.health.path`` for this server."""
+
+    @field_validator("health_path")
+    @classmethod
+    def _absolute_path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("must be a path starting with /")
+        return value
 
     @field_validator("url")
     @classmethod
@@ -173,6 +221,15 @@ class ModelSettings(_Model):
     upstreams: tuple[UpstreamTarget, ...] = Field(min_length=1)
     upstream_model: str | None = None
     """The name the upstream knows the model by, when it differs from ``name``."""
+
+    @model_validator(mode="after")
+    def _weighted(self) -> ModelSettings:
+        if not any(u.weight for u in self.upstreams):
+            raise ValueError("at least one upstream needs a weight above 0")
+        urls = [u.url for u in self.upstreams]
+        if len(set(urls)) != len(urls):
+            raise ValueError("an upstream URL is listed twice")
+        return self
 
 
 class EngineSettings(_Model):
@@ -317,11 +374,24 @@ class BruteForceSettings(_Model):
     """How long a blocked address gets 429 without its credentials being looked at."""
 
 
+class ClientCertificateSettings(_Model):
+    """Callers named by their verified client certificate (mutual TLS: needs
+    ``server.tls.client_ca``). Used for requests without an ``Authorization`` header only."""
+
+    user_from: Literal["common_name", "email"] = "common_name"
+    """The subject's common name, or the email address (subjectAltName, else the subject's
+    emailAddress) names the user."""
+    role: str = "user"
+    """The role of every certificate holder, except those named in ``admins``."""
+    admins: tuple[str, ...] = ()
+
+
 class AuthSettings(_Model):
     api_keys: tuple[ApiKeyEntry, ...] = ()
     brute_force: BruteForceSettings = BruteForceSettings()
     htpasswd: HtpasswdSettings | None = None
     jwt: JwtSettings | None = None
+    client_certificate: ClientCertificateSettings | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> AuthSettings:
@@ -481,6 +551,37 @@ class UsageSettings(_Model):
     dropped and counted."""
 
 
+class MetricsSettings(_Model):
+    """Prometheus metrics: ``GET /metrics`` on the gateway's port for callers with the
+    ``metrics`` permission (administrators have it), and, with ``listen``, on a separate
+    listener without authentication for a scraper on a private network."""
+
+    enabled: bool = True
+    listen: str | None = None
+    """``host:port`` of the separate listener, e.g. ``127.0.0.1:9464``."""
+    team_label: bool = False
+    """Label request and token series by team (the first ``max_teams`` seen; later ones
+    are counted as ``other``)."""
+    max_teams: int = Field(default=50, gt=0, le=1000)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be host:port, such as 127.0.0.1:9464")
+        return value
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        if self.listen is None:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class LoggingSettings(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
@@ -502,6 +603,7 @@ class Settings(_Model):
     limits: LimitsSettings = LimitsSettings()
     usage: UsageSettings = UsageSettings()
     logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="after")
     def _unique_models(self) -> Settings:
@@ -510,6 +612,16 @@ class Settings(_Model):
             if model.name in seen:
                 raise ValueError(f"model {model.name!r} is declared twice")
             seen.add(model.name)
+        return self
+
+    @model_validator(mode="after")
+    def _client_certificates_need_a_client_ca(self) -> Settings:
+        tls = self.server.tls
+        if self.auth.client_certificate is not None and (tls is None or tls.client_ca is None):
+            raise ValueError(
+                "auth.client_certificate needs server.tls.client_ca (the CA that signs the "
+                "client certificates): without it no client certificate is verified"
+            )
         return self
 
     @property

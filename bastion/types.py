@@ -11,6 +11,7 @@ __all__ = [
     "CorkableTransport",
     "Downstream",
     "Message",
+    "PeerCertificate",
     "Receive",
     "Scope",
     "Send",
@@ -20,6 +21,8 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+PeerCertificate = dict[str, Any]
+"""A verified client certificate as :meth:`ssl.SSLSocket.getpeercert` decodes it."""
 
 DOWNSTREAM_SCOPE_KEY = "bastion.downstream"
 
@@ -111,13 +114,16 @@ class Downstream:
 
     - ``on_disconnect`` is called once if the caller goes away (no task per request needed);
     - ``transport`` lets a relay write body pieces of a chunked response straight to the
-      socket, and ``writing_paused`` / ``on_resume_writing`` carry the socket's backpressure.
+      socket, and ``writing_paused`` / ``on_resume_writing`` carry the socket's backpressure;
+    - ``peer_certificate`` is the client certificate the TLS handshake verified (mutual TLS
+      only; None on plain connections and for callers that presented none).
     """
 
     __slots__ = (
         "disconnected",
         "on_disconnect",
         "on_resume_writing",
+        "peer_certificate",
         "transport",
         "writing_paused",
     )
@@ -128,6 +134,7 @@ class Downstream:
         self.on_resume_writing: Callable[[], None] | None = None
         self.disconnected = False
         self.writing_paused = False
+        self.peer_certificate: PeerCertificate | None = None
 
     def lost(self) -> None:
         self.disconnected = True

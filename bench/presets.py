@@ -83,6 +83,21 @@ def _apikey_nousage(facts: PresetFacts) -> Preset:
     return Preset({**preset.config, "usage": {"enabled": False}}, preset.authorization)
 
 
+def _apikey_nometrics(facts: PresetFacts) -> Preset:
+    """The baseline with Prometheus metrics off: what counting every request costs is the
+    difference."""
+    preset = _apikey(facts)
+    return Preset({**preset.config, "metrics": {"enabled": False}}, preset.authorization)
+
+
+def _metrics(facts: PresetFacts) -> Preset:
+    """Metrics with everything an operator can turn on: the per-team label and the separate
+    scrape listener (on a free port)."""
+    preset = _apikey(facts)
+    metrics = {"team_label": True, "listen": "127.0.0.1:0"}
+    return Preset({**preset.config, "metrics": metrics}, preset.authorization)
+
+
 def _store_key(facts: PresetFacts) -> Preset:
     """The caller's key issued by the identity store (SQLite in the state directory), as
     ``bastion keys create`` makes it: the store's key cache, last-used recording and revision
@@ -176,6 +191,8 @@ PRESETS: dict[str, Callable[[PresetFacts], Preset]] = {
     "apikey-nolog": _apikey_nolog,
     "apikey-nostore": _apikey_nostore,
     "apikey-nousage": _apikey_nousage,
+    "apikey-nometrics": _apikey_nometrics,
+    "metrics": _metrics,
     "store-key": _store_key,
     "memory-limits": _memory_limits,
     "redis-limits": _redis_limits,
@@ -183,9 +200,7 @@ PRESETS: dict[str, Callable[[PresetFacts], Preset]] = {
 }
 
 # Hooks for later sessions: the feature each name is meant to switch on.
-RESERVED: dict[str, str] = {
-    "metrics": "Prometheus metrics switched on",
-}
+RESERVED: dict[str, str] = {}
 
 
 def build_preset(name: str, facts: PresetFacts) -> Preset:

@@ -19,6 +19,7 @@ rotated key's secret appears once, in the response that created it.
     POST   /admin/v1/keys/{id}/revoke          POST /admin/v1/keys/{id}/rotate
     GET    /admin/v1/audit[?since=&until=&actor=&action=&outcome=&limit=]
     GET    /admin/v1/usage[?by=user,model&period=hour|day|all&since=&until=&user=&team=&model=]
+    POST   /admin/v1/reload                    (re-read the config file and apply it)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import orjson
@@ -35,6 +36,8 @@ import orjson
 from bastion.admin.service import AdminService, Caller
 from bastion.errors import (
     BadRequestError,
+    BastionError,
+    ConfigRefusedError,
     MalformedBodyError,
     MethodNotAllowedError,
     NotFoundError,
@@ -46,6 +49,9 @@ from bastion.pipeline.routes import canonical_path
 from bastion.store.records import Actor, AuditQuery, StoredKey
 from bastion.store.sync import StoreSync
 from bastion.store.usage import UsageQuery
+
+if TYPE_CHECKING:
+    from bastion.server.reload import ReloadReport
 
 __all__ = ["PREFIX", "AdminApi"]
 
@@ -95,10 +101,16 @@ class _Call:
         return value
 
 
+Reload = Callable[[], Awaitable["ReloadReport"]]
+
+
 class AdminApi:
-    def __init__(self, service: AdminService, sync: StoreSync | None) -> None:
+    def __init__(
+        self, service: AdminService, sync: StoreSync | None, reload: Reload | None = None
+    ) -> None:
         self._service = service
         self._sync = sync
+        self._reload = reload
         s = self._service
         # (method, shape) -> handler; a shape is the path's segments with ``*`` for a value
         self._table: dict[tuple[str, tuple[str, ...]], Handler] = {
@@ -122,6 +134,7 @@ class AdminApi:
             ("POST", ("keys", "*", "rotate")): self._rotate_key,
             ("GET", ("audit",)): self._read(self._audit),
             ("GET", ("usage",)): self._read(lambda c: _data(s.usage(usage_query(c.query)))),
+            ("POST", ("reload",)): self._reload_config,
         }
         self._shapes = {shape for _, shape in self._table}
 
@@ -276,6 +289,25 @@ class AdminApi:
             return _issued(key, secret)
 
         return await self._write(201, work)
+
+    async def _reload_config(self, call: _Call) -> tuple[int, Any]:
+        if self._reload is None:
+            raise NotFoundError()
+        await asyncio.to_thread(self._service.may_reload, call.caller)
+        try:
+            report = await self._reload()
+        except BastionError as exc:
+            message = str(exc)
+            await asyncio.to_thread(
+                self._service.record, call.caller, "config.reload", "config", "failed", 422,
+                reason=message,
+            )  # fmt: skip
+            raise ConfigRefusedError(f"The configuration was refused: {message}") from None
+        await asyncio.to_thread(
+            self._service.record, call.caller, "config.reload", "config", "ok", 200,
+            restart_required=list(report.restart_required),
+        )  # fmt: skip
+        return 200, report.public()
 
     def _audit(self, call: _Call) -> dict[str, Any]:
         q = call.query

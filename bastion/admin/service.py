@@ -191,6 +191,37 @@ class AdminService:
 
     # -- rules ----------------------------------------------------------------------------
 
+    # -- configuration ------------------------------------------------------------------
+
+    def may_reload(self, caller: Caller) -> None:
+        """Reloading the configuration changes everyone's access: only a caller with at
+        least the built-in ``admin`` role's access may."""
+        admin = self._policy.roles.access("admin")
+        if caller.access is not None and (admin is None or not admin.within(caller.access)):
+            self._deny(caller, "config.reload", "config", "Only a full administrator may reload.")
+
+    def record(
+        self, caller: Caller, action: str, target: str, outcome: str, status: int, **detail: Any
+    ) -> None:
+        """Write one event about an operation done outside the store (a reload, a refusal)."""
+        actor = caller.actor
+        self.store.append_audit(
+            [
+                AuditEvent(
+                    at=time.time(),
+                    actor=actor.name,
+                    action=action,
+                    target=target,
+                    outcome=outcome,
+                    status=status,
+                    credential=actor.credential,
+                    address=actor.address,
+                    request_id=actor.request_id,
+                    detail=detail or None,
+                )
+            ]
+        )
+
     def _grantable_role(self, caller: Caller, action: str, target: str, role: str) -> None:
         access = self._policy.roles.access(role)
         if access is None:
@@ -228,23 +259,7 @@ class AdminService:
             )
 
     def _deny(self, caller: Caller, action: str, target: str, message: str) -> None:
-        actor = caller.actor
-        self.store.append_audit(
-            [
-                AuditEvent(
-                    at=time.time(),
-                    actor=actor.name,
-                    action=action,
-                    target=target,
-                    outcome="denied",
-                    status=403,
-                    credential=actor.credential,
-                    address=actor.address,
-                    request_id=actor.request_id,
-                    detail={"reason": message},
-                )
-            ]
-        )
+        self.record(caller, action, target, "denied", 403, reason=message)
         error = PermissionDeniedError(message)
         error.audited = True  # the line above is the record; the request log need not repeat it
         raise error

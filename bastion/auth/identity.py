@@ -41,7 +41,7 @@ class Identity:
     credential_id: str
     """Non-secret id of the credential used (for an API key: its display prefix)."""
     method: str
-    """How it authenticated: ``api_key``, ``basic``, ``jwt``..."""
+    """How it authenticated: ``api_key``, ``basic``, ``jwt``, ``client_certificate``."""
     teams: tuple[str, ...] = ()
     """Teams the principal belongs to (from a token's claims, or the identity store)."""
     restrictions: Restrictions | None = None

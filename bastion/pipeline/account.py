@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 import orjson
 
+from bastion.observability.instruments import GatewayMetrics
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.routes import RouteKind
 from bastion.settings import LoggingSettings
@@ -167,10 +168,12 @@ class Account:
         writer: AccessLogWriter | None,
         audit: AuditTrail | None = None,
         usage: UsageQueue | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._writer = writer if settings.access_log else None
         self._audit = audit
         self._usage = usage
+        self._metrics = metrics
 
     def close(self) -> None:
         if self._writer is not None:
@@ -182,6 +185,9 @@ class Account:
             self._audit.refused(ctx)
         if self._usage is not None and ctx.route is not None and ctx.route.kind is _INFERENCE:
             self._usage.add(_usage_record(ctx))
+        status = 499 if ctx.client_disconnected and not ctx.response_done else ctx.status
+        if self._metrics is not None:
+            self._metrics.request(ctx, status)
         writer = self._writer
         if writer is None:
             return
@@ -195,7 +201,7 @@ class Account:
                 ctx.client_host,
                 ctx.method,
                 route.path if route is not None else "-",
-                499 if ctx.client_disconnected and not ctx.response_done else ctx.status,
+                status,
                 ctx.model,
                 identity.principal if identity is not None else None,
                 ctx.upstream,

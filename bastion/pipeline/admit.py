@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from bastion.errors import QuotaExceededError, RateLimitError
 from bastion.limits.limiter import Limiter
 from bastion.limits.plan import Planner
+from bastion.observability.instruments import GatewayMetrics
 from bastion.pipeline.context import RequestContext
 
 __all__ = ["Admit"]
@@ -35,11 +37,13 @@ class Admit:
         default_max_tokens: int,
         *,
         account_usage: bool = False,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._planner = planner
         self._limiter = limiter
         self._default = default_max_tokens
         self._account_usage = account_usage
+        self._metrics = metrics
         """Usage records are kept: every request's token usage is read, limits or not."""
 
     async def __call__(self, ctx: RequestContext, model: str) -> None:
@@ -53,15 +57,24 @@ class Admit:
         ctx.prompt_estimate = prompt = len(ctx.body) // 4 + 1
         if buckets:
             completion = self._completion(ctx)
-            ctx.grant = await self._limiter.acquire(buckets, prompt, completion)
+            metrics = self._metrics
+            try:
+                ctx.grant = await self._limiter.acquire(buckets, prompt, completion)
+            except QuotaExceededError:
+                if metrics is not None:
+                    metrics.limiter_decision("quota_exceeded")
+                raise
+            except RateLimitError:
+                if metrics is not None:
+                    metrics.limiter_decision("rate_limited")
+                raise
+            if metrics is not None:
+                metrics.limiter_decision("allowed")
         if self._account_usage or any(b.limit.counts_tokens for b in buckets):
             ctx.track_usage = True
             self._ask_for_stream_usage(ctx, overrides)
         if overrides:
             ctx.body_overrides = overrides
-
-    async def aclose(self) -> None:
-        await self._limiter.aclose()
 
     def finish(self, ctx: RequestContext) -> None:
         grant = ctx.grant

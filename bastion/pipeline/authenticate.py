@@ -1,13 +1,21 @@
-"""Phase ``authenticate``: who is calling? Asks each configured authenticator in turn."""
+"""Phase ``authenticate``: who is calling? Asks each configured authenticator in turn.
+
+A request with an ``Authorization`` header is judged by that header alone. One without it is
+named by its verified client certificate when ``auth.client_certificate`` is configured;
+otherwise it is refused.
+"""
 
 from __future__ import annotations
 
 import logging
 
+from bastion.auth.clientcert import ClientCertificateAuthenticator
 from bastion.auth.guard import FailureGuard
 from bastion.auth.identity import Authenticator, Identity
-from bastion.errors import AuthenticationError
+from bastion.errors import AuthenticationError, RateLimitError
+from bastion.observability.instruments import GatewayMetrics
 from bastion.pipeline.context import RequestContext
+from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream
 
 __all__ = ["Authenticate"]
 
@@ -17,23 +25,44 @@ _MAX_CREDENTIAL = 8192
 
 
 class Authenticate:
-    """Turns the ``Authorization`` header into an :class:`Identity`, or refuses with 401.
+    """Turns the ``Authorization`` header (or, without one, the client certificate) into an
+    :class:`Identity`, or refuses with 401.
 
     Every refusal is the same generic 401; the reason goes to the log (never the credential).
     An address that keeps failing is turned away with 429 for a while (see ``FailureGuard``).
     """
 
-    def __init__(self, authenticators: tuple[Authenticator, ...], guard: FailureGuard) -> None:
+    def __init__(
+        self,
+        authenticators: tuple[Authenticator, ...],
+        guard: FailureGuard,
+        certificates: ClientCertificateAuthenticator | None = None,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
         self._authenticators = authenticators
         self._guard = guard
+        self._certificates = certificates
+        self._metrics = metrics
 
     async def __call__(self, ctx: RequestContext) -> None:
         # The peer's own text unless a trusted proxy named another address (no str() per request)
         address = ctx.client_host if ctx.forwarded_for is None else str(ctx.address)
-        self._guard.check(address)
         try:
-            ctx.identity = await self._identify(ctx.authorization)
+            self._guard.check(address)
+        except RateLimitError:
+            if self._metrics is not None:
+                self._metrics.auth_failed("blocked")
+            raise
+        try:
+            if ctx.authorization is None and self._certificates is not None:
+                downstream: Downstream | None = ctx.scope.get(DOWNSTREAM_SCOPE_KEY)
+                certificate = downstream.peer_certificate if downstream is not None else None
+                ctx.identity = self._certificates.identify(certificate)
+            else:
+                ctx.identity = await self._identify(ctx.authorization)
         except AuthenticationError:
+            if self._metrics is not None:
+                self._metrics.auth_failed(_reason(ctx, self._certificates is not None))
             self._guard.failed(address)
             log.info(
                 "authentication failed request_id=%s client=%s route=%s",
@@ -56,3 +85,13 @@ class Authenticate:
             if identity is not None:
                 return identity
         raise AuthenticationError()
+
+
+def _reason(ctx: RequestContext, certificates: bool) -> str:
+    """Why authentication failed, in a word for the metrics (never the credential)."""
+    header = ctx.authorization
+    if header is None:
+        return "certificate" if certificates else "missing"
+    if len(header) > _MAX_CREDENTIAL or not header.partition(b" ")[2].strip():
+        return "malformed"
+    return "invalid"

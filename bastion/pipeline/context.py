@@ -27,6 +27,7 @@ class RequestContext:
     __slots__ = (
         "access",
         "address",
+        "attempts",
         "authorization",
         "body",
         "body_overrides",
@@ -85,6 +86,8 @@ class RequestContext:
         self.forwarded_for: bytes | None = None
         self.upstream: str | None = None
         """Display name of the upstream the request went to (never its credentials)."""
+        self.attempts = 0
+        """Upstreams tried (more than 1 when an attempt failed before the response)."""
         self.status = 0
         self.response_started = False
         self.response_done = False

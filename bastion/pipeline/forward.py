@@ -14,12 +14,15 @@ import time
 
 import orjson
 
+from bastion.errors import UpstreamError
 from bastion.limits.limiter import rate_headers
 from bastion.limits.usage import UsageTap, usage_of
 from bastion.pipeline.context import RequestContext
-from bastion.pipeline.resolve import ModelEntry, Target
+from bastion.pipeline.resolve import ModelEntry
 from bastion.pipeline.responses import send_whole
+from bastion.settings import UpstreamClientSettings
 from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream
+from bastion.upstream.balancer import Upstream
 from bastion.upstream.client import UpstreamPool, UpstreamResponse
 
 __all__ = ["Forward", "request_headers", "response_headers"]
@@ -69,6 +72,8 @@ _DROP_RESPONSE = frozenset(
     }
 )
 _WHOLE_BODY_LIMIT = 1024 * 1024
+# Answers that say "this server cannot take it now", not "this request is wrong".
+_RETRY_STATUSES = frozenset({502, 503, 504})
 
 
 def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -107,33 +112,91 @@ def response_headers(
 
 
 class Forward:
-    """Sends the request to one upstream target and relays its response to the caller."""
+    """Sends the request to an upstream of its model and relays the response to the caller.
 
-    def __init__(self, pool: UpstreamPool) -> None:
+    The model's balancer picks the upstream. An attempt that fails before any response has
+    begun (connection refused or reset, timeout, protocol error, or a 502/503/504 answer) is
+    retried on another upstream, up to ``retries`` times and only within ``retry_window``
+    seconds of the first attempt; the caller has seen nothing of a failed attempt. Once the
+    response head is on its way to the caller, nothing is retried.
+    """
+
+    def __init__(self, pool: UpstreamPool, settings: UpstreamClientSettings) -> None:
         self._pool = pool
+        self._retries = settings.retries
+        self._window = settings.retry_window
 
-    async def __call__(self, ctx: RequestContext, entry: ModelEntry | None, target: Target) -> None:
-        ctx.upstream = target.name
+    async def __call__(self, ctx: RequestContext, entry: ModelEntry) -> None:
         assert ctx.route is not None
         path = ctx.route.target
         query = ctx.scope.get("query_string", b"")
         if query:
             path = path + b"?" + query
-        response = await self._pool.request(
-            target.origin,
-            ctx.method.encode(),
-            path,
-            request_headers(
-                ctx.scope["headers"],
-                ctx.request_id if target.send_request_id else None,
-                target.authorization,
-            ),
-            _body_for(ctx, entry),
-        )
+        body = _body_for(ctx, entry)
+        balancer = entry.balancer
+        member = balancer.pick()
+        tried: tuple[Upstream, ...] = ()
+        first = time.monotonic()
+        while True:
+            upstream = member.upstream
+            ctx.upstream = upstream.name
+            more = len(tried) < self._retries and time.monotonic() - first < self._window
+            trial = upstream.begin(time.monotonic())
+            try:
+                response = await self._pool.request(
+                    upstream.origin,
+                    ctx.method.encode(),
+                    path,
+                    request_headers(
+                        ctx.scope["headers"],
+                        ctx.request_id if member.send_request_id else None,
+                        member.authorization,
+                    ),
+                    body,
+                )
+            except UpstreamError:
+                upstream.failed(time.monotonic(), trial)
+                tried = (*tried, upstream)
+                other = balancer.pick_other(tried) if more else None
+                if other is None:
+                    raise
+                upstream.retries += 1
+                member = other
+                continue
+            except BaseException:
+                upstream.abandoned(trial)
+                raise
+            if response.status in _RETRY_STATUSES and more:
+                other = balancer.pick_other((*tried, upstream))
+                if other is not None:
+                    response.close()
+                    upstream.failed(time.monotonic(), trial)
+                    tried = (*tried, upstream)
+                    upstream.retries += 1
+                    member = other
+                    continue
+            ctx.attempts = len(tried) + 1
+            await self._relay_from(ctx, upstream, trial, response)
+            return
+
+    async def _relay_from(
+        self, ctx: RequestContext, upstream: Upstream, trial: int, response: UpstreamResponse
+    ) -> None:
+        """Relay, and tell the upstream's state how the exchange ended."""
         try:
             await self._relay(ctx, response)
+        except UpstreamError:
+            upstream.failed(time.monotonic(), trial)
+            raise
+        except BaseException:
+            upstream.abandoned(trial)
+            raise
         finally:
             response.close()
+        if response.status in _RETRY_STATUSES:
+            upstream.failed(time.monotonic(), trial)
+        else:
+            upstream.succeeded(trial)
 
     async def _relay(self, ctx: RequestContext, response: UpstreamResponse) -> None:
         headers = response_headers(response.headers, ctx.request_id)
@@ -223,15 +286,14 @@ async def _splice(
         downstream.on_resume_writing = None
 
 
-def _body_for(ctx: RequestContext, entry: ModelEntry | None) -> bytes:
+def _body_for(ctx: RequestContext, entry: ModelEntry) -> bytes:
     """The body to forward: as received, unless the upstream knows the model by another name
     or the gateway sets fields (``priority``, ``stream_options``)."""
-    renamed = entry is not None and entry.upstream_model is not None
+    renamed = entry.upstream_model is not None
     if ctx.json is None or not (renamed or ctx.body_overrides):
         return ctx.body
     rewritten = dict(ctx.json)
     if renamed:
-        assert entry is not None
         rewritten["model"] = entry.upstream_model
     if ctx.body_overrides:
         rewritten.update(ctx.body_overrides)

@@ -28,6 +28,8 @@ from bastion.errors import (
     NotFoundError,
     ServiceUnavailableError,
 )
+from bastion.observability.instruments import GatewayMetrics
+from bastion.observability.metrics import CONTENT_TYPE
 from bastion.pipeline.accept import Acceptor
 from bastion.pipeline.account import Account
 from bastion.pipeline.admit import Admit
@@ -36,10 +38,9 @@ from bastion.pipeline.authorize import Authorize
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.forward import Forward
 from bastion.pipeline.resolve import ModelEntry, ModelRegistry
-from bastion.pipeline.responses import send_error, send_json
+from bastion.pipeline.responses import send_error, send_json, send_whole
 from bastion.pipeline.routes import RouteKind, RouteTable
 from bastion.policy.roles import Access
-from bastion.store.sync import StoreSync
 from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream, Message, Receive, Scope, Send
 
 __all__ = ["Gateway"]
@@ -64,8 +65,8 @@ class Gateway:
         account: Account,
         readiness: ReadinessCheck,
         admin: AdminApi | None = None,
-        sync: StoreSync | None = None,
         admit: Admit | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._routes = routes
         self._accept = acceptor
@@ -76,23 +77,14 @@ class Gateway:
         self._account = account
         self._readiness = readiness
         self._admin = admin
-        self._sync = sync
         self._admit = admit
+        self._metrics = metrics
         self._created = int(time.time())
         self._listings: dict[Access, bytes] = {}
 
-    async def start(self) -> None:
-        """Load the identity store's keys (if there is a store) and keep them current."""
-        if self._sync is not None:
-            await self._sync.start()
-
-    async def stop(self) -> None:
-        """Flush what is buffered (access log, audit, last-used times) once serving stopped."""
-        self._account.close()
-        if self._sync is not None:
-            await self._sync.stop()
-        if self._admit is not None:
-            await self._admit.aclose()
+    @property
+    def models(self) -> ModelRegistry:
+        return self._models
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -184,7 +176,7 @@ class Gateway:
             return
         downstream.on_disconnect = on_disconnect
         try:
-            await self._forward(ctx, entry, entry.next_target())
+            await self._forward(ctx, entry)
         finally:
             forwarding = False
             downstream.on_disconnect = None
@@ -201,7 +193,7 @@ class Gateway:
 
         watcher.add_done_callback(on_message)
         try:
-            await self._forward(ctx, entry, entry.next_target())
+            await self._forward(ctx, entry)
         finally:
             watcher.remove_done_callback(on_message)
             watcher.cancel()
@@ -243,6 +235,9 @@ class Gateway:
             await send_json(ctx, 200, b'{"status":"ready"}')
         elif path == "/v1/models":
             await send_json(ctx, 200, self._models_listing(ctx))
+        elif path == "/bastion/metrics" and self._metrics is not None:
+            body = self._metrics.render()
+            await send_whole(ctx, 200, [(b"content-type", CONTENT_TYPE)], body)
         else:  # pragma: no cover - the route table has no other local route
             raise NotFoundError()
 

@@ -2,38 +2,22 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from bastion.errors import BadRequestError, ModelNotFoundError
 from bastion.pipeline.context import RequestContext
 from bastion.settings import ModelSettings, Secret
+from bastion.upstream.balancer import Balancer, UpstreamSet, Weighted
 from bastion.upstream.origin import Origin
 
-__all__ = ["ModelRegistry", "Target"]
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One upstream base URL of a model, with the credential the gateway adds for it."""
-
-    origin: Origin
-    name: str
-    """Display name for logs: ``host:port``, never a credential."""
-    authorization: bytes | None
-    send_request_id: bool = True
+__all__ = ["ModelEntry", "ModelRegistry"]
 
 
 @dataclass(frozen=True, slots=True)
 class ModelEntry:
     name: str
     upstream_model: str | None
-    targets: tuple[Target, ...]
-    _turns: Iterator[Target]
-
-    def next_target(self) -> Target:
-        return next(self._turns)
+    balancer: Balancer
 
 
 def _bearer(secret: Secret | None) -> bytes | None:
@@ -41,23 +25,29 @@ def _bearer(secret: Secret | None) -> bytes | None:
 
 
 class ModelRegistry:
-    """The models the gateway serves, each with its upstreams (taken in turn)."""
+    """The models the gateway serves, each with the balancer over its upstreams."""
 
-    def __init__(self, models: tuple[ModelSettings, ...]) -> None:
-        """Upstream API keys are resolved here, once (a missing secret is a ConfigError)."""
+    def __init__(
+        self, models: tuple[ModelSettings, ...], upstreams: UpstreamSet, health_path: str
+    ) -> None:
+        """Upstream API keys are resolved here, once (a missing secret is a ConfigError).
+        Upstreams come from ``upstreams``, which keeps their state across reloads."""
         self._models: dict[str, ModelEntry] = {}
         for model in models:
-            targets = tuple(
-                Target(
-                    origin=(origin := Origin.from_url(u.url)),
-                    name=origin.host_header.decode(),
-                    authorization=_bearer(u.api_key),
-                    send_request_id=u.send_request_id,
+            members = []
+            for target in model.upstreams:
+                origin = Origin.from_url(target.url)
+                authorization = _bearer(target.api_key)
+                upstream = upstreams.get(
+                    origin,
+                    health_path=target.health_path or health_path,
+                    authorization=authorization,
                 )
-                for u in model.upstreams
-            )
+                members.append(
+                    Weighted(upstream, target.weight, authorization, target.send_request_id)
+                )
             self._models[model.name] = ModelEntry(
-                model.name, model.upstream_model, targets, itertools.cycle(targets)
+                model.name, model.upstream_model, Balancer(members)
             )
         self._only = next(iter(self._models.values())) if len(self._models) == 1 else None
 
@@ -67,6 +57,10 @@ class ModelRegistry:
 
     def entries(self) -> list[ModelEntry]:
         return list(self._models.values())
+
+    def origins(self) -> set[Origin]:
+        """Every upstream origin some model sends requests to."""
+        return {m.upstream.origin for e in self._models.values() for m in e.balancer.members}
 
     def resolve(self, ctx: RequestContext) -> ModelEntry:
         """The model entry for the request; a request naming no model gets the only model."""

@@ -73,10 +73,14 @@ ADMIN_ROUTE = Route(
     prefix=True,
 )
 
+METRICS_ROUTE = Route("/bastion/metrics", _GET, RouteKind.LOCAL, BodyKind.NONE, "metrics")
+"""Bastion's own Prometheus metrics (vLLM's are ``/metrics``, a control route)."""
+
 DEFAULT_ROUTES: tuple[Route, ...] = (
     Route("/health", _GET, RouteKind.LOCAL, BodyKind.NONE, "health", public=True),
     Route("/ready", _GET, RouteKind.LOCAL, BodyKind.NONE, "health", public=True),
     Route("/v1/models", _GET, RouteKind.LOCAL, BodyKind.NONE, "models"),
+    METRICS_ROUTE,
     _inference("/v1/chat/completions", "chat"),
     _inference("/v1/completions", "completions"),
     _inference("/v1/embeddings", "embeddings"),

@@ -47,6 +47,8 @@ class Policy:
                 NetworkList(key.networks, f"{where}.networks")
         if settings.auth.htpasswd is not None:
             self._check_role(settings.auth.htpasswd.role, "auth.htpasswd.role")
+        if settings.auth.client_certificate is not None:
+            self._check_role(settings.auth.client_certificate.role, "auth.client_certificate.role")
 
     def _check_role(self, role: str, key: str) -> None:
         if role not in self.roles:

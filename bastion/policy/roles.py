@@ -39,7 +39,7 @@ INFERENCE = frozenset(
         "invocations",
     }
 )
-PERMISSIONS = INFERENCE | {"models", "control", "admin"}
+PERMISSIONS = INFERENCE | {"models", "control", "admin", "metrics"}
 GROUPS: dict[str, frozenset[str]] = {"inference": INFERENCE, "*": frozenset(PERMISSIONS)}
 
 BUILTIN_ROLES: dict[str, RoleSettings] = {

@@ -3,7 +3,8 @@
 uvicorn calls the application only once a request's head is complete, so the head's limits
 must live in the protocol: how long the head may take to arrive (408, against slow-loris
 clients), how many header lines and bytes it may carry (431) and how long its target may be
-(414). Everything else is uvicorn's.
+(414). Everything else is uvicorn's. Under mutual TLS it also keeps each connection's
+verified client certificate for the application (``Downstream.peer_certificate``).
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     limits: ClassVar[HttpSettings] = HttpSettings()
     head_watch: ClassVar[_HeadWatch] = _HeadWatch(HttpSettings().request_head_timeout)
+    peer_certificates: ClassVar[bool] = False
+    """Keep the client certificate of each connection (only TLS with a client CA has one)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -88,6 +91,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         corkable = CorkableTransport(transport)
         super().connection_made(corkable)
         self.downstream = Downstream(corkable)
+        if self.peer_certificates:  # the handshake is over: the certificate was verified
+            self.downstream.peer_certificate = transport.get_extra_info("peercert") or None
         self.head_watch.arm(self, self.loop)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -176,7 +181,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def protocol_class(limits: HttpSettings) -> type[GuardedHttpToolsProtocol]:
-    """A protocol class bound to ``limits`` (uvicorn instantiates the class it is given)."""
-    attributes = {"limits": limits, "head_watch": _HeadWatch(limits.request_head_timeout)}
+def protocol_class(
+    limits: HttpSettings, *, peer_certificates: bool = False
+) -> type[GuardedHttpToolsProtocol]:
+    """A protocol class bound to ``limits`` (uvicorn instantiates the class it is given);
+    ``peer_certificates`` when connections are TLS with verified client certificates."""
+    attributes = {
+        "limits": limits,
+        "head_watch": _HeadWatch(limits.request_head_timeout),
+        "peer_certificates": peer_certificates,
+    }
     return type("BastionHttpProtocol", (GuardedHttpToolsProtocol,), attributes)

@@ -16,12 +16,15 @@ from typing import TextIO
 
 import uvicorn
 
-from bastion.app import build_gateway
+from bastion.app import Services, build_gateway
+from bastion.auth.apikeys import ApiKeyRecord
 from bastion.errors import ConfigError
+from bastion.observability.listener import MetricsListener
 from bastion.pipeline.account import AccessLogWriter, format_json, format_text
 from bastion.server.protocol import protocol_class
+from bastion.server.reload import GatewaySwitch, Reloader
 from bastion.server.startup import Welcome, open_store, startup_keys
-from bastion.server.tls import server_context
+from bastion.server.tls import CertificateReloader
 from bastion.settings import ModelSettings, Secret, Settings, UpstreamTarget
 from bastion.state import StateDir
 from bastion.store.store import Store
@@ -78,13 +81,19 @@ async def serve(
     *,
     out: TextIO = sys.stdout,
     on_ready: Callable[[str], None] | None = None,
+    load: Callable[[], Settings] | None = None,
+    source: str = "built-in defaults",
 ) -> None:
-    """Serve until SIGINT or SIGTERM. ``on_ready`` gets the base URL once listening."""
+    """Serve until SIGINT or SIGTERM. ``on_ready`` gets the base URL once listening. With
+    ``load`` (which reads the config file again), SIGHUP reloads the configuration."""
     state = StateDir(settings.state_path())
     engine: ManagedEngine | None = None
     models = settings.models
     pool = UpstreamPool(settings.upstream)
     store: Store | None = None
+    services: Services | None = None
+    listener: MetricsListener | None = None
+    certificates: CertificateReloader | None = None
     try:
         if settings.store.enabled:
             store = await asyncio.to_thread(open_store, settings, state)
@@ -96,9 +105,8 @@ async def serve(
         if not models:
             raise ConfigError("no model to serve: declare 'models' or enable 'engine'", "models")
         keys, welcome = await asyncio.to_thread(startup_keys, settings, state, store)
-        gateway = build_gateway(
+        services = Services(
             settings,
-            models=models,
             keys=keys,
             pool=pool,
             engine_alive=engine.is_running if engine else None,
@@ -108,14 +116,34 @@ async def serve(
             ),
             store=store,
         )
-        await gateway.start()
+        switch = GatewaySwitch(build_gateway(settings, services, models))
+        services.adopt(switch.gateway)
+        reloader = Reloader(
+            load or (lambda: settings),
+            source,
+            settings,
+            services,
+            switch,
+            models_for=lambda s: models if s.uses_engine else s.models,
+            keys_for=lambda s: _reload_keys(s, state, store, out),
+            on_applied=_apply_log_level,
+        )
+        services.reloader = reloader.reload
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, reloader.on_signal)
+        await services.start()
+        listener = _metrics_listener(settings, services)
+        if listener is not None:
+            await listener.start()
         sock = bind(settings.server.host, settings.server.port)
         tls = settings.server.tls
         url = _url(sock, https=tls is not None)
-        config = _uvicorn_config(settings, gateway)
+        config = _uvicorn_config(settings, switch)
         config.load()
         if tls is not None:
-            config.ssl = server_context(tls)  # used by uvicorn's create_server for our socket
+            certificates = CertificateReloader(tls)
+            config.ssl = certificates.context  # used by uvicorn's create_server for our socket
+            await certificates.start()
         server = _Server(config)
         log.info("Bastion listening on %s serving %s", url, ", ".join(m.name for m in models))
         if welcome is not None:
@@ -123,11 +151,16 @@ async def serve(
         if on_ready is not None:
             on_ready(url)
         _tune_gc()
-        try:
-            await server.serve(sockets=[sock])
-        finally:
-            await gateway.stop()
+        await server.serve(sockets=[sock])
     finally:
+        with contextlib.suppress(RuntimeError):  # the loop may be closing
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        if certificates is not None:
+            await certificates.stop()
+        if listener is not None:
+            await listener.stop()
+        if services is not None:
+            await services.stop()
         await pool.aclose()
         if store is not None:
             store.close()
@@ -169,11 +202,35 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 1_000)
 
 
+def _metrics_listener(settings: Settings, services: Services) -> MetricsListener | None:
+    address = settings.metrics.address
+    if address is None or services.metrics is None:
+        return None
+    return MetricsListener(*address, services.metrics.render)
+
+
+def _reload_keys(
+    settings: Settings, state: StateDir, store: Store | None, out: TextIO
+) -> list[ApiKeyRecord]:
+    """The keys a reloaded configuration starts with; a bootstrap key made now (the reload
+    removed every other way in) is shown as at start."""
+    keys, welcome = startup_keys(settings, state, store)
+    if welcome is not None and welcome.new_key is not None:
+        out.write(f"\nNew administrator API key (shown this once): {welcome.new_key}\n\n")
+        out.flush()
+    return keys
+
+
+def _apply_log_level(settings: Settings) -> None:
+    logging.getLogger().setLevel(settings.logging.level.upper())
+
+
 def _engine_model(engine: ManagedEngine) -> ModelSettings:
     target = UpstreamTarget(
         url=engine.base_url,
         api_key=Secret(value=engine.api_key),
         send_request_id=engine.accepts_request_ids,
+        health_path=engine.health_path,
     )
     return ModelSettings(name=engine.served_name, upstreams=(target,))
 
@@ -181,7 +238,7 @@ def _engine_model(engine: ManagedEngine) -> ModelSettings:
 def _uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
-        http=protocol_class(settings.http),
+        http=protocol_class(settings.http, peer_certificates=_verifies_clients(settings)),
         ws="none",
         lifespan="off",
         interface="asgi3",
@@ -192,6 +249,11 @@ def _uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
         timeout_keep_alive=int(settings.http.keep_alive_timeout),
         timeout_graceful_shutdown=math.ceil(settings.server.drain_timeout),
     )
+
+
+def _verifies_clients(settings: Settings) -> bool:
+    tls = settings.server.tls
+    return tls is not None and tls.client_ca is not None
 
 
 def _url(sock: socket.socket, *, https: bool = False) -> str:
@@ -241,11 +303,16 @@ Try it:
     out.flush()
 
 
-def run(settings: Settings) -> None:
+def run(
+    settings: Settings,
+    *,
+    load: Callable[[], Settings] | None = None,
+    source: str = "built-in defaults",
+) -> None:
     """Blocking entry point for the CLI: serve on uvloop until stopped."""
     import uvloop
 
     configure_logging(settings)
     limit = raise_open_file_limit()
     log.debug("open file limit: %d", limit)
-    uvloop.run(serve(settings))
+    uvloop.run(serve(settings, load=load, source=source))

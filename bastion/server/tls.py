@@ -1,26 +1,64 @@
-"""The TLS context for the gateway's own port: modern protocol versions, optional mTLS."""
+"""The TLS context for the gateway's own port: modern protocol versions, optional mTLS, and
+certificates that are picked up when their files change.
+
+A reload builds a fresh context from the files and points new handshakes at it: the context
+the listening socket was given switches each handshake to the latest one in its server-name
+callback (which OpenSSL calls for every ClientHello, with or without SNI). Loading new files
+into the listening context itself would be unsafe: OpenSSL drops the old key as soon as a
+new certificate is set, so a key that then fails to load leaves no usable certificate; a
+certificate with another key type is added beside the old one instead of replacing it; and
+CA certificates can be added to a context but never removed.
+
+A reload applies to new handshakes. Connections already open keep what they negotiated, and
+a caller resuming a TLS session made before the reload is not verified again.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import ssl
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificatePublicKeyTypes,
+    PublicKeyTypes,
+)
 
 from bastion.errors import ConfigError
 from bastion.settings import TlsSettings
 
-__all__ = ["server_context"]
+__all__ = ["CertificateReloader", "server_context"]
+
+log = logging.getLogger("bastion.tls")
+
+_Signature = tuple[tuple[int, int, int] | None, ...]
 
 
 def server_context(settings: TlsSettings) -> ssl.SSLContext:
     """A server context: TLS 1.2 minimum, the configured certificate, and, with a client CA,
     client certificates verified against it. Unreadable or mismatched files are a
     ConfigError naming the setting."""
+    return _load(settings)[0]
+
+
+def _load(settings: TlsSettings) -> tuple[ssl.SSLContext, x509.Certificate]:
+    """A fresh context from the files, and the certificate it serves."""
+    leaf = _check_pair(settings.certificate, settings.key)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     try:
         context.load_cert_chain(settings.certificate, settings.key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the certificate and key: {exc}", "server.tls") from None
+    except (OSError, ssl.SSLError) as exc:  # checked above: the files changed meanwhile
+        raise ConfigError(
+            f"cannot load {settings.certificate} and {settings.key}: {exc}", "server.tls"
+        ) from None
     if settings.client_ca is not None:
         try:
             context.load_verify_locations(cafile=settings.client_ca)
@@ -31,4 +69,143 @@ def server_context(settings: TlsSettings) -> ssl.SSLContext:
         context.verify_mode = (
             ssl.CERT_REQUIRED if settings.client_certificate == "required" else ssl.CERT_OPTIONAL
         )
-    return context
+    return context, leaf
+
+
+def _check_pair(certificate: Path, key: Path) -> x509.Certificate:
+    """The chain's first certificate, once both files parse and the key is its key.
+
+    OpenSSL's own errors do not say which file is at fault; these do, and never quote the
+    key's content.
+    """
+    try:
+        chain = x509.load_pem_x509_certificates(_read(certificate, "server.tls.certificate"))
+    except ValueError:
+        raise ConfigError(
+            f"{certificate} holds no complete PEM certificate", "server.tls.certificate"
+        ) from None
+    try:
+        private = serialization.load_pem_private_key(_read(key, "server.tls.key"), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ConfigError(
+            f"{key} holds no complete, unencrypted PEM private key", "server.tls.key"
+        ) from None
+    if _public(chain[0].public_key()) != _public(private.public_key()):
+        raise ConfigError(
+            f"{key} is not the key of the first certificate in {certificate}", "server.tls.key"
+        )
+    return chain[0]
+
+
+def _public(key: CertificatePublicKeyTypes | PublicKeyTypes) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _read(path: Path, setting: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", setting) from None
+
+
+def _signature(paths: tuple[Path, ...]) -> _Signature:
+    """What identifies the files' versions: modification time, size and inode of each (None
+    for a file that cannot be looked at)."""
+    found: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError:
+            found.append(None)
+        else:
+            found.append((info.st_mtime_ns, info.st_size, info.st_ino))
+    return tuple(found)
+
+
+def _describe(leaf: x509.Certificate) -> str:
+    until = leaf.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{leaf.subject.rfc4514_string()!r}, valid until {until}"
+
+
+class CertificateReloader:
+    """Keeps the gateway's certificate, key and client CAs in step with their files.
+
+    ``context`` is the context to serve with; every ``reload_interval`` seconds (between
+    :meth:`start` and :meth:`stop`) the files are looked at, and when one changed they are
+    loaded and new handshakes use them. Files that cannot be loaded (unreadable, half
+    written, a key that is not the certificate's) are reported once and tried again on
+    every look; meanwhile the previous certificate is served. See the module docstring.
+    """
+
+    def __init__(self, settings: TlsSettings) -> None:
+        self._settings = settings
+        self._files = tuple(
+            p for p in (settings.certificate, settings.key, settings.client_ca) if p is not None
+        )
+        # Taken before loading, so that a change made while loading is seen next time.
+        self._loaded = _signature(self._files)
+        self.context, leaf = _load(settings)
+        self.context.sni_callback = self._select
+        self._current = self.context
+        self._failure: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.reloads = 0
+        """How many times new files were put in use."""
+        log.info("TLS certificate in use: %s", _describe(leaf))
+
+    def _select(
+        self, connection: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext
+    ) -> None:
+        current = self._current
+        if current is not context:
+            connection.context = current
+
+    def check(self) -> bool:
+        """Look at the files once; when they changed, load them and have new handshakes use
+        them. True when new files were put in use. Blocking: file reads and parsing."""
+        seen = _signature(self._files)
+        if seen == self._loaded:
+            self._failure = None  # back to the files in use
+            return False
+        try:
+            context, leaf = _load(self._settings)
+        except ConfigError as exc:
+            failure = str(exc)
+            if failure != self._failure:
+                log.warning(
+                    "TLS files changed but cannot be used (%s); still serving the previous "
+                    "certificate, trying again every %gs",
+                    failure,
+                    self._settings.reload_interval,
+                )
+            self._failure = failure
+            return False
+        self._current = context  # one reference assignment: handshakes see old or new
+        self._loaded = seen
+        self._failure = None
+        self.reloads += 1
+        log.info("TLS certificate reloaded: now serving %s", _describe(leaf))
+        if leaf.not_valid_after_utc <= datetime.now(UTC):
+            log.warning("the TLS certificate in %s has expired", self._settings.certificate)
+        return True
+
+    async def start(self) -> None:
+        """Start looking at the files every ``reload_interval`` seconds."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._watch(), name="bastion-tls-reload")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.reload_interval)
+            try:
+                await asyncio.to_thread(self.check)  # a slow file system never stalls the loop
+            except Exception:  # keep watching: the next look may well succeed
+                log.exception("looking at the TLS files failed")

@@ -63,6 +63,7 @@ class StoreSync:
         self._prune_due = 0.0
         self._authenticator = authenticator
         self._config_keys = tuple(config_keys)
+        self._stored: list[ApiKeyRecord] = []
         self._settings = settings
         self._trail = trail
         self._revision: int | None = None
@@ -90,14 +91,19 @@ class StoreSync:
             current = await asyncio.to_thread(self._store.revision)
             if current != self._revision:
                 snapshot = await asyncio.to_thread(self._store.snapshot)
-                records = [*self._config_keys, *(grant_record(g) for g in snapshot.keys)]
-                self._authenticator.replace(records)
+                self._stored = [grant_record(g) for g in snapshot.keys]
+                self._authenticator.replace([*self._config_keys, *self._stored])
                 self._revision = snapshot.revision
                 self.reloads += 1
             stale_after = self._settings.stale_after
             self._authenticator.store_valid_until = (
                 time.time() + stale_after if stale_after > 0 else math.inf
             )
+
+    def replace_config_keys(self, keys: Sequence[ApiKeyRecord]) -> None:
+        """A reloaded configuration's keys, alongside the store's as last loaded."""
+        self._config_keys = tuple(keys)
+        self._authenticator.replace([*self._config_keys, *self._stored])
 
     async def stop(self) -> None:
         """Stop polling and write what is still pending (best effort, a few seconds)."""

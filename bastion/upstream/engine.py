@@ -306,6 +306,12 @@ class ManagedEngine:
         return self._settings.kind != "llama_cpp"
 
     @property
+    def health_path(self) -> str:
+        """Where the gateway's health checks ask (llama-cpp-python's server has no
+        ``/health``; its model list, with the key, answers once the model is loaded)."""
+        return "/v1/models" if self._settings.kind == "llama_cpp" else "/health"
+
+    @property
     def output(self) -> tuple[str, ...]:
         """The engine's last output lines, oldest first (the key is masked)."""
         return tuple(self._output)

@@ -1,33 +1,118 @@
-"""Readiness: can the gateway reach at least one upstream of every model it serves?"""
+"""Upstream health: active checks, and readiness (can every model be served?)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterable
 
+from bastion.errors import UpstreamError
+from bastion.settings import HealthCheckSettings
+from bastion.upstream.balancer import Balancer, Upstream, UpstreamSet
+from bastion.upstream.client import UpstreamPool
 from bastion.upstream.origin import Origin
 
-__all__ = ["Readiness"]
+__all__ = ["HealthChecker", "Readiness"]
+
+log = logging.getLogger("bastion.upstream")
+
+
+class HealthChecker:
+    """Asks every upstream ``GET <health path>`` each ``interval`` seconds, all at once.
+
+    ``unhealthy_after`` failed checks in a row take an upstream out of every balancer;
+    ``healthy_after`` passed checks put it back. A check fails on a connection error, a
+    timeout or any status but 200. Checks go through the gateway's own connection pool, so
+    they also keep a warm connection to each upstream.
+    """
+
+    def __init__(
+        self, pool: UpstreamPool, upstreams: UpstreamSet, settings: HealthCheckSettings
+    ) -> None:
+        self._pool = pool
+        self._upstreams = upstreams
+        self.settings = settings
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None and self.settings.enabled:
+            self._task = asyncio.create_task(self._run(), name="bastion-health-checks")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def check_all(self) -> None:
+        """One round of checks (also what the background task does every interval)."""
+        upstreams = self._upstreams.all()
+        if upstreams:
+            await asyncio.gather(*(self._check(u) for u in upstreams))
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            await self.check_all()
+            await asyncio.sleep(max(0.0, self.settings.interval - (time.monotonic() - started)))
+
+    async def _check(self, upstream: Upstream) -> None:
+        settings = self.settings
+        was_healthy = upstream.healthy
+        if await self._probe(upstream):
+            upstream.check_passed(settings.healthy_after)
+        else:
+            upstream.check_failed(settings.unhealthy_after)
+        if upstream.healthy != was_healthy:
+            if upstream.healthy:
+                log.warning("upstream %s passes its health check again: back in", upstream.name)
+            else:
+                log.warning(
+                    "upstream %s failed %d health checks in a row: taken out",
+                    upstream.name,
+                    upstream.checks_failed,
+                )
+
+    async def _probe(self, upstream: Upstream) -> bool:
+        headers = [(b"accept", b"*/*")]
+        if upstream.authorization is not None:
+            headers.append((b"authorization", upstream.authorization))
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                response = await self._pool.request(
+                    upstream.origin, b"GET", upstream.health_path.encode(), headers, b""
+                )
+                try:
+                    await response.read()
+                finally:
+                    response.close()
+        except (UpstreamError, TimeoutError):
+            return False
+        return response.status == 200
 
 
 class Readiness:
-    """Answers ``/ready`` by opening a TCP connection to each upstream, at most once a second.
+    """Answers ``/ready``: at least one upstream of every model can take a request.
 
-    The answer is cached for ``ttl`` seconds so that ``/ready``, which needs no credential,
-    cannot be used to make the gateway hammer its upstreams.
+    With active health checks on, that is what the checks last said; with them off, a TCP
+    connection to each upstream is tried, at most once per ``ttl`` seconds, so that
+    ``/ready`` (which needs no credential) cannot make the gateway hammer its upstreams.
     """
 
     def __init__(
         self,
-        models: Iterable[tuple[Origin, ...]],
+        balancers: Iterable[Balancer],
         *,
+        checked: bool,
         timeout: float = 1.0,
         ttl: float = 1.0,
         extra: Callable[[], bool] | None = None,
     ) -> None:
-        self._models = [tuple(origins) for origins in models]
+        self._balancers = tuple(balancers)
+        self._checked = checked
         self._timeout = timeout
         self._ttl = ttl
         self._extra = extra
@@ -36,21 +121,24 @@ class Readiness:
         self._lock = asyncio.Lock()
 
     async def __call__(self) -> bool:
+        if self._extra is not None and not self._extra():
+            return False
+        if self._checked:
+            return all(b.any_available(checked=True) for b in self._balancers)
         if time.monotonic() - self._checked_at < self._ttl:
             return self._ready
         async with self._lock:
             if time.monotonic() - self._checked_at >= self._ttl:
-                self._ready = await self._check()
+                self._ready = await self._connect_all()
                 self._checked_at = time.monotonic()
         return self._ready
 
-    async def _check(self) -> bool:
-        if self._extra is not None and not self._extra():
-            return False
-        distinct = {origin for origins in self._models for origin in origins}
+    async def _connect_all(self) -> bool:
+        models = [tuple(m.upstream.origin for m in b.members) for b in self._balancers]
+        distinct = list({origin for origins in models for origin in origins})
         answers = await asyncio.gather(*map(self._reachable, distinct))
         results = dict(zip(distinct, answers, strict=True))
-        return all(any(results[o] for o in origins) for origins in self._models)
+        return all(any(results[o] for o in origins) for origins in models)
 
     async def _reachable(self, origin: Origin) -> bool:
         try:

@@ -162,12 +162,18 @@ def test_stalled_stream_ends_with_an_error_event(
     assert 1.0 <= time.monotonic() - started < 3.0
 
 
-def test_upstream_down_is_502(gateway: GatewayProcess, keys: Keys) -> None:
+def test_a_model_whose_upstream_is_down_answers_503_at_once(
+    gateway: GatewayProcess, keys: Keys
+) -> None:
+    started = time.monotonic()
     with pytest.raises(openai.InternalServerError) as caught:
         client(gateway, keys.user).chat.completions.create(
             model="down-model", messages=[{"role": "user", "content": "x"}]
         )
-    assert caught.value.status_code == 502
+    assert time.monotonic() - started < 0.5
+    assert caught.value.status_code == 503  # the health check found it down at start
+    assert caught.value.body["code"] == "no_healthy_upstream"  # type: ignore[index]
+    assert caught.value.response.headers["retry-after"].isdigit()
     assert "127.0.0.1" not in caught.value.response.text
 
 

@@ -1,12 +1,17 @@
-"""HTTPS on the gateway's port: the openai client over TLS, old protocols refused, mTLS."""
+"""HTTPS on the gateway's port: the openai client over TLS, old protocols refused, mTLS,
+certificates replaced while the gateway runs, and client certificates as identities."""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import socket
 import ssl
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -15,6 +20,7 @@ import trustme
 from tests.integration.conftest import UPSTREAM_KEY
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import GatewayProcess, Keys, base_config, running_gateway
+from tests.support.tls import client_context, common_name, write_leaf
 
 KEYS = Keys()
 
@@ -36,11 +42,16 @@ def _files(ca: trustme.CA, where: Path) -> tuple[Path, Path, Path]:
 
 
 def _gateway(
-    upstream: FakeUpstream, ca: trustme.CA, where: Path, **tls: object
+    upstream: FakeUpstream,
+    ca: trustme.CA,
+    where: Path,
+    auth: dict[str, Any] | None = None,
+    **tls: object,
 ) -> Iterator[tuple[GatewayProcess, Path]]:
     cert, key, ca_file = _files(ca, where)
     config = base_config(upstream.url, KEYS)
     config["server"]["tls"] = {"certificate": str(cert), "key": str(key), **tls}
+    config["auth"].update(auth or {})
     with running_gateway(config, where, UPSTREAM_KEY) as process:
         yield process, ca_file
 
@@ -121,3 +132,148 @@ def test_mutual_tls_refuses_callers_without_a_certificate(
         with_cert = ssl.create_default_context(cafile=str(ca_file))
         ca.issue_cert("caller@example.test").configure_cert(with_cert)
         assert _talk(gateway, with_cert)[1].startswith(b"HTTP/1.1 200")
+
+
+# Certificates replaced while the gateway runs
+
+
+def _connect(gateway: GatewayProcess, context: ssl.SSLContext) -> http.client.HTTPSConnection:
+    connection = http.client.HTTPSConnection("127.0.0.1", _port(gateway), context=context)
+    connection.connect()
+    return connection
+
+
+def _get(connection: http.client.HTTPSConnection, path: str = "/health") -> int:
+    connection.request("GET", path)
+    answer = connection.getresponse()
+    answer.read()
+    return answer.status
+
+
+def _served(gateway: GatewayProcess, context: ssl.SSLContext) -> dict[str, Any]:
+    """The certificate a new handshake gets."""
+    connection = _connect(gateway, context)
+    try:
+        assert connection.sock is not None
+        found = connection.sock.getpeercert()
+        assert found is not None
+        return found
+    finally:
+        connection.close()
+
+
+def _served_name(gateway: GatewayProcess, context: ssl.SSLContext) -> str | None:
+    return common_name(_served(gateway, context))
+
+
+def test_a_replaced_certificate_reaches_new_handshakes_and_open_connections_stay(
+    upstream: FakeUpstream, ca: trustme.CA, tmp_path: Path
+) -> None:
+    for gateway, _ in _gateway(upstream, ca, tmp_path, reload_interval=0.2):
+        other_ca = trustme.CA()
+        renewed = other_ca.issue_cert("127.0.0.1", "localhost", common_name="renewed")
+        both = client_context(ca, other_ca)
+        open_before = _connect(gateway, client_context(ca))
+        assert _get(open_before) == 200
+        socket_before = open_before.sock
+        write_leaf(renewed, tmp_path / "cert.pem", tmp_path / "key.pem")
+        deadline = time.monotonic() + 10
+        while _served_name(gateway, both) != "renewed":
+            assert time.monotonic() < deadline, f"never served the new certificate:\n{gateway.logs}"
+            time.sleep(0.05)
+        assert _get(open_before) == 200  # the keep-alive connection was not dropped
+        assert open_before.sock is socket_before
+        open_before.close()
+        logs = gateway.wait_for_log("TLS certificate reloaded: now serving 'CN=renewed")
+        assert "PRIVATE KEY" not in logs
+
+
+def test_a_broken_replacement_keeps_the_old_certificate_serving(
+    upstream: FakeUpstream, ca: trustme.CA, tmp_path: Path
+) -> None:
+    for gateway, _ in _gateway(upstream, ca, tmp_path, reload_interval=0.2):
+        trusting = client_context(ca)
+        with contextlib.closing(_connect(gateway, trusting)) as first:
+            assert first.sock is not None
+            served_before = first.sock.getpeercert(binary_form=True)
+        stranger = ca.issue_cert("127.0.0.1", common_name="stranger")
+        stranger.private_key_pem.write_to_path(str(tmp_path / "key.pem"))  # not the cert's key
+        logs = gateway.wait_for_log("still serving the previous certificate")
+        assert f"{tmp_path / 'key.pem'} is not the key of the first certificate" in logs
+        assert "PRIVATE KEY" not in logs
+        with contextlib.closing(_connect(gateway, trusting)) as after:
+            assert after.sock is not None
+            assert after.sock.getpeercert(binary_form=True) == served_before
+            assert _get(after) == 200
+
+
+# Client certificates as identities (mutual TLS with auth.client_certificate)
+
+
+@pytest.fixture(scope="module")
+def mtls(
+    upstream: FakeUpstream, ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    where = tmp_path_factory.mktemp("mtls")
+    auth = {"client_certificate": {"admins": ["ops"]}}
+    for gateway, _ in _gateway(upstream, ca, where, auth, client_ca=str(where / "ca.pem")):
+        yield gateway
+
+
+def _caller(ca: trustme.CA, name: str | None) -> ssl.SSLContext:
+    """A client context presenting a certificate of ``ca`` with this common name."""
+    return client_context(ca, cert=ca.issue_cert(f"{name}@example.test", common_name=name))
+
+
+CHAT = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_a_client_certificate_names_a_caller_that_sends_no_api_key(
+    mtls: GatewayProcess, ca: trustme.CA
+) -> None:
+    with openai.DefaultHttpxClient(verify=_caller(ca, "carol")) as http:
+        answer = http.post(mtls.url + "/v1/chat/completions", json=CHAT)
+        assert "authorization" not in answer.request.headers
+        assert answer.status_code == 200, answer.text
+        assert http.get(mtls.url + "/admin/v1/whoami").status_code == 403  # a user
+    logs = mtls.wait_for_log('"POST /v1/chat/completions" 200 model=test-model principal=carol ')
+    assert "principal=carol" in logs
+
+
+def test_an_admin_certificate_reaches_the_admin_api(mtls: GatewayProcess, ca: trustme.CA) -> None:
+    with openai.DefaultHttpxClient(verify=_caller(ca, "ops")) as http:
+        answer = http.get(mtls.url + "/admin/v1/whoami")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["principal"] == "ops"
+    assert answer.json()["credential"].startswith("certificate:")
+
+
+def test_an_api_key_decides_over_the_certificate(mtls: GatewayProcess, ca: trustme.CA) -> None:
+    with openai.DefaultHttpxClient(verify=_caller(ca, "carol")) as http:
+        client = openai.OpenAI(
+            base_url=mtls.url + "/v1", api_key=KEYS.user, http_client=http, max_retries=0
+        )
+        reply = client.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+        assert reply.choices[0].message.content
+        as_admin = http.get(
+            mtls.url + "/admin/v1/whoami", headers={"Authorization": f"Bearer {KEYS.admin}"}
+        )
+        assert as_admin.status_code == 200 and as_admin.json()["principal"] == "root"
+    mtls.wait_for_log("principal=alice")
+    with openai.DefaultHttpxClient(verify=_caller(ca, "ops")) as http:
+        for key, status in ((KEYS.user, 403), ("bst_not-a-key", 401)):
+            answer = http.get(
+                mtls.url + "/admin/v1/whoami", headers={"Authorization": f"Bearer {key}"}
+            )
+            assert answer.status_code == status, answer.text
+
+
+def test_a_certificate_without_a_common_name_is_refused(
+    mtls: GatewayProcess, ca: trustme.CA
+) -> None:
+    nameless = client_context(ca, cert=ca.issue_cert("nameless@example.test"))
+    with openai.DefaultHttpxClient(verify=nameless) as http:
+        answer = http.post(mtls.url + "/v1/chat/completions", json=CHAT)
+    assert answer.status_code == 401
+    assert answer.json()["error"]["type"] == "authentication_error"
+    mtls.wait_for_log("client certificate refused: the certificate has no common name")

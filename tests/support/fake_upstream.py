@@ -38,11 +38,15 @@ class Behaviour:
     status: int = 200
     flood_bytes: int = 0
     """When set, a stream sends this many bytes of SSE comments as fast as it may."""
+    health_status: int = 200
+    """What ``GET /health`` (vLLM's health check, asked by the gateway) answers."""
 
 
 @dataclass
 class FakeUpstream:
     seen: list[Seen] = field(default_factory=list)
+    """Every request but health checks."""
+    health_checks: list[Seen] = field(default_factory=list)
     behaviour: Behaviour = field(default_factory=Behaviour)
     disconnects: list[float] = field(default_factory=list)
     stream_finished: list[float] = field(default_factory=list)
@@ -57,6 +61,7 @@ class FakeUpstream:
 
     def reset(self) -> None:
         self.seen.clear()
+        self.health_checks.clear()
         self.disconnects.clear()
         self.stream_finished.clear()
         self.flood_sent = 0
@@ -71,16 +76,19 @@ class FakeUpstream:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        self.seen.append(
-            Seen(
-                scope["method"],
-                scope["path"],
-                scope["query_string"],
-                {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
-                body,
-            )
+        seen = Seen(
+            scope["method"],
+            scope["path"],
+            scope["query_string"],
+            {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+            body,
         )
         behaviour = self.behaviour
+        if scope["method"] == "GET" and scope["path"] == "/health":
+            self.health_checks.append(seen)
+            await self._json(send, behaviour.health_status, {})
+            return
+        self.seen.append(seen)
         if behaviour.delay:
             await asyncio.sleep(behaviour.delay)
         payload: dict[str, Any] = {}
@@ -223,8 +231,10 @@ class FakeUpstream:
         self.stream_finished.append(time.monotonic())
 
     def start(self) -> FakeUpstream:
+        """Listen on a new port, or again on the port it had (after :meth:`stop`)."""
         sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self, log_config=None, lifespan="off", ws="none", access_log=False, http="httptools"

@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from bastion.app import build_gateway
+from bastion.app import Services, build_gateway
 from bastion.auth.apikeys import ApiKeyRecord, generate_key, hash_key
 from bastion.settings import ModelSettings, UpstreamTarget, parse_settings
 from bastion.upstream.client import UpstreamPool
@@ -26,13 +26,11 @@ async def test_disconnect_via_receive_closes_the_upstream_request() -> None:
     settings = parse_settings({})
     key = generate_key()
     pool = UpstreamPool(settings.upstream)
+    services = Services(settings, keys=[ApiKeyRecord("a", hash_key(key), "user")], pool=pool)
     gateway = build_gateway(
         settings,
-        models=(
-            ModelSettings(name="m", upstreams=(UpstreamTarget(url=f"http://127.0.0.1:{port}"),)),
-        ),
-        keys=[ApiKeyRecord("a", hash_key(key), "user")],
-        pool=pool,
+        services,
+        (ModelSettings(name="m", upstreams=(UpstreamTarget(url=f"http://127.0.0.1:{port}"),)),),
     )
     messages = [{"type": "http.request", "body": b'{"model": "m"}', "more_body": False}]
 
