@@ -94,6 +94,10 @@ async def serve(
     services: Services | None = None
     listener: MetricsListener | None = None
     certificates: CertificateReloader | None = None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(  # until the gateway is built, a SIGHUP must not kill the process
+        signal.SIGHUP, lambda: log.warning("SIGHUP during start-up: ignored; send it again")
+    )
     try:
         if settings.store.enabled:
             store = await asyncio.to_thread(open_store, settings, state)
@@ -129,7 +133,6 @@ async def serve(
             on_applied=_apply_log_level,
         )
         services.reloader = reloader.reload
-        loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, reloader.on_signal)
         await services.start()
         listener = _metrics_listener(settings, services)
@@ -153,8 +156,7 @@ async def serve(
         _tune_gc()
         await server.serve(sockets=[sock])
     finally:
-        with contextlib.suppress(RuntimeError):  # the loop may be closing
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        loop.remove_signal_handler(signal.SIGHUP)
         if certificates is not None:
             await certificates.stop()
         if listener is not None:
