@@ -40,7 +40,7 @@ from bastion.store.store import Store, database_url
 
 __all__ = ["COMMANDS", "add_commands", "parse_duration", "run_command"]
 
-COMMANDS = ("users", "teams", "roles", "keys", "audit", "usage")
+COMMANDS = ("users", "teams", "roles", "keys", "audit", "usage", "reload")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -144,6 +144,8 @@ def add_commands(commands: Any, key_commands: Any) -> None:
     usage.add_argument("--team")
     usage.add_argument("--model")
     usage.add_argument("--csv", action="store_true", help="print CSV")
+
+    _sub(commands, "reload", "make a running gateway re-read its config file (needs --url)")
 
     key_create = _sub(key_commands, "create", "issue a key to a user (shown once)")
     key_create.add_argument("--user", required=True)
@@ -296,6 +298,8 @@ class _Remote:
             return call("GET", "audit", query=query)["data"]
         if op == "usage":
             return call("GET", "usage", query=_usage_params(args))["data"]
+        if op == "reload":
+            return call("POST", "reload")
         raise AssertionError(op)  # pragma: no cover
 
 
@@ -452,6 +456,13 @@ def _show(
             "This key is shown only now; Bastion keeps its hash. Give it to its holder.\n"
         )
         return
+    if op == "reload":
+        restart = result["restart_required"]
+        out.write(
+            f"reloaded {result['source']}: serving {', '.join(result['models'])}\n"
+            + (f"needs a restart to take effect: {', '.join(restart)}\n" if restart else "")
+        )
+        return
     if isinstance(result, dict) and result.get("deleted"):
         out.write(f"deleted {result['name']}\n")
         return
@@ -464,9 +475,14 @@ def run_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     kind = args.command
     op = (
         kind
-        if kind in ("audit", "usage")
+        if kind in ("audit", "usage", "reload")
         else f"{kind}.{args.action if kind != 'keys' else args.keys_command}"
     )
+    if op == "reload" and not (args.url or os.environ.get("BASTION_URL")):
+        raise RemoteError(
+            "reload talks to a running gateway: give --url (or BASTION_URL), "
+            "or send the gateway's process SIGHUP"
+        )
     backend = _backend(args)
     try:
         result = backend(op, args)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import http.client
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -163,3 +166,26 @@ def test_the_admin_api_reloads_reports_and_audits(upstream: FakeUpstream, tmp_pa
 
         status, body = _admin(gateway, keys.admin, "GET", "/admin/v1/audit?action=config.reload")
         assert [e["outcome"] for e in body["data"]] == ["failed", "ok"]  # newest first
+
+
+def test_the_cli_reloads_a_running_gateway(upstream: FakeUpstream, tmp_path: Path) -> None:
+    keys = Keys()
+    config = base_config(upstream.url, keys)
+    with running_gateway(config, tmp_path, UPSTREAM_KEY) as gateway:
+        config["server"]["drain_timeout"] = 7
+        _rewrite(gateway, config)
+        env = {**os.environ, "BASTION_API_KEY": keys.admin}
+        env.pop("BASTION_URL", None)
+        done = subprocess.run(
+            [sys.executable, "-m", "bastion", "reload", "--url", gateway.url],
+            capture_output=True, text=True, env=env, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "serving test-model" in done.stdout
+        assert "needs a restart to take effect: server" in done.stdout
+        local = subprocess.run(
+            [sys.executable, "-m", "bastion", "reload"],
+            capture_output=True, text=True, env=env, timeout=30,
+        )  # fmt: skip
+        assert local.returncode == 2
+        assert "SIGHUP" in local.stderr
