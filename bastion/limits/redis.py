@@ -53,10 +53,11 @@ not idempotent and a lost reply cannot tell whether it was applied: the reservat
 stands, which errs on the side of limiting. A grant without leases and with nothing to
 reconcile (used exactly what it reserved, or counts no tokens) costs no call at all.
 
-Every call is bounded by ``redis.timeout`` (connecting, waiting for a pooled connection, the
-reply; client retries are off). A failure raises :class:`LimiterBackendError`, and
-:class:`~bastion.limits.fallback.FailoverLimiter` decides what to do; the idle pooled
-connections are closed then (after a restart of Redis they would all be dead). A decision
+Calls go through :class:`~bastion.limits.resp.RespClient`: decisions pipelined on one
+connection, releases on another. Every call is bounded by ``redis.timeout`` (connecting and
+the reply; nothing is retried by the client). A failure raises :class:`LimiterBackendError`,
+and :class:`~bastion.limits.fallback.FailoverLimiter` decides what to do; both connections are
+dropped then (after a timeout their state is unknown, after a restart they are dead). A decision
 whose reply never came (timeout, or the caller gone) may still have been made: its leases are
 released as a finish would (a no-op if it was not), its tokens stay taken.
 """
@@ -72,16 +73,12 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Final
-
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from typing import Final
 
 from bastion.errors import QuotaExceededError, RateLimitError, ServiceUnavailableError
 from bastion.limits.limiter import Grant, RateInfo, never_fits, periods, rate_headers
 from bastion.limits.plan import Bucket
+from bastion.limits.resp import RedisReplyError, RespClient, Script
 from bastion.settings import RedisSettings, Secret
 
 __all__ = [
@@ -378,19 +375,17 @@ class _Release:
 class RedisLimiter:
     """Limits shared by all replicas through Redis; see the module's documentation."""
 
-    def __init__(
-        self, settings: RedisSettings, *, lease_seconds: float = 900.0, max_connections: int = 100
-    ) -> None:
+    def __init__(self, settings: RedisSettings, *, lease_seconds: float = 900.0) -> None:
         url = settings.url.resolve() if isinstance(settings.url, Secret) else settings.url
         self._timeout = settings.timeout
         self._prefix = settings.key_prefix + "rl:"
-        # Admissions share a pool; more of them at once than connections wait for one (within
-        # the timeout) rather than failing, as redis-py's default pool would. Releases have a
-        # connection of their own: they never queue behind admissions.
-        self._client = _client(url, settings.timeout, max_connections)
-        self._releaser = _client(url, settings.timeout, 1)
-        self._acquire_script = self._client.register_script(ACQUIRE_LUA)
-        self._finish_script = self._releaser.register_script(FINISH_LUA)
+        # Admissions are pipelined on one connection (any number at once); releases have a
+        # connection of their own, so they never queue behind admissions.
+        self._acquire_script = Script(ACQUIRE_LUA)
+        self._finish_script = Script(FINISH_LUA)
+        scripts = (self._acquire_script, self._finish_script)
+        self._client = RespClient(url, connect_timeout=settings.timeout, scripts=scripts)
+        self._releaser = RespClient(url, connect_timeout=settings.timeout, scripts=scripts)
         self._lease_ttl = str(max(1, round(lease_seconds * 1e6)))
         self._lease_seconds = math.ceil(lease_seconds)
         self._lease_prefix = secrets.token_hex(6) + ":"
@@ -418,10 +413,12 @@ class RedisLimiter:
         lease = f"{self._lease_prefix}{next(self._ids)}"
         try:
             async with asyncio.timeout(self._timeout):
-                reply = await self._acquire_script(
-                    plan.keys, [lease, self._lease_ttl, *plan.limits, *reserved]
+                reply = await self._client.evalsha(
+                    self._acquire_script,
+                    plan.keys,
+                    [lease, self._lease_ttl, *plan.limits, *reserved],
                 )
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisReplyError, OSError, TimeoutError) as exc:
             self._abandon(plan, lease)
             await self._reconnect()
             raise LimiterBackendError() from exc
@@ -454,12 +451,10 @@ class RedisLimiter:
             self._enqueue(_Release(plan.keys, args))
 
     async def _reconnect(self) -> None:
-        """Close the idle pooled connections after a failure: if Redis restarted, each of them
-        is dead, and would otherwise fail one more decision when next used."""
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(self._timeout):
-                for client in (self._client, self._releaser):
-                    await client.connection_pool.disconnect(inuse_connections=False)
+        """Drop the connections after a failure: after a timeout their state is unknown, and
+        if Redis restarted they are dead. The next call opens new ones."""
+        self._client.reset()
+        self._releaser.reset()
 
     def _plan(self, buckets: tuple[Bucket, ...]) -> _Plan:
         found = self._plans.get(buckets)
@@ -540,7 +535,7 @@ class RedisLimiter:
                 try:
                     await self._send(batch)
                     self._warned = False
-                except (RedisError, OSError, TimeoutError) as exc:
+                except (RedisReplyError, OSError, TimeoutError) as exc:
                     self.finish_failures += 1
                     await self._reconnect()
                     if self._retry(batch, exc):
@@ -552,23 +547,20 @@ class RedisLimiter:
                     self._busy = False
 
     async def _send(self, batch: list[_Release]) -> None:
+        script = self._finish_script
         async with asyncio.timeout(self._timeout):
             if len(batch) == 1:
-                await self._finish_script(batch[0].keys, batch[0].args)
+                await self._releaser.evalsha(script, batch[0].keys, batch[0].args)
                 return
-            async with self._releaser.pipeline(transaction=False) as pipe:
-                for release in batch:
-                    pipe.evalsha(
-                        self._finish_script.sha, len(release.keys), *release.keys, *release.args
-                    )
-                results = await pipe.execute(raise_on_error=False)
-            missing = [r for r, res in zip(batch, results, strict=True)
-                       if isinstance(res, NoScriptError)]  # fmt: skip
-            for release in missing:  # Redis restarted or flushed its scripts: load them again
-                await self._finish_script(release.keys, release.args)
-            for res in results:
-                if isinstance(res, Exception) and not isinstance(res, NoScriptError):
-                    raise res
+            results = await self._releaser.pipeline(
+                [("EVALSHA", script.sha, len(r.keys), *r.keys, *r.args) for r in batch]
+            )
+            for release, result in zip(batch, results, strict=True):
+                if isinstance(result, RedisReplyError) and str(result).startswith("NOSCRIPT"):
+                    # Redis restarted or flushed its scripts: send it whole
+                    await self._releaser.evalsha(script, release.keys, release.args)
+                elif isinstance(result, BaseException):
+                    raise result
 
     def _retry(self, batch: list[_Release], exc: BaseException | None = None) -> bool:
         """Queue the batch's releases again (without their token reconciliation, which may
@@ -622,29 +614,14 @@ class RedisLimiter:
         """Requests in flight in bucket ``key`` (lapsed leases included until the next
         decision drops them)."""
         async with asyncio.timeout(self._timeout):
-            count: int = await self._client.zcard(f"{self._prefix}c:{key}")
+            count: int = await self._client.execute("ZCARD", f"{self._prefix}c:{key}")
         return count
 
     async def state(self, key: str) -> dict[str, str]:
         """The raw state hash of bucket ``key``."""
         async with asyncio.timeout(self._timeout):
-            raw: dict[Any, Any] = await self._client.hgetall(f"{self._prefix}s:{key}")
-        return {k.decode(): v.decode() for k, v in raw.items()}
-
-
-def _client(url: str, timeout: float, connections: int) -> Redis:
-    """A client whose every call is bounded by ``timeout``: connecting, waiting for a pooled
-    connection, reading; no retries (the fallback decides what a failure means)."""
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=connections,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-    )
-    return Redis.from_pool(pool)
+            flat: list[bytes] = await self._client.execute("HGETALL", f"{self._prefix}s:{key}")
+        return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
 
 def _chunks(args: list[str | int]) -> list[tuple[str | int, ...]]:

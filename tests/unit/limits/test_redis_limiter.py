@@ -476,10 +476,10 @@ async def test_exactly_the_limit_across_replicas(
         assert sorted(g.info.remaining_requests or 0 for g in admitted) == list(range(50))
 
 
-async def test_more_decisions_at_once_than_connections(
+async def test_many_decisions_at_once_share_one_pipelined_connection(
     make_limiter: Callable[..., RedisLimiter],
 ) -> None:
-    limiter = make_limiter(max_connections=4)
+    limiter = make_limiter()
     b = bucket("user:many", requests_per_minute=1_000_000, concurrency=1000)
     grants = await asyncio.gather(*(limiter.acquire((b,), 1, 1) for _ in range(300)))
     assert await limiter.in_flight("user:many") == 300
