@@ -95,7 +95,7 @@ class GatewayMetrics:
         team = self._team(ctx) if self._teams_on else None
         self._requests.inc((route, model, code) if team is None else (route, model, code, team))
         if ctx.track_usage or ctx.usage is not None:
-            prompt, completion = ctx.billed_tokens(status)
+            prompt, completion = ctx.billed_tokens()
             if team is None:
                 self._tokens.inc((model, "input"), prompt)
                 self._tokens.inc((model, "output"), completion)

@@ -183,9 +183,9 @@ class Account:
         error = ctx.error
         if error is not None and self._audit is not None and self._audit.wants(error):
             self._audit.refused(ctx)
-        if self._usage is not None and ctx.route is not None and ctx.route.kind is _INFERENCE:
-            self._usage.add(_usage_record(ctx))
         status = 499 if ctx.client_disconnected and not ctx.response_done else ctx.status
+        if self._usage is not None and ctx.route is not None and ctx.route.kind is _INFERENCE:
+            self._usage.add(_usage_record(ctx, status))
         if self._metrics is not None:
             self._metrics.request(ctx, status)
         writer = self._writer
@@ -214,14 +214,9 @@ class Account:
         )
 
 
-def _usage_record(ctx: RequestContext) -> UsageRecord:
+def _usage_record(ctx: RequestContext, status: int) -> UsageRecord:
     identity = ctx.identity
-    if ctx.client_disconnected and not ctx.response_done:
-        status = 499
-        tokens = ctx.billed_tokens(200)  # a cut stream is still billed for what it got
-    else:
-        status = ctx.status
-        tokens = ctx.billed_tokens(status)
+    tokens = ctx.billed_tokens()
     ttfb = ctx.time_to_first_byte
     teams: tuple[str, ...] = ()
     if identity is None:

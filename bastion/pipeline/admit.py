@@ -80,7 +80,7 @@ class Admit:
         grant = ctx.grant
         if grant is None:
             return
-        prompt, completion = ctx.billed_tokens(ctx.status)
+        prompt, completion = ctx.billed_tokens()
         self._limiter.finish(grant, prompt, completion)
 
     def _completion(self, ctx: RequestContext) -> int:

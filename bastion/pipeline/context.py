@@ -109,9 +109,14 @@ class RequestContext:
         self.body_overrides: dict[str, Any] | None = None
         """Fields the gateway sets in the forwarded JSON body (priority, stream_options)."""
 
-    def billed_tokens(self, status: int) -> tuple[int, int]:
+    def billed_tokens(self) -> tuple[int, int]:
         """(prompt, completion) tokens to bill: the upstream's report, or an estimate of
-        what was relayed (see :func:`bastion.limits.usage.billed`)."""
+        what was relayed (see :func:`bastion.limits.usage.billed`). A response cut because
+        the caller went away is billed for what it got, unless the upstream's answer was an
+        error (which generated nothing). Limits, usage records and metrics all use this."""
+        status = self.status
+        if self.client_disconnected and not self.response_done and status < 400:
+            status = 200
         return billed(
             self.usage,
             status=status,
