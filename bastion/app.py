@@ -12,6 +12,7 @@ from bastion.auth.clientcert import ClientCertificateAuthenticator
 from bastion.auth.guard import FailureGuard
 from bastion.auth.htpasswd import HtpasswdAuthenticator
 from bastion.auth.identity import Authenticator
+from bastion.auth.jwks import KeySet
 from bastion.auth.tokens import JwtAuthenticator
 from bastion.errors import NotFoundError
 from bastion.limits.backends import build_limiter
@@ -28,7 +29,13 @@ from bastion.pipeline.gateway import Gateway
 from bastion.pipeline.resolve import ModelRegistry
 from bastion.pipeline.routes import DEFAULT_ROUTES, METRICS_ROUTE, RouteKind, RouteTable
 from bastion.policy.policy import Policy
-from bastion.settings import BruteForceSettings, ModelSettings, Settings
+from bastion.settings import (
+    BruteForceSettings,
+    HtpasswdSettings,
+    JwtSettings,
+    ModelSettings,
+    Settings,
+)
 from bastion.store.audit import AuditTrail
 from bastion.store.store import Store
 from bastion.store.sync import StoreSync
@@ -59,14 +66,17 @@ def build_routes(settings: Settings, *, admin: bool = True) -> RouteTable:
 
 
 def authenticators(
-    settings: Settings, api_keys: ApiKeyAuthenticator, policy: Policy
+    settings: Settings, services: Services, policy: Policy
 ) -> tuple[Authenticator, ...]:
-    """One authenticator per configured credential kind, API keys first."""
-    found: list[Authenticator] = [api_keys]
+    """One authenticator per configured credential kind, API keys first. What they have
+    learnt (verified htpasswd passwords, the identity provider's keys) is kept across
+    reloads that leave their settings alone."""
+    found: list[Authenticator] = [services.api_keys]
     if settings.auth.htpasswd is not None:
-        found.append(HtpasswdAuthenticator(settings.auth.htpasswd))
+        found.append(services.htpasswd(settings.auth.htpasswd))
     if settings.auth.jwt is not None:
-        found.append(JwtAuthenticator(settings.auth.jwt, known_roles=policy.roles))
+        keys = services.jwt_keys(settings.auth.jwt)
+        found.append(JwtAuthenticator(settings.auth.jwt, known_roles=policy.roles, keys=keys))
     return tuple(found)
 
 
@@ -126,6 +136,8 @@ class Services:
         self._limits = settings.limits
         self._limiter: Limiter | None = None
         self._guard: tuple[BruteForceSettings, FailureGuard] | None = None
+        self._htpasswd: tuple[HtpasswdSettings, HtpasswdAuthenticator] | None = None
+        self._jwt_keys: tuple[JwtSettings, KeySet] | None = None
         self.reloads = 0
         self.reload_failures = 0
         self.reloader: Callable[[], Awaitable[ReloadReport]] | None = None
@@ -180,6 +192,18 @@ class Services:
         if self._limiter is None:
             self._limiter = build_limiter(self._limits)
         return self._limiter
+
+    def htpasswd(self, settings: HtpasswdSettings) -> HtpasswdAuthenticator:
+        """The htpasswd authenticator, kept (with its cache) while its settings stay."""
+        if self._htpasswd is None or self._htpasswd[0] != settings:
+            self._htpasswd = (settings, HtpasswdAuthenticator(settings))
+        return self._htpasswd[1]
+
+    def jwt_keys(self, settings: JwtSettings) -> KeySet:
+        """The identity provider's keys, kept while the JWT settings stay."""
+        if self._jwt_keys is None or self._jwt_keys[0] != settings:
+            self._jwt_keys = (settings, KeySet(settings))
+        return self._jwt_keys[1]
 
     def guard(self, settings: BruteForceSettings) -> FailureGuard:
         """The brute-force guard; what it knows survives a reload unless its settings change."""
@@ -252,7 +276,7 @@ def build_gateway(
         routes=build_routes(settings, admin=admin is not None),
         acceptor=Acceptor(settings.http),
         authenticate=Authenticate(
-            authenticators(settings, services.api_keys, policy),
+            authenticators(settings, services, policy),
             services.guard(settings.auth.brute_force),
             _client_certificates(settings, policy),
             services.metrics,

@@ -67,10 +67,12 @@ class JwtAuthenticator:
         settings: JwtSettings,
         fetch: Fetch = http_get,
         known_roles: Container[str] = frozenset({"admin", "operator", "user", "viewer"}),
+        keys: KeySet | None = None,
     ) -> None:
+        """``keys``: a key set to share (kept across configuration reloads)."""
         self._settings = settings
         self._known_roles = known_roles
-        self.keys = KeySet(settings, fetch)
+        self.keys = keys if keys is not None else KeySet(settings, fetch)
         self._allowed = frozenset(settings.algorithms)
         self._audience = (
             [settings.audience] if isinstance(settings.audience, str) else list(settings.audience)
