@@ -39,7 +39,7 @@ from bastion.settings import (
 from bastion.store.audit import AuditTrail
 from bastion.store.store import Store
 from bastion.store.sync import StoreSync
-from bastion.store.usage import UsageQueue
+from bastion.store.usage import Prices, UsageQueue
 from bastion.upstream.balancer import UpstreamSet
 from bastion.upstream.client import UpstreamPool
 from bastion.upstream.health import HealthChecker, Readiness
@@ -264,7 +264,8 @@ def build_gateway(
     admin = None
     if store is not None:
         assert services.sync is not None
-        admin = AdminApi(AdminService(store, policy), services.sync, services.reload)
+        service = AdminService(store, policy, Prices.of(settings.usage))
+        admin = AdminApi(service, services.sync, services.reload)
     registry = ModelRegistry(models, services.upstreams, settings.upstream.health.path)
     health = settings.upstream.health
     readiness = Readiness(

@@ -539,6 +539,13 @@ class LimitsSettings(_Model):
     priority: PrioritySettings = PrioritySettings()
 
 
+class PriceSettings(_Model):
+    """What a model's tokens cost, per million, in ``usage.currency``."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
 class UsageSettings(_Model):
     """Usage records: one per inference request, kept in the store (see docs/limits.md)."""
 
@@ -549,6 +556,9 @@ class UsageSettings(_Model):
     max_pending: int = Field(default=100_000, gt=0)
     """Records waiting for the store (a slow or absent database) before the oldest are
     dropped and counted."""
+    prices: dict[str, PriceSettings] = Field(default_factory=dict)
+    """Per model (``*``: any other), for the cost column of usage reports."""
+    currency: str = Field(default="USD", min_length=1, max_length=16)
 
 
 class MetricsSettings(_Model):

@@ -37,6 +37,7 @@ from bastion.settings import Settings, load_settings
 from bastion.state import StateDir
 from bastion.store.records import AuditQuery
 from bastion.store.store import Store, database_url
+from bastion.store.usage import Prices
 
 __all__ = ["COMMANDS", "add_commands", "parse_duration", "run_command"]
 
@@ -178,7 +179,7 @@ class _Local:
         if url.startswith("sqlite"):
             state.ensure()
         self._store = Store.open(url)
-        self._service = AdminService(self._store, Policy(settings))
+        self._service = AdminService(self._store, Policy(settings), Prices.of(settings.usage))
         self._caller = Caller.local(f"local:{_login()}")
 
     def close(self) -> None:
@@ -396,14 +397,14 @@ _COLUMNS: dict[str, list[tuple[str, Callable[[dict[str, Any]], str]]]] = {
 
 
 _USAGE_TOTALS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens",
-                 "mean_latency_ms")  # fmt: skip
+                 "mean_latency_ms", "cost", "currency", "unpriced_tokens")  # fmt: skip
 
 
 def _usage_columns(
     rows: Sequence[dict[str, Any]],
 ) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
     first = rows[0] if rows else {}
-    names = [n for n in first if n not in _USAGE_TOTALS] + list(_USAGE_TOTALS)
+    names = [n for n in first if n not in _USAGE_TOTALS] + [n for n in _USAGE_TOTALS if n in first]
     columns: list[tuple[str, Callable[[dict[str, Any]], str]]] = []
     for name in names:
         columns.append((name.upper().replace("_", " "), _cell(name)))
@@ -413,6 +414,8 @@ def _usage_columns(
 def _cell(name: str) -> Callable[[dict[str, Any]], str]:
     if name == "period":
         return lambda row: _when(row["period"])
+    if name == "cost":
+        return lambda row: f"{row['cost']:.6f}"
     return lambda row: str(row[name])
 
 

@@ -34,7 +34,7 @@ from bastion.store.records import (
     Team,
 )
 from bastion.store.store import Store
-from bastion.store.usage import UsageLedger, UsageQuery
+from bastion.store.usage import Prices, UsageLedger, UsageQuery
 
 __all__ = ["MAX_OVERLAP", "AdminService", "Caller"]
 
@@ -56,10 +56,12 @@ class Caller:
 
 
 class AdminService:
-    def __init__(self, store: Store, policy: Policy) -> None:
+    def __init__(self, store: Store, policy: Policy, prices: Prices | None = None) -> None:
+        """``prices`` add a cost to usage reports."""
         self.store = store
         self._policy = policy
         self._ledger = UsageLedger(store)
+        self._prices = prices
 
     # -- users --------------------------------------------------------------------------
 
@@ -187,7 +189,7 @@ class AdminService:
     # -- usage ----------------------------------------------------------------------------
 
     def usage(self, query: UsageQuery) -> list[dict[str, Any]]:
-        return self._ledger.report(query)
+        return self._ledger.report(query, self._prices)
 
     # -- rules ----------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ _RESTART_ONLY: dict[str, tuple[str, ...] | None] = {
     ),
     "store": ("enabled", "url", "poll_interval", "stale_after", "last_used_interval"),
     "limits": ("backend", "redis", "on_backend_failure"),
-    "usage": None,
+    "usage": ("enabled", "retention_days", "max_pending"),
     "logging": ("format",),
     "metrics": None,
 }

@@ -8,14 +8,15 @@ written in the same transaction, so they always agree.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bastion.errors import BadRequestError
+from bastion.settings import PriceSettings, UsageSettings
 from bastion.store import schema
 from bastion.store.store import Store
 
@@ -168,11 +169,23 @@ class UsageLedger:
                 )
         return len(rows)
 
-    def report(self, query: UsageQuery) -> list[dict[str, Any]]:
-        """Totals grouped by ``query.by`` (and by hour or day unless ``period`` is all)."""
+    def report(self, query: UsageQuery, prices: Prices | None = None) -> list[dict[str, Any]]:
+        """Totals grouped by ``query.by`` (and by hour or day unless ``period`` is all); with
+        ``prices``, each row's cost too."""
         unknown = [b for b in query.by if b not in GROUPS]
         if unknown or not query.by:
             raise BadRequestError(f"group by one or more of: {', '.join(GROUPS)}", param="by")
+        if prices is not None and "model" not in query.by:
+            # a cost needs each model's tokens: group by model too, then add the models up
+            detailed = self.report(replace(query, by=(*query.by, "model")), prices)
+            return _merged(detailed, query.by)
+        rows = self._totals(query)
+        if prices is not None:
+            for row in rows:
+                prices.price(row)
+        return rows
+
+    def _totals(self, query: UsageQuery) -> list[dict[str, Any]]:
         columns = [_COLUMN[b].label(b) for b in query.by]
         if query.period != "all":
             size = 3600 if query.period == "hour" else 86400
@@ -246,6 +259,58 @@ def _raw(rec: UsageRecord) -> tuple[Any, ...]:
         rec.latency_ms,
         rec.ttft_ms,
     )
+
+
+class Prices:
+    """Token prices per model (per million tokens); ``*`` prices any model not listed."""
+
+    def __init__(self, prices: Mapping[str, PriceSettings], currency: str) -> None:
+        self._prices = dict(prices)
+        self.currency = currency
+
+    @classmethod
+    def of(cls, settings: UsageSettings) -> Prices | None:
+        """The configured prices, or None when there are none (reports carry no cost)."""
+        return cls(settings.prices, settings.currency) if settings.prices else None
+
+    def price(self, row: dict[str, Any]) -> None:
+        """Add ``cost`` (and ``unpriced_tokens`` when the model has no price) to a row
+        grouped by model."""
+        found = self._prices.get(row["model"]) or self._prices.get("*")
+        row["currency"] = self.currency
+        if found is None:
+            row["cost"] = 0.0
+            row["unpriced_tokens"] = row["total_tokens"]
+            return
+        cost = row["prompt_tokens"] * found.input + row["completion_tokens"] * found.output
+        row["cost"] = round(cost / 1e6, 6)
+        row["unpriced_tokens"] = 0
+
+
+_SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens",
+           "unpriced_tokens")  # fmt: skip
+
+
+def _merged(rows: list[dict[str, Any]], by: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Rows grouped by ``by`` and model, added up over the models (in the same order)."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        key = tuple(row[k] for k in ("period", *by) if k in row)
+        total = merged.get(key)
+        if total is None:
+            total = merged[key] = {k: v for k, v in row.items() if k != "model"}
+            total["latency_total"] = row["mean_latency_ms"] * row["requests"]
+            continue
+        for name in _SUMMED:
+            total[name] += row[name]
+        total["cost"] = round(total["cost"] + row["cost"], 6)
+        total["latency_total"] += row["mean_latency_ms"] * row["requests"]
+    for total in merged.values():
+        latency = total.pop("latency_total")
+        total["mean_latency_ms"] = (
+            round(latency / total["requests"], 2) if total["requests"] else 0.0
+        )
+    return list(merged.values())
 
 
 def _reported(row: Any) -> dict[str, Any]:

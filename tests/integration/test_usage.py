@@ -40,6 +40,7 @@ def gateway(upstream: FakeUpstream, state: Path) -> Iterator[GatewayProcess]:
         ]
     }
     config["store"] = {"poll_interval": 0.2}
+    config["usage"] = {"prices": {"test-model": {"input": 1.0, "output": 2.0}}, "currency": "EUR"}
     with running_gateway(config, state, UPSTREAM_KEY) as process:
         yield process
 
@@ -83,6 +84,8 @@ def test_usage_totals_equal_what_the_upstream_reported(
     assert rows[0]["prompt_tokens"] == 3 * 5 + 2 * 5
     assert rows[0]["completion_tokens"] == 3 * 3 + 2 * 4
     assert rows[0]["errors"] == 1
+    assert rows[0]["cost"] == pytest.approx((25 * 1.0 + 17 * 2.0) / 1e6)  # per million tokens
+    assert (rows[0]["currency"], rows[0]["unpriced_tokens"]) == ("EUR", 0)
     by_model = {r["model"]: r for r in usage(gateway, capsys, "--user", "ada", "--by", "model")}
     assert by_model["test-model"]["requests"] == 5
     # a table and CSV for people and spreadsheets
@@ -90,6 +93,10 @@ def test_usage_totals_equal_what_the_upstream_reported(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("user,requests,errors,prompt_tokens")
     assert lines[1].startswith("ada,6,1,25,17")
+    assert main(["usage", "--url", gateway.url, "--user", "ada", "--period", "all"]) == 0
+    head, ada = capsys.readouterr().out.splitlines()
+    assert head.split()[-4:] == ["COST", "CURRENCY", "UNPRICED", "TOKENS"]
+    assert ada.split()[-3:] == ["0.000059", "EUR", "0"]
 
 
 def test_a_slow_store_neither_slows_requests_nor_loses_records(

@@ -6,10 +6,11 @@ import pytest
 from sqlalchemy import select
 
 from bastion.errors import BadRequestError
+from bastion.settings import PriceSettings
 from bastion.store import schema
 from bastion.store.migrations import MIGRATIONS, SCHEMA_VERSION, migrate
 from bastion.store.store import Store
-from bastion.store.usage import UsageLedger, UsageQuery, UsageRecord
+from bastion.store.usage import Prices, UsageLedger, UsageQuery, UsageRecord
 
 HOUR = 3600.0
 T0 = 1_800_000_000.0 - 1_800_000_000.0 % 86400  # midnight UTC
@@ -58,6 +59,37 @@ def test_periods_and_filters(ledger: UsageLedger) -> None:
     assert ledger.report(UsageQuery(by=("user",), team="blue", period="all"))[0]["requests"] == 3
     with pytest.raises(BadRequestError):
         ledger.report(UsageQuery(by=("password",)))
+
+
+def test_costs_come_from_each_models_price(ledger: UsageLedger) -> None:
+    # ada: 3 requests on "m" (10 prompt, 6 completion in all, over two days) and 1 on "big"
+    prices = Prices({"big": PriceSettings(input=2.0, output=8.0),
+                     "*": PriceSettings(input=0.5, output=1.0)}, "EUR")  # fmt: skip
+    rows = ledger.report(UsageQuery(by=("user",), period="all"), prices)
+    ada = rows[0]
+    assert (ada["user"], ada["requests"], ada["prompt_tokens"], ada["completion_tokens"]) == (
+        "ada",
+        3,
+        15,
+        13,
+    )  # fmt: skip -- the totals of the report without prices
+    assert ada["cost"] == pytest.approx((10 * 0.5 + 6 * 1.0 + 5 * 2.0 + 7 * 8.0) / 1e6)
+    assert ada["currency"] == "EUR"
+    assert ada["unpriced_tokens"] == 0
+    assert "model" not in ada
+    by_model = ledger.report(UsageQuery(by=("model",), period="all"), prices)
+    assert [(r["model"], r["cost"]) for r in by_model] == [
+        ("big", pytest.approx(66 / 1e6)), ("m", pytest.approx(11 / 1e6)),
+    ]  # fmt: skip
+    daily = ledger.report(UsageQuery(by=("user",), period="day", user="ada"), prices)
+    assert [(r["period"], r["requests"]) for r in daily] == [(T0, 2), (T0 + 86400, 1)]
+
+
+def test_a_model_without_a_price_is_counted_as_unpriced(ledger: UsageLedger) -> None:
+    prices = Prices({"big": PriceSettings(input=2.0, output=8.0)}, "USD")
+    ada = ledger.report(UsageQuery(by=("user",), period="all"), prices)[0]
+    assert ada["cost"] == pytest.approx(66 / 1e6)
+    assert ada["unpriced_tokens"] == 16  # the "m" requests' tokens
 
 
 def test_rollups_survive_pruning_raw_records(ledger: UsageLedger, store: Store) -> None:
