@@ -22,7 +22,7 @@ from bastion.pipeline.resolve import ModelEntry
 from bastion.pipeline.responses import send_whole
 from bastion.settings import UpstreamClientSettings
 from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream
-from bastion.upstream.balancer import Upstream
+from bastion.upstream.balancer import Upstream, Weighted
 from bastion.upstream.client import UpstreamPool, UpstreamResponse
 
 __all__ = ["Forward", "request_headers", "response_headers"]
@@ -140,44 +140,48 @@ class Forward:
         while True:
             upstream = member.upstream
             ctx.upstream = upstream.name
-            more = len(tried) < self._retries and time.monotonic() - first < self._window
-            trial = upstream.begin(time.monotonic())
-            try:
-                response = await self._pool.request(
-                    upstream.origin,
-                    ctx.method.encode(),
-                    path,
-                    request_headers(
-                        ctx.scope["headers"],
-                        ctx.request_id if member.send_request_id else None,
-                        member.authorization,
-                    ),
-                    body,
-                )
-            except UpstreamError:
-                upstream.failed(time.monotonic(), trial)
-                tried = (*tried, upstream)
-                other = balancer.pick_other(tried) if more else None
-                if other is None:
-                    raise
-                upstream.retries += 1
-                member = other
-                continue
-            except BaseException:
-                upstream.abandoned(trial)
-                raise
-            if response.status in _RETRY_STATUSES and more:
-                other = balancer.pick_other((*tried, upstream))
-                if other is not None:
-                    response.close()
-                    upstream.failed(time.monotonic(), trial)
-                    tried = (*tried, upstream)
-                    upstream.retries += 1
-                    member = other
-                    continue
             ctx.attempts = len(tried) + 1
-            await self._relay_from(ctx, upstream, trial, response)
-            return
+            trial = upstream.begin(time.monotonic())
+            answer = await self._attempt(ctx, member, trial, path, body)
+            retryable = isinstance(answer, UpstreamError) or answer.status in _RETRY_STATUSES
+            more = len(tried) < self._retries and time.monotonic() - first < self._window
+            other = balancer.pick_other((*tried, upstream)) if retryable and more else None
+            if other is None:
+                if isinstance(answer, UpstreamError):
+                    raise answer
+                await self._relay_from(ctx, upstream, trial, answer)
+                return
+            if not isinstance(answer, UpstreamError):  # answered "not now"; another may serve
+                answer.close()
+                upstream.failed(time.monotonic(), trial)
+            upstream.retries += 1
+            tried = (*tried, upstream)
+            member = other
+
+    async def _attempt(
+        self, ctx: RequestContext, member: Weighted, trial: int, path: bytes, body: bytes
+    ) -> UpstreamResponse | UpstreamError:
+        """Send the request to ``member``: its response head, or the error it failed with
+        (already counted against the upstream)."""
+        upstream = member.upstream
+        try:
+            return await self._pool.request(
+                upstream.origin,
+                ctx.method.encode(),
+                path,
+                request_headers(
+                    ctx.scope["headers"],
+                    ctx.request_id if member.send_request_id else None,
+                    member.authorization,
+                ),
+                body,
+            )
+        except UpstreamError as error:
+            upstream.failed(time.monotonic(), trial)
+            return error
+        except BaseException:
+            upstream.abandoned(trial)
+            raise
 
     async def _relay_from(
         self, ctx: RequestContext, upstream: Upstream, trial: int, response: UpstreamResponse
