@@ -302,7 +302,7 @@ def build_gateway(
 def _admit(settings: Settings, services: Services) -> Admit | None:
     """The admit phase, or None when there is nothing for it to do (no limit, no priority,
     no usage records)."""
-    planner = Planner(settings.limits)
+    planner = Planner(settings.limits, settings.usage.prices)
     account_usage = services.usage is not None
     if not planner.active and planner.priority_off and not account_usage:
         return None

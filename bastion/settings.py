@@ -490,6 +490,9 @@ class LimitSettings(_Model):
     tokens_per_day: int | None = Field(default=None, gt=0)
     """A budget per UTC day; exhausted: 429 ``insufficient_quota`` until the day ends."""
     tokens_per_month: int | None = Field(default=None, gt=0)
+    cost_per_day: float | None = Field(default=None, gt=0)
+    """A spending budget per UTC day, in ``usage.currency``, at ``usage.prices``."""
+    cost_per_month: float | None = Field(default=None, gt=0)
 
 
 class RedisSettings(_Model):
@@ -537,6 +540,14 @@ class LimitsSettings(_Model):
     teams: dict[str, LimitSettings] = Field(default_factory=dict)
     models: dict[str, LimitSettings] = Field(default_factory=dict)
     priority: PrioritySettings = PrioritySettings()
+
+    @property
+    def cost_budgets(self) -> bool:
+        """Whether any bucket has a spending budget (which needs ``usage.prices``)."""
+        single = (self.per_key, self.per_user, self.per_team, self.per_model, self.all)
+        named = (self.keys, self.users, self.roles, self.teams, self.models)
+        every = [*(x for x in single if x), *(v for d in named for v in d.values())]
+        return any(x.cost_per_day or x.cost_per_month for x in every)
 
 
 class PriceSettings(_Model):
@@ -631,6 +642,24 @@ class Settings(_Model):
             raise ValueError(
                 "auth.client_certificate needs server.tls.client_ca (the CA that signs the "
                 "client certificates): without it no client certificate is verified"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _priced_for_cost_budgets(self) -> Settings:
+        if not self.limits.cost_budgets:
+            return self
+        prices = self.usage.prices
+        if "*" in prices:
+            return self
+        served = [m.name for m in self.models] or (
+            [self.engine.served_name] if self.uses_engine else []
+        )
+        unpriced = [name for name in served if name not in prices]
+        if unpriced:
+            raise ValueError(
+                "limits has cost budgets, but usage.prices has no price for "
+                f"{', '.join(repr(n) for n in unpriced)} (give one, or a '*' price)"
             )
         return self
 

@@ -103,6 +103,13 @@ def _period_left(now: float, month: bool) -> float:
 
 
 def never_fits(bucket: Bucket, need: int) -> BadRequestError:
+    if bucket.limit.count == "cost":
+        return BadRequestError(
+            f"This request could cost up to {need / 1e6:.6f}, more than the spending budget "
+            f"of its {bucket.key.split(':', 1)[0]} allows; lower max_tokens or shorten it.",
+            param="max_tokens",
+            code="cost_exceeds_budget",
+        )
     return BadRequestError(
         f"This request asks for up to {need} tokens, more than the limit of its "
         f"{bucket.key.split(':', 1)[0]} allows at once; lower max_tokens or shorten it.",

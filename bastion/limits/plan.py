@@ -7,12 +7,18 @@ buckets admits it, and then counts against all of them.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bastion.auth.identity import Identity
-from bastion.settings import LimitSettings, LimitsSettings
+from bastion.settings import LimitSettings, LimitsSettings, PriceSettings
 
 __all__ = ["Bucket", "Limit", "Planner"]
+
+
+def _micro(amount: float | None) -> int | None:
+    return None if amount is None else max(1, round(amount * 1_000_000))
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +32,12 @@ class Limit:
     concurrency: int | None
     tokens_per_day: int | None
     tokens_per_month: int | None
+    cost_per_day: int | None = None
+    """Spending budgets, in millionths of the currency (kept in a bucket of their own)."""
+    cost_per_month: int | None = None
+    prices: tuple[float, float] = (0.0, 0.0)
+    """For a spending bucket (``count == "cost"``): the model's price per million input and
+    output tokens, so that :meth:`tokens` counts millionths of the currency."""
 
     @classmethod
     def of(cls, settings: LimitSettings) -> Limit:
@@ -38,6 +50,37 @@ class Limit:
             concurrency=settings.concurrency,
             tokens_per_day=settings.tokens_per_day,
             tokens_per_month=settings.tokens_per_month,
+            cost_per_day=_micro(settings.cost_per_day),
+            cost_per_month=_micro(settings.cost_per_month),
+        )
+
+    @property
+    def limits_requests(self) -> bool:
+        """Whether anything but a spending budget is limited (else no bucket of its own)."""
+        return any(
+            x is not None
+            for x in (
+                self.requests_per_minute,
+                self.tokens_per_minute,
+                self.concurrency,
+                self.tokens_per_day,
+                self.tokens_per_month,
+            )
+        )
+
+    def spending(self, prices: tuple[float, float]) -> Limit | None:
+        """The limit of this one's spending budgets at a model's ``prices`` (None: none)."""
+        if self.cost_per_day is None and self.cost_per_month is None:
+            return None
+        return Limit(
+            requests_per_minute=None,
+            burst=1,
+            tokens_per_minute=None,
+            count="cost",
+            concurrency=None,
+            tokens_per_day=self.cost_per_day,
+            tokens_per_month=self.cost_per_month,
+            prices=prices,
         )
 
     @property
@@ -49,7 +92,10 @@ class Limit:
         )
 
     def tokens(self, prompt: int, completion: int) -> int:
-        """The tokens of a request that this limit counts."""
+        """The tokens of a request that this limit counts (for a spending bucket: its cost,
+        in millionths of the currency, rounded up)."""
+        if self.count == "cost":
+            return math.ceil(prompt * self.prices[0] + completion * self.prices[1])
         if self.count == "prompt":
             return prompt
         if self.count == "completion":
@@ -66,8 +112,12 @@ class Bucket:
 class Planner:
     """Compiles the ``limits`` settings; :meth:`plan` is cached per caller and model."""
 
-    def __init__(self, settings: LimitsSettings) -> None:
+    def __init__(
+        self, settings: LimitsSettings, prices: Mapping[str, PriceSettings] | None = None
+    ) -> None:
+        """``prices`` (``usage.prices``) turn spending budgets into buckets of their own."""
         self._settings = settings
+        self._prices = dict(prices or {})
         compile_ = Limit.of
         self._per_key = compile_(settings.per_key) if settings.per_key else None
         self._per_user = compile_(settings.per_user) if settings.per_user else None
@@ -97,27 +147,41 @@ class Planner:
 
     def _build(self, identity: Identity, model: str | None) -> tuple[Bucket, ...]:
         buckets: list[Bucket] = []
+        price = self._price(model)
+
+        def add(key: str, limit: Limit) -> None:
+            if limit.limits_requests:
+                buckets.append(Bucket(key, limit))
+            spending = limit.spending(price)
+            if spending is not None:  # its own counter, shared by every model's requests
+                buckets.append(Bucket(f"{key}:cost", spending))
+
         key = self._keys.get(identity.credential_id) if identity.method == "api_key" else None
         key = key or self._per_key
         if key is not None:
             # A key's id names it (config keys: their entry name): never the secret
-            buckets.append(Bucket(f"key:{identity.method}:{identity.credential_id}", key))
+            add(f"key:{identity.method}:{identity.credential_id}", key)
         user = (
             self._users.get(identity.principal) or self._roles.get(identity.role) or self._per_user
         )
         if user is not None:
-            buckets.append(Bucket(f"user:{identity.method}:{identity.principal}", user))
+            add(f"user:{identity.method}:{identity.principal}", user)
         for team in dict.fromkeys(identity.teams):  # a team named twice counts once
             limit = self._teams.get(team) or self._per_team
             if limit is not None:
-                buckets.append(Bucket(f"team:{team}", limit))
+                add(f"team:{team}", limit)
         if model is not None:
             limit = self._models.get(model) or self._per_model
             if limit is not None:
-                buckets.append(Bucket(f"model:{model}", limit))
+                add(f"model:{model}", limit)
         if self._all is not None:
-            buckets.append(Bucket("all", self._all))
+            add("all", self._all)
         return tuple(buckets)
+
+    def _price(self, model: str | None) -> tuple[float, float]:
+        """A model's price per million input and output tokens (nothing priced: free)."""
+        found = self._prices.get(model or "") or self._prices.get("*")
+        return (found.input, found.output) if found is not None else (0.0, 0.0)
 
     @property
     def priority_off(self) -> bool:

@@ -18,7 +18,7 @@ from tests.support.clients import openai_client
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import GatewayProcess, Keys, base_config, running_gateway
 
-USERS = ("rpm", "tpm", "tpm2", "budget", "conc", "free")
+USERS = ("rpm", "tpm", "tpm2", "budget", "conc", "free", "spender")
 KEYS = {name: generate_key() for name in USERS}
 CHAT = [{"role": "user", "content": "hi"}]
 
@@ -38,9 +38,11 @@ def gateway(
             "tpm2": {"tokens_per_minute": 120},
             "budget": {"tokens_per_day": 65},
             "conc": {"concurrency": 1, "tokens_per_minute": 100_000},
+            "spender": {"cost_per_day": 0.1},
         },
         "priority": {"roles": {"user": 5}},
     }
+    config["usage"] = {"prices": {"test-model": {"input": 1000, "output": 1000}}}  # 0.001/token
     with running_gateway(config, tmp_path_factory.mktemp("limits"), UPSTREAM_KEY) as process:
         yield process
 
@@ -68,6 +70,22 @@ def raw_chat(
         return response.status, {k.lower(): v for k, v in response.getheaders()}, data
     finally:
         connection.close()
+
+
+def test_a_spending_budget_admits_what_it_can_pay_for(gateway: GatewayProcess) -> None:
+    body: dict[str, object] = {"model": "test-model", "max_tokens": 10, "messages": CHAT}
+    estimate = len(json.dumps(body)) // 4 + 1  # the gateway's prompt estimate, in tokens
+    reserved = (estimate + 10) * 1000  # millionths, at 0.001 per token
+    used = 8 * 1000  # the fake upstream reports 5 + 3 tokens
+    budget = 100_000  # 0.1
+    expected = next(n for n in range(100) if n * used + reserved > budget)
+    statuses = [raw_chat(gateway, "spender", body)[0] for _ in range(expected + 1)]
+    assert statuses == [200] * expected + [429]
+    status, _, data = raw_chat(gateway, "spender", body)
+    assert data["error"]["code"] == "insufficient_quota"  # type: ignore[index]
+    big: dict[str, object] = {**body, "max_tokens": 200}  # could never fit 0.1 at 0.001/token
+    status, _, data = raw_chat(gateway, "spender", big)
+    assert (status, data["error"]["code"]) == (400, "cost_exceeds_budget")  # type: ignore[index]
 
 
 def test_requests_per_minute_refuse_with_openai_headers(gateway: GatewayProcess) -> None:

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 import redis
 
+from bastion.auth.identity import Identity
 from bastion.errors import BadRequestError, GatewayError, QuotaExceededError, RateLimitError
 from bastion.limits.limiter import Grant, MemoryLimiter, _period_left, periods, rate_headers
-from bastion.limits.plan import Bucket, Limit
+from bastion.limits.plan import Bucket, Limit, Planner
 from bastion.limits.redis import _CALENDAR_LUA, LimiterBackendError, RedisGrant, RedisLimiter
-from bastion.settings import LimitSettings, RedisSettings, Secret
+from bastion.settings import LimitSettings, LimitsSettings, PriceSettings, RedisSettings, Secret
 
 URL = "redis://127.0.0.1:6379/0"
 
@@ -552,3 +553,18 @@ class socket_port:
 
     def __exit__(self, *exc: object) -> None:
         self._sock.close()
+
+
+async def test_spending_budgets_across_models(limiter: RedisLimiter) -> None:
+    prices = {"small": PriceSettings(input=1, output=2), "big": PriceSettings(input=10, output=30)}
+    plan = Planner(LimitsSettings.model_validate({"per_user": {"cost_per_day": 0.01}}), prices)
+    alice = Identity("alice", "user", "bk_a1", "api_key")
+    big, small = plan.plan(alice, "big"), plan.plan(alice, "small")
+    grant = await limiter.acquire(big, 100, 100)  # reserves 4,000 millionths
+    limiter.finish(grant, 100, 200)  # costs 7,000
+    await limiter.flush()
+    grant = await limiter.acquire(small, 1000, 1000)  # 3,000: exactly what is left
+    limiter.finish(grant, 1000, 1000)
+    await limiter.flush()
+    with pytest.raises(QuotaExceededError):
+        await limiter.acquire(small, 1, 0)
