@@ -453,7 +453,14 @@ async def test_decides_like_the_memory_limiter(limiter: RedisLimiter, scenario: 
                                       info.remaining_requests, info.limit_tokens,
                                       info.remaining_tokens))  # fmt: skip
                 grants.append(grant)
-    assert answers["memory"] == answers["redis"]
+    # A budget's Retry-After counts the seconds to the end of the period: the two runs may
+    # straddle a second's boundary, so it may differ by one; everything else is equal.
+    for ours, theirs in zip(answers["memory"], answers["redis"], strict=True):
+        assert isinstance(ours, tuple) and isinstance(theirs, tuple)
+        if ours[0] == theirs[0] == "QuotaExceededError":
+            assert abs(int(ours[1]) - int(theirs[1])) <= 1
+            ours, theirs = ours[:1] + ours[2:], theirs[:1] + theirs[2:]
+        assert ours == theirs
     kinds = {a[0] for a in answers["redis"]}
     assert {"ok", "RateLimitError"} <= kinds
     assert scenario == 0 or {"QuotaExceededError", "BadRequestError"} <= kinds
