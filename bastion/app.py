@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -175,6 +176,30 @@ class Services:
                 "bastion_store_sync_failures_total",
                 "Failed reads or writes of the identity store.",
                 lambda: sync.failures,
+            )
+            watch(
+                "bastion_store_key_reloads_total",
+                "Times the store's keys were reloaded (an admin change on some replica).",
+                lambda: sync.reloads,
+            )
+            metrics.watch_gauge(
+                "bastion_store_keys_valid_seconds",
+                "Seconds the store's keys stay trusted without a successful poll "
+                "(store.stale_after); at 0, store-issued keys are refused with 503.",
+                lambda: max(0.0, min(1e9, self.api_keys.store_valid_until - time.time())),
+            )
+        audit = self.audit
+        watch(
+            "bastion_audit_events_dropped_total",
+            "Audit events of refused requests lost (the queue was full).",
+            lambda: audit.dropped,
+        )
+        usage = self.usage
+        if usage is not None:
+            watch(
+                "bastion_usage_records_dropped_total",
+                "Usage records lost before reaching the store (the queue was full).",
+                lambda: usage.dropped,
             )
         watch(
             "bastion_config_reloads_total",

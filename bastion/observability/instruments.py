@@ -182,5 +182,9 @@ class GatewayMetrics:
         """A counter kept elsewhere (fail-open decisions, dropped log lines, reloads)."""
         self.registry.counter_function(name, help, (), lambda: [((), read())])
 
+    def watch_gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
+        """A value read at scrape time (how long the store's keys stay trusted)."""
+        self.registry.gauge_function(name, help, (), lambda: [((), read())])
+
     def render(self) -> bytes:
         return self.registry.render()

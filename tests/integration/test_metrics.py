@@ -129,6 +129,16 @@ def test_upstream_series_exist(
     assert samples[("bastion_upstream_failures_total", label)] == 0
 
 
+def test_the_gateways_own_health_is_exported(scraped: tuple[GatewayProcess, str, int]) -> None:
+    samples = _samples(scraped[1])
+    assert 0 < samples[("bastion_store_keys_valid_seconds", ())] <= 30  # store.stale_after
+    assert samples[("bastion_store_key_reloads_total", ())] >= 1  # the first load
+    for lost in ("audit_events", "usage_records", "access_log"):
+        assert samples[(f"bastion_{lost}_dropped_total", ())] == 0
+    assert samples[("bastion_config_reloads_total", ())] == 0
+    assert samples[("bastion_limiter_fail_open_total", ())] == 0
+
+
 def test_no_secret_or_per_caller_label(scraped: tuple[GatewayProcess, str, int]) -> None:
     text = scraped[1]
     for secret in (KEYS.user, KEYS.admin, UPSTREAM_KEY, "sk-wrong-key-123"):
