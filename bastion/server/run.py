@@ -271,7 +271,7 @@ def _print_welcome(out: TextIO, url: str, model: str, welcome: Welcome) -> None:
         out.write(
             f"\nBastion is serving {model} at {url}\n"
             f"The administrator key was shown when it was created; only its hash is kept "
-            f"({welcome.kept_in}). {welcome.recover}\n\n"
+            f"(in {welcome.kept_in}). {welcome.recover}\n\n"
         )
         out.flush()
         return

@@ -77,13 +77,13 @@ def startup_keys(
         return [bootstrap.record], welcome
     recover = "Make another with: bastion keys create --user admin"
     if not store.is_empty():
-        return records, Welcome(None, "in the identity store", recover)
+        return records, Welcome(None, "the identity store", recover)
     try:
         store.create_principal(_BOOTSTRAP, "admin", role="admin", description="first administrator")
     except ConflictError:  # another replica bootstrapped at the same moment
-        return records, Welcome(None, "in the identity store", recover)
+        return records, Welcome(None, "the identity store", recover)
     _, key = store.create_key(_BOOTSTRAP, "admin", name="bootstrap")
-    return records, Welcome(key, "in the identity store", recover)
+    return records, Welcome(key, "the identity store", recover)
 
 
 def _warn_about_expiry(settings: Settings) -> None:
