@@ -31,18 +31,16 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-import orjson
-
 from bastion.admin.service import AdminService, Caller
 from bastion.errors import (
     BadRequestError,
     BastionError,
     ConfigRefusedError,
-    MalformedBodyError,
     MethodNotAllowedError,
     NotFoundError,
     StoreUnavailableError,
 )
+from bastion.pipeline.accept import json_object
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.responses import send_json
 from bastion.pipeline.routes import canonical_path
@@ -342,15 +340,7 @@ def _caller(ctx: RequestContext) -> Caller:
 
 
 def _body(ctx: RequestContext) -> dict[str, Any]:
-    if not ctx.body:
-        return {}
-    try:
-        parsed = orjson.loads(ctx.body)
-    except orjson.JSONDecodeError:
-        raise MalformedBodyError() from None
-    if not isinstance(parsed, dict):
-        raise BadRequestError("The request body must be a JSON object.")
-    return parsed
+    return json_object(ctx.body) if ctx.body else {}
 
 
 def _query(ctx: RequestContext) -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from typing import Any
 
 import orjson
 
@@ -25,7 +26,7 @@ from bastion.pipeline.multipart import form_field
 from bastion.pipeline.routes import BodyKind
 from bastion.settings import HttpSettings
 
-__all__ = ["Acceptor"]
+__all__ = ["Acceptor", "json_object"]
 
 _REQUEST_ID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:")
 _MAX_REQUEST_ID = 128
@@ -101,12 +102,7 @@ class Acceptor:
     def _parse_json(self, ctx: RequestContext) -> None:
         if not ctx.content_type.startswith(b"application/json") and ctx.content_type:
             raise UnsupportedMediaTypeError("Send the request body as application/json.")
-        try:
-            parsed = orjson.loads(ctx.body)
-        except orjson.JSONDecodeError:
-            raise MalformedBodyError() from None
-        if not isinstance(parsed, dict):
-            raise BadRequestError("The request body must be a JSON object.")
+        parsed = json_object(ctx.body)
         ctx.json = parsed
         model = parsed.get("model")
         if model is not None and not isinstance(model, str):
@@ -124,3 +120,14 @@ def _content_length(value: bytes) -> int:
     if not value.isdigit() or len(value) > 18:
         raise BadRequestError("Invalid Content-Length header.")
     return int(value)
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object: 400 (malformed, or not an object) if not."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise MalformedBodyError() from None
+    if not isinstance(parsed, dict):
+        raise BadRequestError("The request body must be a JSON object.")
+    return parsed
