@@ -73,13 +73,10 @@ class Authenticate:
             raise
 
     async def _identify(self, header: bytes | None) -> Identity:
-        if not header or len(header) > _MAX_CREDENTIAL:
+        parsed = _credential(header) if header else None
+        if parsed is None:
             raise AuthenticationError()
-        scheme, _, credential = header.partition(b" ")
-        scheme = scheme.lower()
-        credential = credential.strip()
-        if not credential:
-            raise AuthenticationError()
+        scheme, credential = parsed
         for authenticator in self._authenticators:
             identity = await authenticator.authenticate(scheme, credential)
             if identity is not None:
@@ -92,6 +89,14 @@ def _reason(ctx: RequestContext, certificates: bool) -> str:
     header = ctx.authorization
     if header is None:
         return "certificate" if certificates else "missing"
-    if len(header) > _MAX_CREDENTIAL or not header.partition(b" ")[2].strip():
-        return "malformed"
-    return "invalid"
+    return "malformed" if _credential(header) is None else "invalid"
+
+
+def _credential(header: bytes) -> tuple[bytes, bytes] | None:
+    """``(scheme, credential)`` of an ``Authorization`` header (the scheme in lower case);
+    None when it is too long or names no credential."""
+    if len(header) > _MAX_CREDENTIAL:
+        return None
+    scheme, _, credential = header.partition(b" ")
+    credential = credential.strip()
+    return (scheme.lower(), credential) if credential else None
