@@ -175,15 +175,14 @@ class UsageLedger:
         unknown = [b for b in query.by if b not in GROUPS]
         if unknown or not query.by:
             raise BadRequestError(f"group by one or more of: {', '.join(GROUPS)}", param="by")
-        if prices is not None and "model" not in query.by:
-            # a cost needs each model's tokens: group by model too, then add the models up
-            detailed = self.report(replace(query, by=(*query.by, "model")), prices)
-            return _merged(detailed, query.by)
-        rows = self._totals(query)
-        if prices is not None:
-            for row in rows:
-                prices.price(row)
-        return rows
+        if prices is None:
+            return [_reported(row) for row in self._totals(query)]
+        # a cost needs each model's tokens: group by model too, then add the models up
+        by = query.by if "model" in query.by else (*query.by, "model")
+        rows = [prices.priced(row) for row in self._totals(replace(query, by=by))]
+        if by != query.by:
+            rows = _added_up(rows, query.by)
+        return [prices.reported(row) for row in rows]
 
     def _totals(self, query: UsageQuery) -> list[dict[str, Any]]:
         columns = [_COLUMN[b].label(b) for b in query.by]
@@ -205,7 +204,7 @@ class UsageLedger:
         statement = self._filtered(statement, query).group_by(*columns).order_by(*columns)
         with self._store.reading() as conn:
             rows = conn.execute(statement).all()
-        return [_reported(row._mapping) for row in rows]
+        return [_summed(row._mapping) for row in rows]
 
     def _filtered(self, statement: Any, query: UsageQuery) -> Any:
         if query.since is not None:
@@ -273,51 +272,56 @@ class Prices:
         """The configured prices, or None when there are none (reports carry no cost)."""
         return cls(settings.prices, settings.currency) if settings.prices else None
 
-    def price(self, row: dict[str, Any]) -> None:
-        """Add ``cost`` (and ``unpriced_tokens`` when the model has no price) to a row
-        grouped by model."""
+    def priced(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A row grouped by model with its cost (per million: millionths of the currency)
+        and the tokens of a model that has no price."""
         found = self._prices.get(row["model"]) or self._prices.get("*")
-        row["currency"] = self.currency
+        tokens = row["prompt_tokens"], row["completion_tokens"]
         if found is None:
-            row["cost"] = 0.0
-            row["unpriced_tokens"] = row["total_tokens"]
-            return
-        cost = row["prompt_tokens"] * found.input + row["completion_tokens"] * found.output
-        row["cost"] = round(cost / 1e6, 6)
-        row["unpriced_tokens"] = 0
+            return {**row, "cost": 0.0, "unpriced_tokens": sum(tokens)}
+        cost = tokens[0] * found.input + tokens[1] * found.output
+        return {**row, "cost": cost, "unpriced_tokens": 0}
+
+    def reported(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A priced row as reports show it: the cost in the currency, rounded."""
+        cost, unpriced = row.pop("cost"), row.pop("unpriced_tokens")
+        out = _reported(row)
+        out["currency"] = self.currency
+        out["cost"] = round(cost / 1e6, 6)
+        out["unpriced_tokens"] = unpriced
+        return out
 
 
-_SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens",
-           "unpriced_tokens")  # fmt: skip
+_ADDED = ("requests", "errors", "prompt_tokens", "completion_tokens", "latency_ms", "cost",
+          "unpriced_tokens")  # fmt: skip
 
 
-def _merged(rows: list[dict[str, Any]], by: tuple[str, ...]) -> list[dict[str, Any]]:
+def _added_up(rows: list[dict[str, Any]], by: tuple[str, ...]) -> list[dict[str, Any]]:
     """Rows grouped by ``by`` and model, added up over the models (in the same order)."""
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
         key = tuple(row[k] for k in ("period", *by) if k in row)
         total = merged.get(key)
         if total is None:
-            total = merged[key] = {k: v for k, v in row.items() if k != "model"}
-            total["latency_total"] = row["mean_latency_ms"] * row["requests"]
+            merged[key] = {k: v for k, v in row.items() if k != "model"}
             continue
-        for name in _SUMMED:
+        for name in _ADDED:
             total[name] += row[name]
-        total["cost"] = round(total["cost"] + row["cost"], 6)
-        total["latency_total"] += row["mean_latency_ms"] * row["requests"]
-    for total in merged.values():
-        latency = total.pop("latency_total")
-        total["mean_latency_ms"] = (
-            round(latency / total["requests"], 2) if total["requests"] else 0.0
-        )
     return list(merged.values())
 
 
-def _reported(row: Any) -> dict[str, Any]:
+def _summed(row: Any) -> dict[str, Any]:
+    """A row of sums as the database gave it, with no sum left empty."""
     out = dict(row)
     for name in ("requests", "errors", "prompt_tokens", "completion_tokens"):
         out[name] = int(out[name] or 0)
-    latency = float(out.pop("latency_ms") or 0.0)
+    out["latency_ms"] = float(out["latency_ms"] or 0.0)
+    return out
+
+
+def _reported(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    latency = out.pop("latency_ms")
     out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
     out["mean_latency_ms"] = round(latency / out["requests"], 2) if out["requests"] else 0.0
     if "period" in out:

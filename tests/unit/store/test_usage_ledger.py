@@ -77,6 +77,9 @@ def test_costs_come_from_each_models_price(ledger: UsageLedger) -> None:
     assert ada["currency"] == "EUR"
     assert ada["unpriced_tokens"] == 0
     assert "model" not in ada
+    plain = ledger.report(UsageQuery(by=("user",), period="all"))
+    costs = ("cost", "currency", "unpriced_tokens")
+    assert [{k: v for k, v in r.items() if k not in costs} for r in rows] == plain
     by_model = ledger.report(UsageQuery(by=("model",), period="all"), prices)
     assert [(r["model"], r["cost"]) for r in by_model] == [
         ("big", pytest.approx(66 / 1e6)), ("m", pytest.approx(11 / 1e6)),
