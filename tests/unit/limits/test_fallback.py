@@ -40,15 +40,18 @@ class RedisServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
+    extra_args: tuple[str, ...] = ()
+    """More redis-server options (a subclass may ask for a password)."""
+
     def start(self) -> None:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+             "--appendonly", "no", "--dir", str(self.workdir), *self.extra_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 10
-        with redis.Redis(port=self.port, socket_timeout=0.5) as client:
+        with self.client() as client:
             while True:
                 try:
                     client.ping()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -37,23 +36,7 @@ PASSWORD = "secret"
 class LockedRedisServer(RedisServer):
     """A throwaway redis-server that asks for a password."""
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--requirepass", PASSWORD],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        with self.client() as client:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline or self.proc.poll() is not None:
-                        raise
-                    time.sleep(0.02)
+    extra_args = ("--requirepass", PASSWORD)
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, password=PASSWORD, socket_timeout=1)
