@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 from bastion.admin.api import AdminApi
+from bastion.admin.reloading import ReloadHandle
 from bastion.admin.service import AdminService
 from bastion.auth.apikeys import ApiKeyAuthenticator, ApiKeyRecord
 from bastion.auth.clientcert import ClientCertificateAuthenticator
@@ -15,13 +14,14 @@ from bastion.auth.htpasswd import HtpasswdAuthenticator
 from bastion.auth.identity import Authenticator
 from bastion.auth.jwks import KeySet
 from bastion.auth.tokens import JwtAuthenticator
-from bastion.errors import NotFoundError
 from bastion.limits.backends import build_limiter
 from bastion.limits.limiter import Limiter
 from bastion.limits.plan import Planner
+from bastion.observability.access_log import AccessLogWriter
 from bastion.observability.instruments import GatewayMetrics
+from bastion.observability.watches import watch_services
 from bastion.pipeline.accept import Acceptor
-from bastion.pipeline.account import AccessLogWriter, Account
+from bastion.pipeline.account import Account
 from bastion.pipeline.admit import Admit
 from bastion.pipeline.authenticate import Authenticate
 from bastion.pipeline.authorize import Authorize
@@ -44,9 +44,6 @@ from bastion.store.usage import Prices, UsageQueue
 from bastion.upstream.balancer import UpstreamSet
 from bastion.upstream.client import UpstreamPool
 from bastion.upstream.health import HealthChecker, Readiness
-
-if TYPE_CHECKING:
-    from bastion.server.reload import ReloadReport
 
 __all__ = ["Services", "authenticators", "build_gateway", "build_routes"]
 
@@ -132,85 +129,23 @@ class Services:
             else None
         )
         self.metrics = GatewayMetrics(settings.metrics) if settings.metrics.enabled else None
-        if self.metrics is not None:
-            self._watch(self.metrics)
         self._limits = settings.limits
         self._limiter: Limiter | None = None
         self._guard: tuple[BruteForceSettings, FailureGuard] | None = None
         self._htpasswd: tuple[HtpasswdSettings, HtpasswdAuthenticator] | None = None
         self._jwt_keys: tuple[JwtSettings, KeySet] | None = None
-        self.reloads = 0
-        self.reload_failures = 0
-        self.reloader: Callable[[], Awaitable[ReloadReport]] | None = None
-        """Re-reads and applies the configuration (set by the server that owns the services)."""
-
-    def _watch(self, metrics: GatewayMetrics) -> None:
-        """Counters kept by the services themselves, read at scrape time."""
-        metrics.watch_upstreams(self.upstreams)
-        watch = metrics.watch_count
-        watch(
-            "bastion_limiter_fail_open_total",
-            "Requests let through because the limiter's backend failed (on_backend_failure: open).",
-            lambda: getattr(self._limiter, "fail_open_decisions", 0),
-        )
-        watch(
-            "bastion_limiter_backend_failures_total",
-            "Times the limiter's backend could not be reached.",
-            lambda: getattr(self._limiter, "failures", 0),
-        )
-        watch(
-            "bastion_auth_blocked_addresses_total",
-            "Times an address was blocked for repeated failed authentications.",
-            lambda: self._guard[1].blocks if self._guard is not None else 0,
-        )
-        access_log = self.access_log
-        if access_log is not None:
-            watch(
-                "bastion_access_log_dropped_total",
-                "Access-log lines lost because the log could not be written.",
-                lambda: access_log.dropped,
+        if self.metrics is not None:
+            watch_services(
+                self.metrics,
+                self.upstreams,
+                limiter=lambda: self._limiter,
+                guard=lambda: self._guard[1] if self._guard is not None else None,
+                audit=self.audit,
+                access_log=access_log,
+                usage=self.usage,
+                sync=self.sync,
+                keys_valid_until=lambda: self.api_keys.store_valid_until,
             )
-        sync = self.sync
-        if sync is not None:
-            watch(
-                "bastion_store_sync_failures_total",
-                "Failed reads or writes of the identity store.",
-                lambda: sync.failures,
-            )
-            watch(
-                "bastion_store_key_reloads_total",
-                "Times the store's keys were reloaded (an admin change on some replica).",
-                lambda: sync.reloads,
-            )
-            metrics.watch_gauge(
-                "bastion_store_keys_valid_seconds",
-                "Seconds the store's keys stay trusted without a successful poll "
-                "(store.stale_after); at 0, store-issued keys are refused with 503.",
-                lambda: max(0.0, min(1e9, self.api_keys.store_valid_until - time.time())),
-            )
-        audit = self.audit
-        watch(
-            "bastion_audit_events_dropped_total",
-            "Audit events of refused requests lost (the queue was full).",
-            lambda: audit.dropped,
-        )
-        usage = self.usage
-        if usage is not None:
-            watch(
-                "bastion_usage_records_dropped_total",
-                "Usage records lost before reaching the store (the queue was full).",
-                lambda: usage.dropped,
-            )
-        watch(
-            "bastion_config_reloads_total",
-            "Configuration reloads applied.",
-            lambda: self.reloads,
-        )
-        watch(
-            "bastion_config_reload_failures_total",
-            "Configuration reloads refused (the running configuration stayed).",
-            lambda: self.reload_failures,
-        )
 
     def limiter(self) -> Limiter:
         """The limiter, made on first need (a configuration without limits never makes one)."""
@@ -235,12 +170,6 @@ class Services:
         if self._guard is None or self._guard[0] != settings:
             self._guard = (settings, FailureGuard(settings))
         return self._guard[1]
-
-    async def reload(self) -> ReloadReport:
-        """Re-read the configuration and apply it (the admin API's reload)."""
-        if self.reloader is None:
-            raise NotFoundError("This gateway has no configuration file to reload.")
-        return await self.reloader()
 
     async def reconfigure(self, settings: Settings, keys: Sequence[ApiKeyRecord]) -> None:
         """Apply a reloaded configuration's keys and upstream health settings."""
@@ -280,17 +209,22 @@ class Services:
 
 
 def build_gateway(
-    settings: Settings, services: Services, models: tuple[ModelSettings, ...]
+    settings: Settings,
+    services: Services,
+    models: tuple[ModelSettings, ...],
+    *,
+    reload: ReloadHandle | None = None,
 ) -> Gateway:
     """A gateway for ``settings`` on top of long-lived ``services``; with a store, also its
-    admin API. Only what depends on the configuration is made here."""
+    admin API (whose reload operation asks ``reload``). Only what depends on the
+    configuration is made here."""
     policy = Policy(settings)
     store = services.store
     admin = None
     if store is not None:
         assert services.sync is not None
         service = AdminService(store, policy, Prices.of(settings.usage))
-        admin = AdminApi(service, services.sync, services.reload)
+        admin = AdminApi(service, services.sync, reload)
     registry = ModelRegistry(models, services.upstreams, settings.upstream.health.path)
     health = settings.upstream.health
     readiness = Readiness(

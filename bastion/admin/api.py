@@ -28,9 +28,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs
 
+from bastion.admin.reloading import ReloadReport
 from bastion.admin.service import AdminService, Caller
 from bastion.errors import (
     BadRequestError,
@@ -47,9 +48,6 @@ from bastion.pipeline.routes import canonical_path
 from bastion.store.records import Actor, AuditQuery, StoredKey
 from bastion.store.sync import StoreSync
 from bastion.store.usage import UsageQuery
-
-if TYPE_CHECKING:
-    from bastion.server.reload import ReloadReport
 
 __all__ = ["PREFIX", "AdminApi"]
 
@@ -99,7 +97,7 @@ class _Call:
         return value
 
 
-Reload = Callable[[], Awaitable["ReloadReport"]]
+Reload = Callable[[], Awaitable[ReloadReport]]
 
 
 class AdminApi:

@@ -20,7 +20,6 @@ from bastion.observability.metrics import (
     TTFT_BUCKETS,
     Registry,
 )
-from bastion.pipeline.context import RequestContext
 from bastion.settings import MetricsSettings
 from bastion.upstream.balancer import UpstreamSet
 
@@ -84,32 +83,40 @@ class GatewayMetrics:
         """The configured models (a reload changes them): only these become labels."""
         self._models = frozenset(names)
 
-    def request(self, ctx: RequestContext, status: int) -> None:
-        """Count one finished request (called by ``account``)."""
-        route = ctx.route.path if ctx.route is not None else "unmatched"
-        model = ctx.model if ctx.model in self._models else "-"
+    def request(
+        self,
+        route: str,
+        model: str | None,
+        status: int,
+        seconds: float,
+        teams: tuple[str, ...],
+        tokens: tuple[int, int] | None,
+        stream_ttfb: float | None,
+        content_events: int,
+    ) -> None:
+        """Count one finished request (called by ``account``): ``tokens`` are the billed
+        (prompt, completion) tokens when usage was read, ``stream_ttfb`` the time to the
+        first byte of a streamed response."""
+        model = model if model in self._models else "-"
         assert model is not None
         code = _CODES.get(status // 100, "none")
-        elapsed = ctx.elapsed_ms() / 1000.0
-        self._duration.observe((route, model, code), elapsed)
-        team = self._team(ctx) if self._teams_on else None
+        self._duration.observe((route, model, code), seconds)
+        team = self._team(teams) if self._teams_on else None
         self._requests.inc((route, model, code) if team is None else (route, model, code, team))
-        if ctx.track_usage or ctx.usage is not None:
-            prompt, completion = ctx.billed_tokens()
+        completion = 0
+        if tokens is not None:
+            prompt, completion = tokens
             if team is None:
                 self._tokens.inc((model, "input"), prompt)
                 self._tokens.inc((model, "output"), completion)
             else:
                 self._tokens.inc((model, "input", team), prompt)
                 self._tokens.inc((model, "output", team), completion)
-        else:
-            completion = 0
-        ttfb = ctx.time_to_first_byte
-        if ctx.response_sse and ttfb is not None and status == 200:
-            self._ttft.observe((model,), ttfb)
-            generated = completion or ctx.content_events
+        if stream_ttfb is not None and status == 200:
+            self._ttft.observe((model,), stream_ttfb)
+            generated = completion or content_events
             if generated > 1:
-                self._tpot.observe((model,), max(0.0, elapsed - ttfb) / (generated - 1))
+                self._tpot.observe((model,), max(0.0, seconds - stream_ttfb) / (generated - 1))
 
     def auth_failed(self, reason: str) -> None:
         self._auth.inc((reason,))
@@ -117,11 +124,10 @@ class GatewayMetrics:
     def limiter_decision(self, decision: str) -> None:
         self._limits.inc((decision,))
 
-    def _team(self, ctx: RequestContext) -> str:
-        identity = ctx.identity
-        if identity is None or not identity.teams:
+    def _team(self, teams: tuple[str, ...]) -> str:
+        if not teams:
             return "-"
-        team = identity.teams[0]
+        team = teams[0]
         if team in self._teams:
             return team
         if len(self._teams) < self._max_teams:

@@ -1,166 +1,32 @@
-"""Phase ``account``: runs for every request, served, refused or failed. Writes the access log.
+"""Phase ``account``: runs for every request, served, refused or failed.
 
-The access log line names the request, the principal, the route, the model, the upstream,
-the status and timings. It never holds a credential, a key hash, a query string or any of
-the request's or response's content.
-
-Lines do not go through :mod:`logging` (a record, a format and a write system call per
-request would cost more than the rest of the gateway). A request only leaves a tuple of its
-facts; lines are formatted and written in batches, at most ``flush_interval`` seconds apart
-(formatting a batch in one loop costs a third of formatting each line amid the request's
-work). A crash loses at most that much log.
+It hands plain facts of the finished request to each sink: a record to the access log
+(:mod:`bastion.observability.access_log`), an audit event for a refusal
+(:mod:`bastion.store.audit`), a usage record (:mod:`bastion.store.usage`) and the request's
+metrics (:mod:`bastion.observability.instruments`). None of those knows the request context.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import BinaryIO
 
-import orjson
-
+from bastion.observability.access_log import AccessLogWriter
 from bastion.observability.instruments import GatewayMetrics
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.routes import RouteKind
 from bastion.settings import LoggingSettings
 from bastion.store.audit import AuditTrail
+from bastion.store.records import AuditEvent
 from bastion.store.usage import UsageQueue, UsageRecord
 
 _INFERENCE = RouteKind.INFERENCE
 
-__all__ = ["AccessLogWriter", "Account", "Record", "format_json", "format_text"]
-
-log = logging.getLogger("bastion")
-
-# (time, request id, client, method, route, status, model, principal, upstream,
-#  latency ms, time to first byte ms, error code, response bytes, (prompt, completion) tokens)
-Record = tuple[
-    float, str, str, str, str, int, str | None, str | None, str | None, float,
-    float | None, str | None, int, tuple[int, int] | None,
-]  # fmt: skip
-Formatter = Callable[[Sequence[Record]], bytes]
-
-
-class _Clock:
-    """Formats wall-clock times, recomputing the seconds part once a second."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
-
-    def format(self, now: float) -> str:
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
-
-
-def format_text(records: Sequence[Record]) -> bytes:
-    clock = _Clock()
-    lines = []
-    for (
-        when,
-        rid,
-        client,
-        method,
-        route,
-        status,
-        model,
-        who,
-        upstream,
-        ms,
-        ttfb,
-        err,
-        _,
-        used,
-    ) in records:
-        lines.append(
-            f'{clock.format(when)} access {rid} {client} "{method} {route}" {status} '
-            f"model={model or '-'} principal={who or '-'} upstream={upstream or '-'} "
-            f"latency_ms={ms} ttfb_ms={'-' if ttfb is None else ttfb}"
-            f"{f' tokens={used[0]}/{used[1]}' if used else ''}"
-            f"{f' error={err}' if err else ''}\n"
-        )
-    return "".join(lines).encode()
-
-
-def format_json(records: Sequence[Record]) -> bytes:
-    clock = _Clock()
-    keys = ("request_id", "client", "method", "route", "status", "model", "principal",
-            "upstream", "latency_ms", "ttfb_ms", "error", "bytes")  # fmt: skip
-    return b"".join(
-        orjson.dumps(
-            {
-                "time": clock.format(record[0]),
-                **dict(zip(keys, record[1:-1], strict=True)),
-                "prompt_tokens": record[-1][0] if record[-1] else None,
-                "completion_tokens": record[-1][1] if record[-1] else None,
-            },
-            option=orjson.OPT_APPEND_NEWLINE,
-        )
-        for record in records
-    )
-
-
-class AccessLogWriter:
-    """Collects records and writes them, formatted, together: on a timer, when many are
-    waiting, and on close."""
-
-    def __init__(
-        self,
-        stream: BinaryIO,
-        *,
-        format: Formatter = format_text,
-        flush_interval: float = 0.2,
-        max_pending: int = 512,
-    ) -> None:
-        self._stream = stream
-        self._format = format
-        self._interval = flush_interval
-        self._max = max_pending
-        self._records: list[Record] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._failed = False
-        self.dropped = 0
-        """Records lost because the stream could not be written."""
-
-    def write(self, record: Record) -> None:
-        self._records.append(record)
-        if len(self._records) >= self._max:
-            self.flush()
-        elif self._timer is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self.flush()
-                return
-            self._timer = loop.call_later(self._interval, self.flush)
-
-    def flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if not self._records:
-            return
-        records, self._records = self._records, []
-        try:
-            self._stream.write(self._format(records))
-            self._stream.flush()
-        except (OSError, ValueError) as exc:
-            self.dropped += len(records)
-            if not self._failed:  # said once, not per batch
-                self._failed = True
-                log.error("cannot write the access log (%s); lines are being dropped", exc)
-            return
-        self._failed = False
+__all__ = ["Account"]
 
 
 class Account:
-    """Leaves one access-log record per request, when the access log is on, and an audit event
-    per refused request (see :mod:`bastion.store.audit`)."""
+    """Leaves one access-log record per request (when the access log is on), an audit event
+    per refused request, a usage record per inference request, and the request's metrics."""
 
     def __init__(
         self,
@@ -182,17 +48,27 @@ class Account:
     def __call__(self, ctx: RequestContext) -> None:
         error = ctx.error
         if error is not None and self._audit is not None and self._audit.wants(error):
-            self._audit.refused(ctx)
+            self._audit.refused(_refusal(ctx))
         status = 499 if ctx.client_disconnected and not ctx.response_done else ctx.status
-        if self._usage is not None and ctx.route is not None and ctx.route.kind is _INFERENCE:
-            self._usage.add(_usage_record(ctx, status))
+        route = ctx.route
+        tokens = ctx.billed_tokens() if ctx.track_usage or ctx.usage is not None else None
+        if self._usage is not None and route is not None and route.kind is _INFERENCE:
+            self._usage.add(_usage_record(ctx, status, tokens or ctx.billed_tokens()))
+        identity = ctx.identity
         if self._metrics is not None:
-            self._metrics.request(ctx, status)
+            self._metrics.request(
+                route.path if route is not None else "unmatched",
+                ctx.model,
+                status,
+                ctx.elapsed_ms() / 1000.0,
+                identity.teams if identity is not None else (),
+                tokens,
+                ctx.time_to_first_byte if ctx.response_sse else None,
+                ctx.content_events,
+            )
         writer = self._writer
         if writer is None:
             return
-        route = ctx.route
-        identity = ctx.identity
         ttfb = ctx.time_to_first_byte
         writer.write(
             (
@@ -214,9 +90,8 @@ class Account:
         )
 
 
-def _usage_record(ctx: RequestContext, status: int) -> UsageRecord:
+def _usage_record(ctx: RequestContext, status: int, tokens: tuple[int, int]) -> UsageRecord:
     identity = ctx.identity
-    tokens = ctx.billed_tokens()
     ttfb = ctx.time_to_first_byte
     teams: tuple[str, ...] = ()
     if identity is None:
@@ -228,3 +103,27 @@ def _usage_record(ctx: RequestContext, status: int) -> UsageRecord:
         ctx.route.permission if ctx.route is not None else "-", status, tokens[0], tokens[1],
         round(ctx.elapsed_ms(), 2), None if ttfb is None else round(ttfb * 1000, 2),
     )  # fmt: skip
+
+
+def _refusal(ctx: RequestContext) -> AuditEvent:
+    """The audit event of a refused request: who (when known), what, from where, and why;
+    never the credential that was presented."""
+    error = ctx.error
+    identity = ctx.identity
+    route = ctx.route
+    return AuditEvent(
+        at=time.time(),
+        actor=identity.principal if identity is not None else "-",
+        credential=identity.credential_id if identity is not None else "-",
+        action="request.refused",
+        target=route.path if route is not None else "-",
+        outcome="denied",
+        status=ctx.status or (error.status if error is not None else 0),
+        address=str(ctx.address) if ctx.address is not None else ctx.client_host,
+        request_id=ctx.request_id or "-",
+        detail={
+            "method": ctx.method,
+            "model": ctx.model,
+            "reason": error.code if error is not None else None,
+        },
+    )

@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
-from bastion.admin.api import AdminApi
 from bastion.errors import (
     GatewayError,
     InternalError,
@@ -48,6 +47,8 @@ __all__ = ["Gateway"]
 log = logging.getLogger("bastion")
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
+AdminHandler = Callable[[RequestContext], Awaitable[None]]
+"""Answers a request on an admin route (the admin API, built by the layer above)."""
 
 
 class Gateway:
@@ -64,7 +65,7 @@ class Gateway:
         forward: Forward,
         account: Account,
         readiness: ReadinessCheck,
-        admin: AdminApi | None = None,
+        admin: AdminHandler | None = None,
         admit: Admit | None = None,
         metrics: GatewayMetrics | None = None,
     ) -> None:

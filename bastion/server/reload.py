@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
+from bastion.admin.reloading import ReloadHandle, ReloadReport
 from bastion.app import Services, build_gateway
 from bastion.auth.apikeys import ApiKeyRecord
 from bastion.errors import BastionError
@@ -29,7 +29,7 @@ from bastion.pipeline.gateway import Gateway
 from bastion.settings import ModelSettings, Settings
 from bastion.types import Receive, Scope, Send
 
-__all__ = ["GatewaySwitch", "ReloadReport", "Reloader", "keep_fixed"]
+__all__ = ["GatewaySwitch", "Reloader", "keep_fixed"]
 
 log = logging.getLogger("bastion")
 
@@ -65,22 +65,6 @@ class GatewaySwitch:
         return self.gateway(scope, receive, send)
 
 
-@dataclass(frozen=True, slots=True)
-class ReloadReport:
-    source: str
-    models: tuple[str, ...]
-    restart_required: tuple[str, ...]
-    """Settings that changed in the file but keep their running values until a restart."""
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "status": "reloaded",
-            "source": self.source,
-            "models": list(self.models),
-            "restart_required": list(self.restart_required),
-        }
-
-
 def keep_fixed(running: Settings, new: Settings) -> tuple[Settings, tuple[str, ...]]:
     """``new`` with every restart-only setting set back to its running value, and the names
     of those that differed."""
@@ -108,7 +92,11 @@ def keep_fixed(running: Settings, new: Settings) -> tuple[Settings, tuple[str, .
 
 
 class Reloader:
-    """Re-reads the config file and swaps a new gateway in; one reload at a time."""
+    """Re-reads the config file and swaps a new gateway in; one reload at a time.
+
+    It binds ``handle`` (the admin API's way to ask for a reload) to itself, and hands the
+    same handle to every gateway it builds.
+    """
 
     def __init__(
         self,
@@ -118,6 +106,7 @@ class Reloader:
         services: Services,
         switch: GatewaySwitch,
         *,
+        handle: ReloadHandle,
         models_for: Callable[[Settings], tuple[ModelSettings, ...]],
         keys_for: Callable[[Settings], Sequence[ApiKeyRecord]],
         on_applied: Callable[[Settings], None] | None = None,
@@ -131,6 +120,12 @@ class Reloader:
         self._keys_for = keys_for
         self._on_applied = on_applied
         self._lock = asyncio.Lock()
+        self._handle = handle
+        handle.bind(self.reload)
+        self.applied = 0
+        """Reloads applied."""
+        self.refused = 0
+        """Reloads refused (the running configuration stayed)."""
 
     async def reload(self) -> ReloadReport:
         """Apply the file as it is now. Raises :class:`~bastion.errors.BastionError` (the
@@ -139,7 +134,7 @@ class Reloader:
             try:
                 return await self._reload()
             except BastionError:
-                self._services.reload_failures += 1
+                self.refused += 1
                 raise
 
     async def _reload(self) -> ReloadReport:
@@ -147,12 +142,13 @@ class Reloader:
         effective, restart = keep_fixed(self.settings, new)
         models = self._models_for(effective)
         keys = await asyncio.to_thread(self._keys_for, effective)
-        gateway = build_gateway(effective, self._services, models)  # the last step that may fail
+        # the last step that may fail: until here, nothing running has changed
+        gateway = build_gateway(effective, self._services, models, reload=self._handle)
         await self._services.reconfigure(effective, keys)
         self._switch.gateway = gateway
         self._services.adopt(gateway)
         self.settings = effective
-        self._services.reloads += 1
+        self.applied += 1
         if self._on_applied is not None:
             self._on_applied(effective)
         return ReloadReport(self.source, tuple(m.name for m in models), restart)

@@ -16,11 +16,13 @@ from typing import TextIO
 
 import uvicorn
 
+from bastion.admin.reloading import ReloadHandle
 from bastion.app import Services, build_gateway
 from bastion.auth.apikeys import ApiKeyRecord
 from bastion.errors import ConfigError
+from bastion.observability.access_log import AccessLogWriter, format_json, format_text
 from bastion.observability.listener import MetricsListener
-from bastion.pipeline.account import AccessLogWriter, format_json, format_text
+from bastion.observability.watches import watch_reloads
 from bastion.server.protocol import protocol_class
 from bastion.server.reload import GatewaySwitch, Reloader
 from bastion.server.startup import Welcome, open_store, startup_keys
@@ -120,7 +122,8 @@ async def serve(
             ),
             store=store,
         )
-        switch = GatewaySwitch(build_gateway(settings, services, models))
+        handle = ReloadHandle()
+        switch = GatewaySwitch(build_gateway(settings, services, models, reload=handle))
         services.adopt(switch.gateway)
         reloader = Reloader(
             load or (lambda: settings),
@@ -128,11 +131,13 @@ async def serve(
             settings,
             services,
             switch,
+            handle=handle,
             models_for=lambda s: models if s.uses_engine else s.models,
             keys_for=lambda s: _reload_keys(s, state, store, out),
             on_applied=_apply_log_level,
         )
-        services.reloader = reloader.reload
+        if services.metrics is not None:
+            watch_reloads(services.metrics, reloader)
         loop.add_signal_handler(signal.SIGHUP, reloader.on_signal)
         await services.start()
         listener = _metrics_listener(settings, services)

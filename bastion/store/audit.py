@@ -13,12 +13,10 @@ credential that was presented.
 from __future__ import annotations
 
 import logging
-import time
 
 import orjson
 
 from bastion.errors import GatewayError
-from bastion.pipeline.context import RequestContext
 from bastion.store.records import AuditEvent
 
 __all__ = ["AuditTrail"]
@@ -47,26 +45,8 @@ class AuditTrail:
     def pending(self) -> int:
         return len(self._pending)
 
-    def refused(self, ctx: RequestContext) -> None:
-        error = ctx.error
-        identity = ctx.identity
-        route = ctx.route
-        event = AuditEvent(
-            at=time.time(),
-            actor=identity.principal if identity is not None else "-",
-            credential=identity.credential_id if identity is not None else "-",
-            action="request.refused",
-            target=route.path if route is not None else "-",
-            outcome="denied",
-            status=ctx.status or (error.status if error is not None else 0),
-            address=str(ctx.address) if ctx.address is not None else ctx.client_host,
-            request_id=ctx.request_id or "-",
-            detail={
-                "method": ctx.method,
-                "model": ctx.model,
-                "reason": error.code if error is not None else None,
-            },
-        )
+    def refused(self, event: AuditEvent) -> None:
+        """Record the event of a refused request (built by the ``account`` phase)."""
         self.recorded += 1
         if not self._to_store:
             log.info("audit %s", orjson.dumps(event.public()).decode())

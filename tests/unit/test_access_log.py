@@ -8,7 +8,8 @@ import pytest
 
 from bastion.auth.identity import Identity
 from bastion.errors import ModelNotFoundError
-from bastion.pipeline.account import AccessLogWriter, Account, Record, format_json, format_text
+from bastion.observability.access_log import AccessLogWriter, Record, format_json, format_text
+from bastion.pipeline.account import Account
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.routes import RouteTable
 from bastion.settings import LoggingSettings

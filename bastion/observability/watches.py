@@ -1,0 +1,142 @@
+"""Counters that long-lived services keep themselves, exported as metrics read at scrape time.
+
+The request path pays nothing for these: each service counts in a plain attribute, and a
+scrape reads it. This module owns the metric names and their help; the services are seen
+only through the small protocols below, so observability knows nothing of the layers above.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from bastion.observability.instruments import GatewayMetrics
+from bastion.upstream.balancer import UpstreamSet
+
+__all__ = ["watch_reloads", "watch_services"]
+
+
+class Dropping(Protocol):
+    @property
+    def dropped(self) -> int:
+        """Items lost because a queue was full or a sink could not be written."""
+
+
+class Blocking(Protocol):
+    @property
+    def blocks(self) -> int:
+        """Addresses blocked for repeated failed authentications."""
+
+
+class Syncing(Protocol):
+    @property
+    def failures(self) -> int:
+        """Failed reads or writes of the identity store."""
+
+    @property
+    def reloads(self) -> int:
+        """Times the store's keys were reloaded."""
+
+
+class Reloading(Protocol):
+    @property
+    def applied(self) -> int:
+        """Configuration reloads applied."""
+
+    @property
+    def refused(self) -> int:
+        """Configuration reloads refused."""
+
+
+def watch_services(
+    metrics: GatewayMetrics,
+    upstreams: UpstreamSet,
+    *,
+    limiter: Callable[[], object | None],
+    guard: Callable[[], Blocking | None],
+    audit: Dropping,
+    access_log: Dropping | None = None,
+    usage: Dropping | None = None,
+    sync: Syncing | None = None,
+    keys_valid_until: Callable[[], float] | None = None,
+) -> None:
+    """Register the services' own counters. ``limiter`` and ``guard`` are read through
+    callables because a reload may replace them; a limiter without a fallible backend has
+    no failure counts (0)."""
+    metrics.watch_upstreams(upstreams)
+    watch = metrics.watch_count
+    watch(
+        "bastion_limiter_fail_open_total",
+        "Requests let through because the limiter's backend failed (on_backend_failure: open).",
+        lambda: getattr(limiter(), "fail_open_decisions", 0),
+    )
+    watch(
+        "bastion_limiter_backend_failures_total",
+        "Times the limiter's backend could not be reached.",
+        lambda: getattr(limiter(), "failures", 0),
+    )
+    watch(
+        "bastion_auth_blocked_addresses_total",
+        "Times an address was blocked for repeated failed authentications.",
+        lambda: _blocks(guard()),
+    )
+    if access_log is not None:
+        watch(
+            "bastion_access_log_dropped_total",
+            "Access-log lines lost because the log could not be written.",
+            lambda: access_log.dropped,
+        )
+    if sync is not None:
+        _watch_store(metrics, sync, keys_valid_until)
+    watch(
+        "bastion_audit_events_dropped_total",
+        "Audit events of refused requests lost (the queue was full).",
+        lambda: audit.dropped,
+    )
+    if usage is not None:
+        watch(
+            "bastion_usage_records_dropped_total",
+            "Usage records lost before reaching the store (the queue was full).",
+            lambda: usage.dropped,
+        )
+
+
+def watch_reloads(metrics: GatewayMetrics, reloader: Reloading) -> None:
+    """Register the configuration reloader's counts."""
+    metrics.watch_count(
+        "bastion_config_reloads_total",
+        "Configuration reloads applied.",
+        lambda: reloader.applied,
+    )
+    metrics.watch_count(
+        "bastion_config_reload_failures_total",
+        "Configuration reloads refused (the running configuration stayed).",
+        lambda: reloader.refused,
+    )
+
+
+def _blocks(guard: Blocking | None) -> int:
+    return guard.blocks if guard is not None else 0
+
+
+def _watch_store(
+    metrics: GatewayMetrics, sync: Syncing, keys_valid_until: Callable[[], float] | None
+) -> None:
+    metrics.watch_count(
+        "bastion_store_sync_failures_total",
+        "Failed reads or writes of the identity store.",
+        lambda: sync.failures,
+    )
+    metrics.watch_count(
+        "bastion_store_key_reloads_total",
+        "Times the store's keys were reloaded (an admin change on some replica).",
+        lambda: sync.reloads,
+    )
+    if keys_valid_until is not None:
+        metrics.watch_gauge(
+            "bastion_store_keys_valid_seconds",
+            "Seconds the store's keys stay trusted without a successful poll "
+            "(store.stale_after); at 0, store-issued keys are refused with 503.",
+            lambda: max(0.0, min(1e9, keys_valid_until() - time.time())),
+        )
