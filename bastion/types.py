@@ -1,20 +1,24 @@
-"""ASGI type aliases, kept minimal so the hot path does no typing work at run time."""
+"""ASGI type aliases, and what the pipeline may ask of the caller's connection.
+
+Kept minimal so the hot path does no typing work at run time. The connection itself (bytes,
+framing, backpressure) belongs to the server layer (:mod:`bastion.server.downstream`); the
+pipeline sees it only through the :class:`Downstream` protocol.
+"""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Protocol
 
 __all__ = [
     "DOWNSTREAM_SCOPE_KEY",
-    "CorkableTransport",
     "Downstream",
     "Message",
     "PeerCertificate",
     "Receive",
     "Scope",
     "Send",
+    "SpliceSource",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -27,126 +31,37 @@ PeerCertificate = dict[str, Any]
 DOWNSTREAM_SCOPE_KEY = "bastion.downstream"
 
 
-class CorkableTransport(asyncio.Transport):
-    """A transport that can hold writes back and send them as one (one system call, one packet).
+class SpliceSource(Protocol):
+    """A body that delivers its pieces to a callback (an upstream response)."""
 
-    The server protocol hands this to uvicorn in place of the socket's transport, so a
-    response head written by ``send(http.response.start)`` and the body written right after
-    leave in a single write when the application corks around them.
-    """
+    def relay(self, sink: Callable[[bytes], None]) -> Awaitable[None]:
+        """Call ``sink`` with each piece of the body as it arrives; done at its end."""
 
-    __slots__ = ("_corked", "_pending", "_transport")
+    def pause_reading(self) -> None: ...
 
-    def __init__(self, transport: asyncio.Transport) -> None:
-        super().__init__()
-        self._transport = transport
-        self._corked = False
-        self._pending: list[bytes] = []
-
-    def cork(self) -> None:
-        self._corked = True
-
-    def uncork(self) -> None:
-        self._corked = False
-        if self._pending:
-            pending, self._pending = self._pending, []
-            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._corked:
-            self._pending.append(bytes(data))
-        else:
-            self._transport.write(data)
-
-    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
-        for data in list_of_data:
-            self.write(data)
-
-    def close(self) -> None:
-        self.uncork()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._pending.clear()
-        self._transport.abort()
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._transport.get_extra_info(name, default)
-
-    def pause_reading(self) -> None:
-        self._transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._transport.resume_reading()
-
-    def is_reading(self) -> bool:
-        return self._transport.is_reading()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._transport.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size()
-
-    def can_write_eof(self) -> bool:
-        return self._transport.can_write_eof()
-
-    def write_eof(self) -> None:
-        self.uncork()
-        self._transport.write_eof()
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._transport.set_protocol(protocol)
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._transport.get_protocol()
+    def resume_reading(self) -> None: ...
 
 
-class Downstream:
-    """What Bastion's server protocol shares with the application about the caller's connection.
+class Downstream(Protocol):
+    """The caller's connection, as Bastion's server shares it with the application.
 
     It sits in the ASGI scope under ``bastion.downstream``; under another ASGI server the key
     is absent and the application falls back to plain ASGI (``receive()`` for disconnects,
     ``send()`` for every body piece).
-
-    - ``on_disconnect`` is called once if the caller goes away (no task per request needed);
-    - ``transport`` lets a relay write body pieces of a chunked response straight to the
-      socket, and ``writing_paused`` / ``on_resume_writing`` carry the socket's backpressure;
-    - ``peer_certificate`` is the client certificate the TLS handshake verified (mutual TLS
-      only; None on plain connections and for callers that presented none).
     """
 
-    __slots__ = (
-        "disconnected",
-        "on_disconnect",
-        "on_resume_writing",
-        "peer_certificate",
-        "transport",
-        "writing_paused",
-    )
+    disconnected: bool
+    on_disconnect: Callable[[], None] | None
+    """Called once if the caller goes away (no task per request needed)."""
+    peer_certificate: PeerCertificate | None
+    """The client certificate the TLS handshake verified (mutual TLS only)."""
 
-    def __init__(self, transport: CorkableTransport) -> None:
-        self.transport = transport
-        self.on_disconnect: Callable[[], None] | None = None
-        self.on_resume_writing: Callable[[], None] | None = None
-        self.disconnected = False
-        self.writing_paused = False
-        self.peer_certificate: PeerCertificate | None = None
+    def cork(self) -> None:
+        """Hold writes back until :meth:`uncork`, so a head and body leave as one."""
 
-    def lost(self) -> None:
-        self.disconnected = True
-        self.on_resume_writing = None
-        callback, self.on_disconnect = self.on_disconnect, None
-        if callback is not None:
-            callback()
+    def uncork(self) -> None: ...
 
-    def pause_writing(self) -> None:
-        self.writing_paused = True
-
-    def resume_writing(self) -> None:
-        self.writing_paused = False
-        if self.on_resume_writing is not None:
-            self.on_resume_writing()
+    def splice(self, source: SpliceSource, transform: Callable[[bytes], bytes]) -> Awaitable[None]:
+        """Relay ``source``'s pieces straight to the caller as the body of a response whose
+        head went out without a length; ``transform`` sees each piece first and returns what
+        to send (empty: nothing now). Backpressure from the caller pauses ``source``."""

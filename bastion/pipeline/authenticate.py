@@ -15,7 +15,6 @@ from bastion.auth.identity import Authenticator, Identity
 from bastion.errors import AuthenticationError, RateLimitError
 from bastion.observability.instruments import GatewayMetrics
 from bastion.pipeline.context import RequestContext
-from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream
 
 __all__ = ["Authenticate"]
 
@@ -55,7 +54,7 @@ class Authenticate:
             raise
         try:
             if ctx.authorization is None and self._certificates is not None:
-                downstream: Downstream | None = ctx.scope.get(DOWNSTREAM_SCOPE_KEY)
+                downstream = ctx.downstream
                 certificate = downstream.peer_certificate if downstream is not None else None
                 ctx.identity = self._certificates.identify(certificate)
             else:

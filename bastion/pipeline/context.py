@@ -12,7 +12,7 @@ from bastion.limits.usage import billed
 from bastion.pipeline.routes import Route
 from bastion.policy.networks import Address
 from bastion.policy.roles import Access
-from bastion.types import Receive, Scope, Send
+from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream, Receive, Scope, Send
 
 __all__ = ["RequestContext"]
 
@@ -36,6 +36,7 @@ class RequestContext:
         "content_length",
         "content_type",
         "control_model",
+        "downstream",
         "error",
         "forwarded_for",
         "grant",
@@ -66,6 +67,8 @@ class RequestContext:
         self.scope = scope
         self.receive = receive
         self.send = send
+        self.downstream: Downstream | None = scope.get(DOWNSTREAM_SCOPE_KEY)
+        """The caller's connection under Bastion's own server (None under another)."""
         self.started = time.perf_counter()
         self.method: str = scope["method"]
         self.route: Route | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 
 import orjson
 
@@ -21,7 +22,6 @@ from bastion.pipeline.context import RequestContext
 from bastion.pipeline.resolve import ModelEntry
 from bastion.pipeline.responses import send_whole
 from bastion.settings import UpstreamClientSettings
-from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream
 from bastion.upstream.balancer import Upstream, Weighted
 from bastion.upstream.client import UpstreamPool, UpstreamResponse
 
@@ -225,12 +225,13 @@ class Forward:
             headers = [(n, v) for n, v in headers if n != b"content-length"]
             length = None
         await self._start(ctx, headers)
-        downstream: Downstream | None = ctx.scope.get(DOWNSTREAM_SCOPE_KEY)
+        downstream = ctx.downstream
+        relayed = _relayed(ctx, tap)
         try:
             if length is None and downstream is not None:
-                await _splice(ctx, response, downstream, tap)
+                await downstream.splice(response, relayed)
             else:
-                await _pump(ctx, response, tap)
+                await _pump(ctx, response, relayed)
         finally:  # also when the stream is cut: what was relayed is billed
             rest = tap.end() if tap is not None else b""
             if tap is not None:
@@ -245,49 +246,29 @@ class Forward:
         await ctx.send({"type": "http.response.start", "status": ctx.status, "headers": headers})
 
 
-async def _pump(ctx: RequestContext, response: UpstreamResponse, tap: UsageTap | None) -> None:
+def _relayed(ctx: RequestContext, tap: UsageTap | None) -> Callable[[bytes], bytes]:
+    """What each piece of a relayed body goes through: timing, counting and the usage tap.
+    Returns what to send on (empty: nothing now)."""
+    started = ctx.started
+
+    def relayed(piece: bytes) -> bytes:
+        if ctx.time_to_first_byte is None:
+            ctx.time_to_first_byte = time.perf_counter() - started
+        ctx.response_bytes += len(piece)
+        return piece if tap is None else tap.feed(piece)
+
+    return relayed
+
+
+async def _pump(
+    ctx: RequestContext, response: UpstreamResponse, relayed: Callable[[bytes], bytes]
+) -> None:
     """Relay the body through ASGI ``send``, piece by piece (any ASGI server)."""
     send = ctx.send
     async for chunk in response:
-        if ctx.time_to_first_byte is None:
-            ctx.time_to_first_byte = time.perf_counter() - ctx.started
-        ctx.response_bytes += len(chunk)
-        if tap is not None:
-            chunk = tap.feed(chunk)
-            if not chunk:
-                continue
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-
-async def _splice(
-    ctx: RequestContext, response: UpstreamResponse, downstream: Downstream, tap: UsageTap | None
-) -> None:
-    """Relay a chunked body from the upstream socket's callback straight to the caller's.
-
-    The fast path for streams under Bastion's own server protocol: no task wakes up per
-    event. The response head went out through ASGI without a length, so the server frames the
-    body as chunked; each piece is written here in that framing, and the terminating chunk
-    is left to the final ASGI ``send``. The caller's socket backpressure pauses the upstream.
-    """
-    write = downstream.transport.write
-
-    def sink(piece: bytes) -> None:
-        if ctx.time_to_first_byte is None:
-            ctx.time_to_first_byte = time.perf_counter() - ctx.started
-        ctx.response_bytes += len(piece)
-        if tap is not None:
-            piece = tap.feed(piece)
-            if not piece:  # held back (a partial event); an empty chunk would end the body
-                return
-        write(b"%x\r\n%b\r\n" % (len(piece), piece))
-        if downstream.writing_paused:
-            response.pause_reading()
-
-    downstream.on_resume_writing = response.resume_reading
-    try:
-        await response.relay(sink)
-    finally:
-        downstream.on_resume_writing = None
+        piece = relayed(chunk)
+        if piece:
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
 
 
 def _body_for(ctx: RequestContext, entry: ModelEntry) -> bytes:

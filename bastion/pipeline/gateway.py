@@ -40,7 +40,7 @@ from bastion.pipeline.resolve import ModelEntry, ModelRegistry
 from bastion.pipeline.responses import send_error, send_json, send_whole
 from bastion.pipeline.routes import RouteKind, RouteTable
 from bastion.policy.roles import Access
-from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream, Message, Receive, Scope, Send
+from bastion.types import Message, Receive, Scope, Send
 
 __all__ = ["Gateway"]
 
@@ -168,7 +168,7 @@ class Gateway:
                 ctx.client_disconnected = True
                 task.cancel()
 
-        downstream: Downstream | None = ctx.scope.get(DOWNSTREAM_SCOPE_KEY)
+        downstream = ctx.downstream
         if downstream is None:
             await self._forward_watching_receive(ctx, entry, on_disconnect)
             return

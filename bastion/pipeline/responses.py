@@ -13,7 +13,6 @@ import orjson
 
 from bastion.errors import GatewayError
 from bastion.pipeline.context import RequestContext
-from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream
 
 __all__ = ["error_body", "error_event", "send_error", "send_json", "send_whole"]
 
@@ -44,9 +43,9 @@ async def send_whole(
     """Send a complete response; under Bastion's server its head and body leave in one write."""
     ctx.status = status
     ctx.response_started = True
-    downstream: Downstream | None = ctx.scope.get(DOWNSTREAM_SCOPE_KEY)
+    downstream = ctx.downstream
     if downstream is not None:
-        downstream.transport.cork()
+        downstream.cork()
     try:
         await ctx.send({"type": "http.response.start", "status": status, "headers": headers})
         ctx.response_done = True
@@ -54,7 +53,7 @@ async def send_whole(
         await ctx.send({"type": "http.response.body", "body": body})
     finally:
         if downstream is not None:
-            downstream.transport.uncork()
+            downstream.uncork()
 
 
 async def send_json(

@@ -17,8 +17,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bastion.errors import BadRequestError, GatewayError, HeadersTooLargeError, RequestTimeoutError
 from bastion.pipeline.responses import error_body
+from bastion.server.downstream import CorkableTransport, DownstreamConnection
 from bastion.settings import HttpSettings
-from bastion.types import DOWNSTREAM_SCOPE_KEY, CorkableTransport, Downstream
+from bastion.types import DOWNSTREAM_SCOPE_KEY
 
 __all__ = ["GuardedHttpToolsProtocol", "protocol_class"]
 
@@ -85,12 +86,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._header_count = 0
         self._refusal: GatewayError | None = None
-        self.downstream: Downstream | None = None
+        self.downstream: DownstreamConnection | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         corkable = CorkableTransport(transport)
         super().connection_made(corkable)
-        self.downstream = Downstream(corkable)
+        self.downstream = DownstreamConnection(corkable)
         if self.peer_certificates:  # the handshake is over: the certificate was verified
             self.downstream.peer_certificate = transport.get_extra_info("peercert") or None
         self.head_watch.arm(self, self.loop)

@@ -23,12 +23,13 @@ from bastion.errors import AuthenticationError, ConfigError
 from bastion.pipeline.authenticate import Authenticate
 from bastion.pipeline.context import RequestContext
 from bastion.policy.policy import Policy
+from bastion.server.downstream import CorkableTransport, DownstreamConnection
 from bastion.settings import (
     BruteForceSettings,
     ClientCertificateSettings,
     parse_settings,
 )
-from bastion.types import DOWNSTREAM_SCOPE_KEY, CorkableTransport, Downstream, Message
+from bastion.types import DOWNSTREAM_SCOPE_KEY, Message
 from tests.support.tls import client_context, handshake
 
 CA = trustme.CA()
@@ -204,7 +205,7 @@ async def _send(message: Message) -> None:
 
 
 def request(authorization: bytes | None, certificate: dict[str, Any] | None) -> RequestContext:
-    downstream = Downstream(CorkableTransport(None))  # type: ignore[arg-type]
+    downstream = DownstreamConnection(CorkableTransport(None))  # type: ignore[arg-type]
     downstream.peer_certificate = certificate
     scope: dict[str, Any] = {"type": "http", "method": "GET", "client": ("10.0.0.1", 5)}
     scope[DOWNSTREAM_SCOPE_KEY] = downstream
