@@ -25,10 +25,15 @@ from bastion.pipeline.account import Account
 from bastion.pipeline.admit import Admit
 from bastion.pipeline.authenticate import Authenticate
 from bastion.pipeline.authorize import Authorize
+from bastion.pipeline.endpoints import (
+    DEFAULT_ENDPOINTS,
+    METRICS_ENDPOINT,
+    EndpointKind,
+    EndpointTable,
+)
 from bastion.pipeline.forward import Forward
 from bastion.pipeline.gateway import Gateway
-from bastion.pipeline.resolve import ModelRegistry
-from bastion.pipeline.routes import DEFAULT_ROUTES, METRICS_ROUTE, RouteKind, RouteTable
+from bastion.pipeline.route import ModelRegistry
 from bastion.policy.policy import Policy
 from bastion.settings import (
     BruteForceSettings,
@@ -45,20 +50,20 @@ from bastion.upstream.balancer import UpstreamSet
 from bastion.upstream.client import UpstreamPool
 from bastion.upstream.health import HealthChecker, Readiness
 
-__all__ = ["Services", "authenticators", "build_gateway", "build_routes"]
+__all__ = ["Services", "authenticators", "build_endpoints", "build_gateway"]
 
 
-def build_routes(settings: Settings, *, admin: bool = True) -> RouteTable:
+def build_endpoints(settings: Settings, *, admin: bool = True) -> EndpointTable:
     """The route table; control routes are absent unless administrators may use them, the
     admin API when there is no store to administer, metrics when they are off."""
     allow_control = settings.routes.control == "admin"
-    return RouteTable(
+    return EndpointTable(
         tuple(
             r
-            for r in DEFAULT_ROUTES
-            if (allow_control or r.kind is not RouteKind.CONTROL)
-            and (admin or r.kind is not RouteKind.ADMIN)
-            and (settings.metrics.enabled or r is not METRICS_ROUTE)
+            for r in DEFAULT_ENDPOINTS
+            if (allow_control or r.kind is not EndpointKind.CONTROL)
+            and (admin or r.kind is not EndpointKind.ADMIN)
+            and (settings.metrics.enabled or r is not METRICS_ENDPOINT)
         )
     )
 
@@ -233,7 +238,7 @@ def build_gateway(
         extra=services.engine_alive,
     )
     return Gateway(
-        routes=build_routes(settings, admin=admin is not None),
+        endpoints=build_endpoints(settings, admin=admin is not None),
         acceptor=Acceptor(settings.http),
         authenticate=Authenticate(
             authenticators(settings, services, policy),

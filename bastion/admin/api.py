@@ -43,8 +43,8 @@ from bastion.errors import (
 )
 from bastion.pipeline.accept import json_object
 from bastion.pipeline.context import RequestContext
+from bastion.pipeline.endpoints import canonical_path
 from bastion.pipeline.responses import send_json
-from bastion.pipeline.routes import canonical_path
 from bastion.store.records import Actor, AuditQuery, StoredKey
 from bastion.store.sync import StoreSync
 from bastion.store.usage import UsageQuery

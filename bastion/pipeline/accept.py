@@ -22,8 +22,8 @@ from bastion.errors import (
     UnsupportedMediaTypeError,
 )
 from bastion.pipeline.context import RequestContext
+from bastion.pipeline.endpoints import BodyKind
 from bastion.pipeline.multipart import form_field
-from bastion.pipeline.routes import BodyKind
 from bastion.settings import HttpSettings
 
 __all__ = ["Acceptor", "json_object"]
@@ -75,8 +75,8 @@ class Acceptor:
         if message["type"] == "http.disconnect":
             ctx.client_disconnected = True
         ctx.body = body
-        assert ctx.route is not None
-        kind = ctx.route.body
+        assert ctx.endpoint is not None
+        kind = ctx.endpoint.body
         if kind is BodyKind.JSON:
             self._parse_json(ctx)
         elif kind is BodyKind.MULTIPART:

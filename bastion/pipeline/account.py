@@ -13,13 +13,13 @@ import time
 from bastion.observability.access_log import AccessLogWriter
 from bastion.observability.instruments import GatewayMetrics
 from bastion.pipeline.context import RequestContext
-from bastion.pipeline.routes import RouteKind
+from bastion.pipeline.endpoints import EndpointKind
 from bastion.settings import LoggingSettings
 from bastion.store.audit import AuditTrail
 from bastion.store.records import AuditEvent
 from bastion.store.usage import UsageQueue, UsageRecord
 
-_INFERENCE = RouteKind.INFERENCE
+_INFERENCE = EndpointKind.INFERENCE
 
 __all__ = ["Account"]
 
@@ -50,14 +50,14 @@ class Account:
         if error is not None and self._audit is not None and self._audit.wants(error):
             self._audit.refused(_refusal(ctx))
         status = 499 if ctx.client_disconnected and not ctx.response_done else ctx.status
-        route = ctx.route
+        endpoint = ctx.endpoint
         tokens = ctx.billed_tokens() if ctx.track_usage or ctx.usage is not None else None
-        if self._usage is not None and route is not None and route.kind is _INFERENCE:
+        if self._usage is not None and endpoint is not None and endpoint.kind is _INFERENCE:
             self._usage.add(_usage_record(ctx, status, tokens or ctx.billed_tokens()))
         identity = ctx.identity
         if self._metrics is not None:
             self._metrics.request(
-                route.path if route is not None else "unmatched",
+                endpoint.path if endpoint is not None else "unmatched",
                 ctx.model,
                 status,
                 ctx.elapsed_ms() / 1000.0,
@@ -76,7 +76,7 @@ class Account:
                 ctx.request_id,
                 ctx.client_host,
                 ctx.method,
-                route.path if route is not None else "-",
+                endpoint.path if endpoint is not None else "-",
                 status,
                 ctx.model,
                 identity.principal if identity is not None else None,
@@ -100,7 +100,7 @@ def _usage_record(ctx: RequestContext, status: int, tokens: tuple[int, int]) -> 
         who, credential, teams = identity.principal, identity.credential_id, identity.teams
     return UsageRecord(
         time.time(), ctx.request_id, who, credential, teams, ctx.model or "-",
-        ctx.route.permission if ctx.route is not None else "-", status, tokens[0], tokens[1],
+        ctx.endpoint.permission if ctx.endpoint is not None else "-", status, tokens[0], tokens[1],
         round(ctx.elapsed_ms(), 2), None if ttfb is None else round(ttfb * 1000, 2),
     )  # fmt: skip
 
@@ -110,13 +110,13 @@ def _refusal(ctx: RequestContext) -> AuditEvent:
     never the credential that was presented."""
     error = ctx.error
     identity = ctx.identity
-    route = ctx.route
+    endpoint = ctx.endpoint
     return AuditEvent(
         at=time.time(),
         actor=identity.principal if identity is not None else "-",
         credential=identity.credential_id if identity is not None else "-",
         action="request.refused",
-        target=route.path if route is not None else "-",
+        target=endpoint.path if endpoint is not None else "-",
         outcome="denied",
         status=ctx.status or (error.status if error is not None else 0),
         address=str(ctx.address) if ctx.address is not None else ctx.client_host,

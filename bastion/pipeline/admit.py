@@ -48,7 +48,7 @@ class Admit:
 
     async def __call__(self, ctx: RequestContext, model: str) -> None:
         identity = ctx.identity
-        assert identity is not None and ctx.route is not None
+        assert identity is not None and ctx.endpoint is not None
         overrides: dict[str, Any] = {}
         priority = self._planner.priority(identity)
         if priority is not None and ctx.json is not None:
@@ -84,8 +84,8 @@ class Admit:
         self._limiter.finish(grant, prompt, completion)
 
     def _completion(self, ctx: RequestContext) -> int:
-        assert ctx.route is not None
-        if ctx.route.permission not in _GENERATING:
+        assert ctx.endpoint is not None
+        if ctx.endpoint.permission not in _GENERATING:
             return 0
         body = ctx.json or {}
         for field in ("max_completion_tokens", "max_tokens", "max_output_tokens"):

@@ -67,7 +67,7 @@ class Authenticate:
                 "authentication failed request_id=%s client=%s route=%s",
                 ctx.request_id,
                 ctx.client_host,
-                ctx.route.path if ctx.route else "-",
+                ctx.endpoint.path if ctx.endpoint else "-",
             )
             raise
 

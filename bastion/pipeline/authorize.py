@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from bastion.errors import NotFoundError, PermissionDeniedError
 from bastion.pipeline.context import RequestContext
-from bastion.pipeline.routes import RouteKind
+from bastion.pipeline.endpoints import EndpointKind
 from bastion.policy.policy import Policy
 
 __all__ = ["Authorize"]
@@ -19,19 +19,19 @@ class Authorize:
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
 
-    def admit(self, ctx: RequestContext) -> None:
+    def network(self, ctx: RequestContext) -> None:
         """The gateway-wide network rule, before anything else is looked at."""
         ctx.address = self._policy.address(ctx.client_host, ctx.forwarded_for)
         if not self._policy.admits(ctx.address):
             raise PermissionDeniedError()
 
     def __call__(self, ctx: RequestContext) -> None:
-        assert ctx.route is not None and ctx.identity is not None
+        assert ctx.endpoint is not None and ctx.identity is not None
         access = self._policy.access(ctx.identity)
         ctx.access = access
-        route = ctx.route
-        if access is None or not access.allows_route(route.permission):
-            if route.kind is RouteKind.CONTROL:
+        endpoint = ctx.endpoint
+        if access is None or not access.allows_route(endpoint.permission):
+            if endpoint.kind is EndpointKind.CONTROL:
                 raise NotFoundError()
             raise PermissionDeniedError()
         if not access.allows_address(ctx.address):

@@ -9,7 +9,7 @@ from bastion.auth.identity import Identity
 from bastion.errors import GatewayError
 from bastion.limits.limiter import Grant
 from bastion.limits.usage import billed
-from bastion.pipeline.routes import Route
+from bastion.pipeline.endpoints import Endpoint
 from bastion.policy.networks import Address
 from bastion.policy.roles import Access
 from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream, Receive, Scope, Send
@@ -20,7 +20,7 @@ __all__ = ["RequestContext"]
 class RequestContext:
     """Everything known about one request; lives exactly as long as the request.
 
-    Phases write the fields they own (``authenticate`` the identity, ``route`` the upstream,
+    Phases write the fields they own (``authenticate`` the identity, ``forward`` the upstream,
     ...) and read those of earlier phases. No request data ever lives on a long-lived object.
     """
 
@@ -37,6 +37,7 @@ class RequestContext:
         "content_type",
         "control_model",
         "downstream",
+        "endpoint",
         "error",
         "forwarded_for",
         "grant",
@@ -51,7 +52,6 @@ class RequestContext:
         "response_done",
         "response_sse",
         "response_started",
-        "route",
         "scope",
         "send",
         "started",
@@ -71,7 +71,7 @@ class RequestContext:
         """The caller's connection under Bastion's own server (None under another)."""
         self.started = time.perf_counter()
         self.method: str = scope["method"]
-        self.route: Route | None = None
+        self.endpoint: Endpoint | None = None
         self.request_id = ""
         self.authorization: bytes | None = None
         self.content_type = b""

@@ -19,8 +19,8 @@ from bastion.errors import UpstreamError
 from bastion.limits.limiter import rate_headers
 from bastion.limits.usage import UsageTap, usage_of
 from bastion.pipeline.context import RequestContext
-from bastion.pipeline.resolve import ModelEntry
 from bastion.pipeline.responses import send_whole
+from bastion.pipeline.route import ModelEntry
 from bastion.settings import UpstreamClientSettings
 from bastion.upstream.balancer import Upstream, Weighted
 from bastion.upstream.client import UpstreamPool, UpstreamResponse
@@ -127,8 +127,8 @@ class Forward:
         self._window = settings.retry_window
 
     async def __call__(self, ctx: RequestContext, entry: ModelEntry) -> None:
-        assert ctx.route is not None
-        path = ctx.route.target
+        assert ctx.endpoint is not None
+        path = ctx.endpoint.target
         query = ctx.scope.get("query_string", b"")
         if query:
             path = path + b"?" + query

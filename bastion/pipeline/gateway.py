@@ -2,13 +2,26 @@
 
 ::
 
-    accept -> authenticate -> authorize -> route -> forward -> account
-    (head,    (who is it?)   (may they?)  (which    (relay)    (always: access log)
-     body)                                upstream)
+    accept -> authenticate -> authorize -> admit -> route -> forward -> account
+    (head,    (who is it?)    (may they?    (limits,  (which     (relay)    (always: log,
+     endpoint,                 this model?)  quotas)   upstream)             usage, metrics,
+     body)                                                                   audit)
+
+- accept (``accept.py``): the network gate (``Authorize.network``), head limits, the
+  endpoint allowlist (``endpoints.py``: unknown paths are 404 before anything else), the
+  body, bounded and parsed once;
+- authenticate (``authenticate.py``): credential -> identity;
+- authorize (``authorize.py``): endpoint, address and model permissions; the model must be
+  one the gateway serves (``route.py``'s registry: otherwise 404);
+- admit (``admit.py``): rate limits, concurrency, budgets;
+- route (``route.py``, used by ``forward``): the model's balancer picks the upstream, and
+  another on a retry;
+- forward (``forward.py``): send, relay as it arrives;
+- account (``account.py``): runs on success, refusal and failure alike.
 
 Each phase is a small object with one job. A phase that refuses raises a
 :class:`~bastion.errors.GatewayError`; :meth:`Gateway.__call__` is the one place that turns
-errors into responses. ``account`` runs on success, refusal and failure alike.
+errors into responses.
 """
 
 from __future__ import annotations
@@ -35,10 +48,10 @@ from bastion.pipeline.admit import Admit
 from bastion.pipeline.authenticate import Authenticate
 from bastion.pipeline.authorize import Authorize
 from bastion.pipeline.context import RequestContext
+from bastion.pipeline.endpoints import EndpointKind, EndpointTable
 from bastion.pipeline.forward import Forward
-from bastion.pipeline.resolve import ModelEntry, ModelRegistry
 from bastion.pipeline.responses import send_error, send_json, send_whole
-from bastion.pipeline.routes import RouteKind, RouteTable
+from bastion.pipeline.route import ModelEntry, ModelRegistry
 from bastion.policy.roles import Access
 from bastion.types import Message, Receive, Scope, Send
 
@@ -57,7 +70,7 @@ class Gateway:
     def __init__(
         self,
         *,
-        routes: RouteTable,
+        endpoints: EndpointTable,
         acceptor: Acceptor,
         authenticate: Authenticate,
         authorize: Authorize,
@@ -69,7 +82,7 @@ class Gateway:
         admit: Admit | None = None,
         metrics: GatewayMetrics | None = None,
     ) -> None:
-        self._routes = routes
+        self._endpoints = endpoints
         self._accept = acceptor
         self._authenticate = authenticate
         self._authorize = authorize
@@ -127,33 +140,33 @@ class Gateway:
 
     async def _handle(self, ctx: RequestContext) -> None:
         self._accept.read_head(ctx)
-        self._authorize.admit(ctx)
-        route = self._routes.match(ctx.scope.get("raw_path") or ctx.scope["path"].encode())
-        if route is None:
+        self._authorize.network(ctx)
+        endpoint = self._endpoints.match(ctx.scope.get("raw_path") or ctx.scope["path"].encode())
+        if endpoint is None:
             raise NotFoundError()
-        ctx.route = route
-        if ctx.method not in route.methods:
-            allow = ", ".join(sorted(route.methods)).encode()
+        ctx.endpoint = endpoint
+        if ctx.method not in endpoint.methods:
+            allow = ", ".join(sorted(endpoint.methods)).encode()
             raise MethodNotAllowedError(headers=((b"allow", allow),))
-        if route.public:
+        if endpoint.public:
             await self._answer_local(ctx)
             return
         await self._authenticate(ctx)
         self._authorize(ctx)
         await self._accept.read_body(ctx)
-        kind = route.kind
-        if kind is not RouteKind.INFERENCE:
-            if kind is RouteKind.ADMIN:
-                assert self._admin is not None  # the route exists only with the admin API
+        kind = endpoint.kind
+        if kind is not EndpointKind.INFERENCE:
+            if kind is EndpointKind.ADMIN:
+                assert self._admin is not None  # the endpoint exists only with it
                 await self._admin(ctx)
                 return
-            if kind is RouteKind.LOCAL:
+            if kind is EndpointKind.LOCAL:
                 await self._answer_local(ctx)
                 return
             ctx.model = ctx.control_model
         entry = self._models.resolve(ctx)
         self._authorize.model(ctx, entry.name)
-        if self._admit is not None and kind is RouteKind.INFERENCE:
+        if self._admit is not None and kind is EndpointKind.INFERENCE:
             await self._admit(ctx, entry.name)
         await self._forward_watching(ctx, entry)
 
@@ -226,8 +239,8 @@ class Gateway:
         return body
 
     async def _answer_local(self, ctx: RequestContext) -> None:
-        assert ctx.route is not None
-        path = ctx.route.path
+        assert ctx.endpoint is not None
+        path = ctx.endpoint.path
         if path == "/health":
             await send_json(ctx, 200, b'{"status":"ok"}')
         elif path == "/ready":
@@ -239,7 +252,7 @@ class Gateway:
         elif path == "/bastion/metrics" and self._metrics is not None:
             body = self._metrics.render()
             await send_whole(ctx, 200, [(b"content-type", CONTENT_TYPE)], body)
-        else:  # pragma: no cover - the route table has no other local route
+        else:  # pragma: no cover - there is no other local endpoint
             raise NotFoundError()
 
 

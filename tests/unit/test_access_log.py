@@ -11,7 +11,7 @@ from bastion.errors import ModelNotFoundError
 from bastion.observability.access_log import AccessLogWriter, Record, format_json, format_text
 from bastion.pipeline.account import Account
 from bastion.pipeline.context import RequestContext
-from bastion.pipeline.routes import RouteTable
+from bastion.pipeline.endpoints import EndpointTable
 from bastion.settings import LoggingSettings
 
 
@@ -27,7 +27,7 @@ def served_context() -> RequestContext:
     scope = {"type": "http", "method": "POST", "client": ("10.0.0.1", 5), "headers": []}
     ctx = RequestContext(scope, _noop_receive, _noop_send)
     ctx.request_id = "rid-1"
-    ctx.route = RouteTable().match(b"/v1/chat/completions")
+    ctx.endpoint = EndpointTable().match(b"/v1/chat/completions")
     ctx.model = "m"
     ctx.identity = Identity("alice", "user", "alice", "api_key")
     ctx.upstream = "10.0.0.5:8000"

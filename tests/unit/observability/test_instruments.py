@@ -20,12 +20,12 @@ from bastion.observability.listener import MetricsListener
 from bastion.observability.metrics import CONTENT_TYPE, TOKEN_LATENCY_BUCKETS, TTFT_BUCKETS
 from bastion.pipeline.account import Account
 from bastion.pipeline.context import RequestContext
-from bastion.pipeline.routes import DEFAULT_ROUTES
+from bastion.pipeline.endpoints import DEFAULT_ENDPOINTS
 from bastion.settings import EjectionSettings, LoggingSettings, MetricsSettings
 from bastion.upstream.balancer import UpstreamSet
 from bastion.upstream.origin import Origin
 
-ROUTES = {route.path: route for route in DEFAULT_ROUTES}
+ROUTES = {route.path: route for route in DEFAULT_ENDPOINTS}
 CHAT = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
 MODELS = ("llama", "qwen")
@@ -65,7 +65,7 @@ def context(
     """A finished request as ``account`` sees it."""
     scope = {"type": "http", "method": "POST", "path": path or "/nowhere", "headers": []}
     ctx = RequestContext(scope, _receive, _send)
-    ctx.route = ROUTES[path] if path is not None else None
+    ctx.endpoint = ROUTES[path] if path is not None else None
     ctx.model = model
     ctx.status = status
     ctx.usage = usage

@@ -8,7 +8,7 @@ import pytest
 
 from bastion.auth.identity import Identity, Restrictions
 from bastion.errors import ConfigError
-from bastion.pipeline.routes import DEFAULT_ROUTES
+from bastion.pipeline.endpoints import DEFAULT_ENDPOINTS
 from bastion.policy.policy import Policy
 from bastion.policy.roles import INFERENCE, PERMISSIONS
 from bastion.settings import parse_settings
@@ -26,7 +26,9 @@ def identity(role: str, restrictions: Restrictions | None = None) -> Identity:
 
 
 @pytest.mark.parametrize("role", list(EXPECTED))
-@pytest.mark.parametrize("route", [r for r in DEFAULT_ROUTES if not r.public], ids=lambda r: r.path)
+@pytest.mark.parametrize(
+    "route", [r for r in DEFAULT_ENDPOINTS if not r.public], ids=lambda r: r.path
+)
 def test_builtin_role_against_each_route(role: str, route: object) -> None:
     access = Policy(parse_settings({})).access(identity(role))
     assert access is not None

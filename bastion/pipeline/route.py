@@ -1,4 +1,10 @@
-"""Phase ``route``: which upstream serves this request? Decided by the requested model."""
+"""Phase ``route``: which upstream serves this request? Decided by the requested model.
+
+The registry maps each served model to the balancer over its upstreams. ``authorize`` asks
+it first whether the requested model is served at all (404 if not, before any limit is
+counted); ``forward`` then asks the model's balancer for an upstream, and for another one
+if an attempt fails before the response began.
+"""
 
 from __future__ import annotations
 

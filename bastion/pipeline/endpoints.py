@@ -1,7 +1,11 @@
-"""The route table: every path the gateway answers is an explicit entry; all else is 404.
+"""The endpoint table: every path the gateway answers is an explicit entry; all else is 404.
+
+(Users know an endpoint's permission as a "route": roles' ``routes``, keys' ``--routes``, the
+``routes`` settings section and the ``route`` label of logs and metrics. In the code an
+endpoint is an entry of this table, and "route" is the phase that picks an upstream.)
 
 Decisions are taken on the raw ASGI path (``scope["raw_path"]``), never on a URL rebuilt from
-the Host header. A raw path that is not byte-for-byte a known route is canonicalized once:
+the Host header. A raw path that is not byte-for-byte a known endpoint is canonicalized once:
 percent-escapes are decoded (once), empty and ``.`` segments dropped, ``..`` resolved, a
 trailing slash removed. The canonical form is then looked up, and it is what gets forwarded,
 so the upstream always receives exactly the path the decision was made on. A path that
@@ -15,16 +19,23 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import unquote_to_bytes
 
-__all__ = ["ADMIN_ROUTE", "BodyKind", "Route", "RouteKind", "RouteTable", "canonical_path"]
+__all__ = [
+    "ADMIN_ENDPOINT",
+    "BodyKind",
+    "Endpoint",
+    "EndpointKind",
+    "EndpointTable",
+    "canonical_path",
+]
 
 
-class RouteKind(StrEnum):
+class EndpointKind(StrEnum):
     INFERENCE = "inference"
     """Forwarded to the upstream chosen by the request's model."""
     LOCAL = "local"
     """Answered by the gateway itself."""
     CONTROL = "control"
-    """A model server's control route: forwarded only to administrators, and only if enabled."""
+    """A model server's control endpoint: forwarded only to administrators, and only if enabled."""
     ADMIN = "admin"
     """Bastion's own admin API (``/admin/v1/...``), answered by the gateway."""
 
@@ -37,10 +48,10 @@ class BodyKind(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
+class Endpoint:
     path: str
     methods: frozenset[str]
-    kind: RouteKind
+    kind: EndpointKind
     body: BodyKind
     permission: str
     """The permission a caller needs (coarse; refined by the identity and access work)."""
@@ -54,33 +65,33 @@ class Route:
         return self.path.encode("ascii")
 
 
-def _inference(path: str, permission: str, body: BodyKind = BodyKind.JSON) -> Route:
-    return Route(path, frozenset({"POST"}), RouteKind.INFERENCE, body, permission)
+def _inference(path: str, permission: str, body: BodyKind = BodyKind.JSON) -> Endpoint:
+    return Endpoint(path, frozenset({"POST"}), EndpointKind.INFERENCE, body, permission)
 
 
-def _control(path: str) -> Route:
-    return Route(path, frozenset({"GET", "POST"}), RouteKind.CONTROL, BodyKind.ANY, "control")
+def _control(path: str) -> Endpoint:
+    return Endpoint(path, frozenset({"GET", "POST"}), EndpointKind.CONTROL, BodyKind.ANY, "control")
 
 
 _GET = frozenset({"GET"})
 
-ADMIN_ROUTE = Route(
+ADMIN_ENDPOINT = Endpoint(
     "/admin/v1",
     frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"}),
-    RouteKind.ADMIN,
+    EndpointKind.ADMIN,
     BodyKind.ANY,
     "admin",
     prefix=True,
 )
 
-METRICS_ROUTE = Route("/bastion/metrics", _GET, RouteKind.LOCAL, BodyKind.NONE, "metrics")
-"""Bastion's own Prometheus metrics (vLLM's are ``/metrics``, a control route)."""
+METRICS_ENDPOINT = Endpoint("/bastion/metrics", _GET, EndpointKind.LOCAL, BodyKind.NONE, "metrics")
+"""Bastion's own Prometheus metrics (vLLM's are ``/metrics``, a control endpoint)."""
 
-DEFAULT_ROUTES: tuple[Route, ...] = (
-    Route("/health", _GET, RouteKind.LOCAL, BodyKind.NONE, "health", public=True),
-    Route("/ready", _GET, RouteKind.LOCAL, BodyKind.NONE, "health", public=True),
-    Route("/v1/models", _GET, RouteKind.LOCAL, BodyKind.NONE, "models"),
-    METRICS_ROUTE,
+DEFAULT_ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("/health", _GET, EndpointKind.LOCAL, BodyKind.NONE, "health", public=True),
+    Endpoint("/ready", _GET, EndpointKind.LOCAL, BodyKind.NONE, "health", public=True),
+    Endpoint("/v1/models", _GET, EndpointKind.LOCAL, BodyKind.NONE, "models"),
+    METRICS_ENDPOINT,
     _inference("/v1/chat/completions", "chat"),
     _inference("/v1/completions", "completions"),
     _inference("/v1/embeddings", "embeddings"),
@@ -97,7 +108,7 @@ DEFAULT_ROUTES: tuple[Route, ...] = (
     _inference("/v1/rerank", "rerank"),
     _inference("/v2/rerank", "rerank"),
     _inference("/invocations", "invocations"),
-    ADMIN_ROUTE,
+    ADMIN_ENDPOINT,
     *(
         _control(p)
         for p in (
@@ -150,34 +161,34 @@ def canonical_path(raw: bytes) -> str | None:
     return "/" + "/".join(segments)
 
 
-class RouteTable:
-    """Looks routes up by raw path; the fast path is one dict lookup on the raw bytes."""
+class EndpointTable:
+    """Looks endpoints up by raw path; the fast path is one dict lookup on the raw bytes."""
 
-    def __init__(self, routes: tuple[Route, ...] = DEFAULT_ROUTES) -> None:
-        self._by_path: dict[str, Route] = {}
-        for route in routes:
-            if route.path in self._by_path:
-                raise ValueError(f"duplicate route {route.path}")
-            if canonical_path(route.target) != route.path:
-                raise ValueError(f"route {route.path} is not in canonical form")
-            self._by_path[route.path] = route
-        self._by_raw: dict[bytes, Route] = {r.target: r for r in routes}
-        self._prefixes = tuple((r.path + "/", r) for r in routes if r.prefix)
+    def __init__(self, endpoints: tuple[Endpoint, ...] = DEFAULT_ENDPOINTS) -> None:
+        self._by_path: dict[str, Endpoint] = {}
+        for endpoint in endpoints:
+            if endpoint.path in self._by_path:
+                raise ValueError(f"duplicate endpoint {endpoint.path}")
+            if canonical_path(endpoint.target) != endpoint.path:
+                raise ValueError(f"endpoint {endpoint.path} is not in canonical form")
+            self._by_path[endpoint.path] = endpoint
+        self._by_raw: dict[bytes, Endpoint] = {r.target: r for r in endpoints}
+        self._prefixes = tuple((r.path + "/", r) for r in endpoints if r.prefix)
 
-    def __iter__(self) -> Iterator[Route]:
+    def __iter__(self) -> Iterator[Endpoint]:
         return iter(self._by_path.values())
 
-    def match(self, raw_path: bytes) -> Route | None:
-        """The route for a raw path, or None when the gateway does not serve it."""
-        route = self._by_raw.get(raw_path)
-        if route is not None:
-            return route
+    def match(self, raw_path: bytes) -> Endpoint | None:
+        """The endpoint for a raw path, or None when the gateway does not serve it."""
+        endpoint = self._by_raw.get(raw_path)
+        if endpoint is not None:
+            return endpoint
         path = canonical_path(raw_path)
         if path is None:
             return None
-        route = self._by_path.get(path)
-        if route is None:
+        endpoint = self._by_path.get(path)
+        if endpoint is None:
             for start, candidate in self._prefixes:
                 if path.startswith(start):
                     return candidate
-        return route
+        return endpoint

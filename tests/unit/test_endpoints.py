@@ -2,7 +2,12 @@ from __future__ import annotations
 
 import pytest
 
-from bastion.pipeline.routes import DEFAULT_ROUTES, RouteKind, RouteTable, canonical_path
+from bastion.pipeline.endpoints import (
+    DEFAULT_ENDPOINTS,
+    EndpointKind,
+    EndpointTable,
+    canonical_path,
+)
 
 
 @pytest.mark.parametrize(
@@ -33,7 +38,7 @@ def test_paths_without_a_canonical_form(raw: bytes) -> None:
 
 
 def test_table_matches_only_known_routes() -> None:
-    table = RouteTable()
+    table = EndpointTable()
     route = table.match(b"//v1/chat/completions/")
     assert route is not None and route.path == "/v1/chat/completions"
     assert table.match(b"/v1/chat") is None
@@ -41,20 +46,20 @@ def test_table_matches_only_known_routes() -> None:
 
 
 def test_every_default_route_is_canonical_and_inference_routes_are_post() -> None:
-    table = RouteTable()
-    assert {r.path for r in table} == {r.path for r in DEFAULT_ROUTES}
-    for route in DEFAULT_ROUTES:
-        if route.kind is RouteKind.INFERENCE:
+    table = EndpointTable()
+    assert {r.path for r in table} == {r.path for r in DEFAULT_ENDPOINTS}
+    for route in DEFAULT_ENDPOINTS:
+        if route.kind is EndpointKind.INFERENCE:
             assert route.methods == frozenset({"POST"})
-    public = {r.path for r in DEFAULT_ROUTES if r.public}
+    public = {r.path for r in DEFAULT_ENDPOINTS if r.public}
     assert public == {"/health", "/ready"}
 
 
 def test_duplicate_or_non_canonical_route_is_rejected() -> None:
     with pytest.raises(ValueError, match="duplicate"):
-        RouteTable(DEFAULT_ROUTES + DEFAULT_ROUTES[:1])
-    odd = DEFAULT_ROUTES[0].__class__(
-        "/x/", frozenset({"GET"}), RouteKind.LOCAL, DEFAULT_ROUTES[0].body, "x"
+        EndpointTable(DEFAULT_ENDPOINTS + DEFAULT_ENDPOINTS[:1])
+    odd = DEFAULT_ENDPOINTS[0].__class__(
+        "/x/", frozenset({"GET"}), EndpointKind.LOCAL, DEFAULT_ENDPOINTS[0].body, "x"
     )
     with pytest.raises(ValueError, match="canonical"):
-        RouteTable((odd,))
+        EndpointTable((odd,))
