@@ -51,7 +51,8 @@ class Account:
             self._audit.refused(_refusal(ctx))
         status = 499 if ctx.client_disconnected and not ctx.response_done else ctx.status
         endpoint = ctx.endpoint
-        tokens = ctx.billed_tokens() if ctx.track_usage or ctx.usage is not None else None
+        meter = ctx.meter
+        tokens = ctx.billed_tokens() if meter is not None and meter.reading else None
         if self._usage is not None and endpoint is not None and endpoint.kind is _INFERENCE:
             self._usage.add(_usage_record(ctx, status, tokens or ctx.billed_tokens()))
         identity = ctx.identity
@@ -64,7 +65,7 @@ class Account:
                 identity.teams if identity is not None else (),
                 tokens,
                 ctx.time_to_first_byte if ctx.response_sse else None,
-                ctx.content_events,
+                meter.content_events if meter is not None else 0,
             )
         writer = self._writer
         if writer is None:
@@ -85,7 +86,7 @@ class Account:
                 None if ttfb is None else round(ttfb * 1000, 2),
                 error.code if error is not None else None,
                 ctx.response_bytes,
-                ctx.usage,
+                meter.usage if meter is not None else None,
             )
         )
 

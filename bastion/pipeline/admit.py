@@ -23,6 +23,7 @@ from bastion.limits.limiter import Limiter
 from bastion.limits.plan import Planner
 from bastion.observability.instruments import GatewayMetrics
 from bastion.pipeline.context import RequestContext
+from bastion.pipeline.meter import Meter, stream_usage_override
 
 __all__ = ["Admit"]
 
@@ -54,7 +55,7 @@ class Admit:
         if priority is not None and ctx.json is not None:
             overrides["priority"] = priority
         buckets = self._planner.plan(identity, model) if self._planner.active else ()
-        ctx.prompt_estimate = prompt = len(ctx.body) // 4 + 1
+        prompt = len(ctx.body) // 4 + 1
         if buckets:
             completion = self._completion(ctx)
             metrics = self._metrics
@@ -70,9 +71,11 @@ class Admit:
                 raise
             if metrics is not None:
                 metrics.limiter_decision("allowed")
-        if self._account_usage or any(b.limit.counts_tokens for b in buckets):
-            ctx.track_usage = True
-            self._ask_for_stream_usage(ctx, overrides)
+        reading = self._account_usage or any(b.limit.counts_tokens for b in buckets)
+        stream_options = stream_usage_override(ctx.json) if reading and ctx.json else None
+        if stream_options is not None:
+            overrides["stream_options"] = stream_options
+        ctx.meter = Meter(prompt, reading=reading, strip=stream_options is not None)
         if overrides:
             ctx.body_overrides = overrides
 
@@ -93,17 +96,3 @@ class Admit:
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 return value
         return self._default
-
-    @staticmethod
-    def _ask_for_stream_usage(ctx: RequestContext, overrides: dict[str, Any]) -> None:
-        body = ctx.json
-        if body is None or body.get("stream") is not True:
-            return
-        options = body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage") is True:
-            return  # the caller asked: the usage chunk is theirs to see
-        overrides["stream_options"] = {
-            **(options if isinstance(options, dict) else {}),
-            "include_usage": True,
-        }
-        ctx.strip_usage = True

@@ -8,8 +8,8 @@ from typing import Any
 from bastion.auth.identity import Identity
 from bastion.errors import GatewayError
 from bastion.limits.limiter import Grant
-from bastion.limits.usage import billed
 from bastion.pipeline.endpoints import Endpoint
+from bastion.pipeline.meter import Meter
 from bastion.policy.networks import Address
 from bastion.policy.roles import Access
 from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream, Receive, Scope, Send
@@ -32,7 +32,6 @@ class RequestContext:
         "body",
         "body_overrides",
         "client_disconnected",
-        "content_events",
         "content_length",
         "content_type",
         "control_model",
@@ -43,9 +42,9 @@ class RequestContext:
         "grant",
         "identity",
         "json",
+        "meter",
         "method",
         "model",
-        "prompt_estimate",
         "receive",
         "request_id",
         "response_bytes",
@@ -56,11 +55,8 @@ class RequestContext:
         "send",
         "started",
         "status",
-        "strip_usage",
         "time_to_first_byte",
-        "track_usage",
         "upstream",
-        "usage",
     )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -101,33 +97,24 @@ class RequestContext:
         self.error: GatewayError | None = None
         self.grant: Grant | None = None
         """What ``admit`` took from the limiter (released by its ``finish``)."""
-        self.prompt_estimate = 0
-        self.track_usage = False
-        """Read the upstream's token usage from the response (limits count tokens)."""
-        self.strip_usage = False
-        """Remove the stream's usage chunk: the gateway asked for it, not the caller."""
-        self.usage: tuple[int, int] | None = None
-        """(prompt, completion) tokens as the upstream reported them."""
-        self.content_events = 0
+        self.meter: Meter | None = None
+        """What the request cost in tokens (made by ``admit``; see :mod:`.meter`)."""
         self.body_overrides: dict[str, Any] | None = None
         """Fields the gateway sets in the forwarded JSON body (priority, stream_options)."""
 
     def billed_tokens(self) -> tuple[int, int]:
-        """(prompt, completion) tokens to bill: the upstream's report, or an estimate of
-        what was relayed (see :func:`bastion.limits.usage.billed`). A response cut because
-        the caller went away is billed for what it got, unless the upstream's answer was an
-        error (which generated nothing). Limits, usage records and metrics all use this."""
+        """(prompt, completion) tokens to bill, as the meter counts them (none without one).
+
+        A response cut because the caller went away is billed for what it got, unless the
+        upstream's answer was an error (which generated nothing). Limits, usage records and
+        metrics all use this."""
+        meter = self.meter
+        if meter is None:
+            return 0, 0
         status = self.status
         if self.client_disconnected and not self.response_done and status < 400:
             status = 200
-        return billed(
-            self.usage,
-            status=status,
-            sse=self.response_sse,
-            prompt_estimate=self.prompt_estimate,
-            content_events=self.content_events,
-            response_bytes=self.response_bytes,
-        )
+        return meter.billed(status, self.response_sse, self.response_bytes)
 
     @property
     def client_host(self) -> str:

@@ -9,7 +9,6 @@ for the caller's socket to drain, which is the backpressure.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 
@@ -17,8 +16,8 @@ import orjson
 
 from bastion.errors import UpstreamError
 from bastion.limits.limiter import rate_headers
-from bastion.limits.usage import UsageTap, usage_of
 from bastion.pipeline.context import RequestContext
+from bastion.pipeline.meter import Meter
 from bastion.pipeline.responses import send_whole
 from bastion.pipeline.route import ModelEntry
 from bastion.settings import UpstreamClientSettings
@@ -213,30 +212,28 @@ class Forward:
         ctx.status = response.status
         if ctx.grant is not None:
             headers.extend(rate_headers(ctx.grant.info))
+        meter = ctx.meter
         if length is not None and length <= _WHOLE_BODY_LIMIT:
             body = await response.read()
             ctx.time_to_first_byte = time.perf_counter() - ctx.started
-            if ctx.track_usage:
-                body = _tapped_whole(ctx, body, headers)
+            if meter is not None:
+                body = _metered_whole(meter, body, ctx.response_sse, headers)
             await send_whole(ctx, response.status, headers, body)
             return
-        tap = UsageTap(sse=ctx.response_sse, strip=ctx.strip_usage) if ctx.track_usage else None
-        if tap is not None and length is not None:  # the tap may change the length
+        metered = meter is not None and meter.start(ctx.response_sse)
+        if metered and length is not None:  # the meter may change the length
             headers = [(n, v) for n, v in headers if n != b"content-length"]
             length = None
         await self._start(ctx, headers)
         downstream = ctx.downstream
-        relayed = _relayed(ctx, tap)
+        relayed = _relayed(ctx, meter if metered else None)
         try:
             if length is None and downstream is not None:
                 await downstream.splice(response, relayed)
             else:
                 await _pump(ctx, response, relayed)
         finally:  # also when the stream is cut: what was relayed is billed
-            rest = tap.end() if tap is not None else b""
-            if tap is not None:
-                ctx.usage = tap.usage
-                ctx.content_events = tap.content_events
+            rest = meter.end() if meter is not None else b""
         ctx.response_done = True
         await ctx.send({"type": "http.response.body", "body": rest})
 
@@ -246,8 +243,8 @@ class Forward:
         await ctx.send({"type": "http.response.start", "status": ctx.status, "headers": headers})
 
 
-def _relayed(ctx: RequestContext, tap: UsageTap | None) -> Callable[[bytes], bytes]:
-    """What each piece of a relayed body goes through: timing, counting and the usage tap.
+def _relayed(ctx: RequestContext, meter: Meter | None) -> Callable[[bytes], bytes]:
+    """What each piece of a relayed body goes through: timing, counting and the meter.
     Returns what to send on (empty: nothing now)."""
     started = ctx.started
 
@@ -255,7 +252,7 @@ def _relayed(ctx: RequestContext, tap: UsageTap | None) -> Callable[[bytes], byt
         if ctx.time_to_first_byte is None:
             ctx.time_to_first_byte = time.perf_counter() - started
         ctx.response_bytes += len(piece)
-        return piece if tap is None else tap.feed(piece)
+        return piece if meter is None else meter.feed(piece)
 
     return relayed
 
@@ -285,17 +282,11 @@ def _body_for(ctx: RequestContext, entry: ModelEntry) -> bytes:
     return orjson.dumps(rewritten)
 
 
-def _tapped_whole(ctx: RequestContext, body: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
-    """A complete body with its usage read (and, for a stream, its usage chunk dropped)."""
-    if not ctx.response_sse:
-        if b'"usage"' in body:
-            with contextlib.suppress(orjson.JSONDecodeError):
-                ctx.usage = usage_of(orjson.loads(body))
-        return body
-    tap = UsageTap(sse=True, strip=ctx.strip_usage)
-    kept = tap.feed(body) + tap.end()
-    ctx.usage = tap.usage
-    ctx.content_events = tap.content_events
+def _metered_whole(
+    meter: Meter, body: bytes, sse: bool, headers: list[tuple[bytes, bytes]]
+) -> bytes:
+    """A complete body through the meter; its length is corrected if the meter changed it."""
+    kept = meter.whole(body, sse)
     if len(kept) != len(body):
         headers[:] = [(n, v) for n, v in headers if n != b"content-length"]
         headers.append((b"content-length", str(len(kept)).encode()))

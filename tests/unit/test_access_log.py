@@ -12,6 +12,7 @@ from bastion.observability.access_log import AccessLogWriter, Record, format_jso
 from bastion.pipeline.account import Account
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.endpoints import EndpointTable
+from bastion.pipeline.meter import Meter
 from bastion.settings import LoggingSettings
 
 
@@ -111,7 +112,8 @@ def test_line_names_the_request_and_no_secret(fmt: str) -> None:
     account = Account(LoggingSettings(format=fmt), writer)  # type: ignore[arg-type]
     ctx = served_context()
     ctx.scope["headers"] = [(b"authorization", b"Bearer bst_secret")]
-    ctx.usage = (5, 3)
+    ctx.meter = Meter(0, reading=True)
+    ctx.meter.usage = (5, 3)
     account(ctx)
     refused = served_context()
     refused.error = ModelNotFoundError()

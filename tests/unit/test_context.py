@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from bastion.pipeline.context import RequestContext
+from bastion.pipeline.meter import Meter
 
 
 async def _receive() -> dict[str, Any]:
@@ -19,9 +20,9 @@ async def _send(message: dict[str, Any]) -> None:
 
 def _context(**facts: Any) -> RequestContext:
     ctx = RequestContext({"type": "http", "method": "POST", "headers": []}, _receive, _send)
-    ctx.prompt_estimate = 40
+    ctx.meter = Meter(40, reading=True)
     for name, value in facts.items():
-        setattr(ctx, name, value)
+        setattr(ctx.meter if name in ("usage", "content_events") else ctx, name, value)
     return ctx
 
 
@@ -42,3 +43,10 @@ def _context(**facts: Any) -> RequestContext:
 )  # fmt: skip
 def test_billed_tokens(facts: dict[str, Any], expected: tuple[int, int]) -> None:
     assert _context(**facts).billed_tokens() == expected
+
+
+def test_without_a_meter_nothing_is_billed() -> None:
+    """No meter: ``admit`` never ran (refused before, or not an inference request)."""
+    ctx = _context(status=200, response_done=True, response_bytes=4000)
+    ctx.meter = None
+    assert ctx.billed_tokens() == (0, 0)

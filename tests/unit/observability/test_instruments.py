@@ -21,6 +21,7 @@ from bastion.observability.metrics import CONTENT_TYPE, TOKEN_LATENCY_BUCKETS, T
 from bastion.pipeline.account import Account
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.endpoints import DEFAULT_ENDPOINTS
+from bastion.pipeline.meter import Meter
 from bastion.settings import EjectionSettings, LoggingSettings, MetricsSettings
 from bastion.upstream.balancer import UpstreamSet
 from bastion.upstream.origin import Origin
@@ -68,8 +69,9 @@ def context(
     ctx.endpoint = ROUTES[path] if path is not None else None
     ctx.model = model
     ctx.status = status
-    ctx.usage = usage
-    ctx.track_usage = track_usage
+    if usage is not None or track_usage:
+        ctx.meter = Meter(0, reading=True)
+        ctx.meter.usage = usage
     ctx.response_sse = sse
     ctx.time_to_first_byte = ttfb
     ctx.identity = who
@@ -204,11 +206,13 @@ def test_tokens_are_counted_from_the_reported_usage() -> None:
 def test_tokens_are_estimated_when_tracked_but_not_reported() -> None:
     metrics = gateway_metrics()
     ctx = context(track_usage=True, sse=True)
-    ctx.prompt_estimate = 7
-    ctx.content_events = 5
+    assert ctx.meter is not None
+    ctx.meter.prompt_estimate = 7
+    ctx.meter.content_events = 5
     record(metrics, ctx)
     failed = context(track_usage=True, status=502)
-    failed.prompt_estimate = 50
+    assert failed.meter is not None
+    failed.meter.prompt_estimate = 50
     record(metrics, failed)  # nothing generated: billed nothing
     assert values(metrics, "bastion_tokens") == {
         labels(model="llama", type="input"): 7.0,
@@ -246,7 +250,8 @@ def test_time_to_first_token_and_per_output_token_for_a_streamed_200() -> None:
 def test_time_per_output_token_counts_content_events_without_usage() -> None:
     metrics = gateway_metrics()
     ctx = context(sse=True, ttfb=0.2, elapsed=1.2)
-    ctx.content_events = 11
+    ctx.meter = Meter(0, reading=False)
+    ctx.meter.content_events = 11
     record(metrics, ctx)
     (tpot,) = values(metrics, TPOT, TPOT + "_sum").values()
     assert tpot == pytest.approx(1.0 / 10, abs=0.01)

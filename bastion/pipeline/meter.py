@@ -1,4 +1,10 @@
-"""Token usage from the upstream's answer, so reservations can be reconciled.
+"""What did this request cost? One :class:`Meter` per request answers it for everyone.
+
+Limits reconcile their reservations with it, usage records and metrics bill with it, the
+access log reports it. ``admit`` makes the meter (it knows the prompt estimate and whether
+usage must be read); ``forward`` passes the response through it; the rest ask it.
+
+Token usage comes from the upstream's answer.
 
 Non-streaming answers carry ``usage`` in their JSON. For streams the gateway asks the upstream
 for it (``stream_options.include_usage``) even when the caller did not, takes the counts from
@@ -15,7 +21,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["UsageTap", "billed", "usage_of"]
+__all__ = ["Meter", "UsageTap", "billed", "stream_usage_override", "usage_of"]
 
 _TAIL = 64 * 1024
 _END = re.compile(rb"\r\n\r\n|\n\n")  # an event ends with an empty line (LF or CRLF)
@@ -127,3 +133,80 @@ class UsageTap:
         if self._strip and isinstance(chunk, dict) and not chunk.get("choices"):
             return b""  # the chunk the caller did not ask for
         return event
+
+
+class Meter:
+    """The token count of one request: reported by the upstream, or estimated.
+
+    ``reading`` says whether the response is read for usage (limits count tokens, or usage
+    records are kept); without it the meter still bills an estimate. ``strip`` removes the
+    stream's usage chunk, which the gateway asked for and the caller did not.
+    """
+
+    __slots__ = ("_tap", "content_events", "prompt_estimate", "reading", "strip", "usage")
+
+    def __init__(self, prompt_estimate: int, *, reading: bool, strip: bool = False) -> None:
+        self.prompt_estimate = prompt_estimate
+        self.reading = reading
+        self.strip = strip
+        self.usage: tuple[int, int] | None = None
+        """(prompt, completion) tokens as the upstream reported them."""
+        self.content_events = 0
+        """Content events relayed (a stream cut before its usage is billed by them)."""
+        self._tap: UsageTap | None = None
+
+    def whole(self, body: bytes, sse: bool) -> bytes:
+        """A complete body, read for usage; a stream's usage chunk may be dropped."""
+        if not self.reading:
+            return body
+        if not sse:
+            if b'"usage"' in body:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    self.usage = usage_of(orjson.loads(body))
+            return body
+        tap = UsageTap(sse=True, strip=self.strip)
+        kept = tap.feed(body) + tap.end()
+        self.usage, self.content_events = tap.usage, tap.content_events
+        return kept
+
+    def start(self, sse: bool) -> bool:
+        """A body is about to be relayed piece by piece; True if :meth:`feed` must see it."""
+        if self.reading:
+            self._tap = UsageTap(sse=sse, strip=self.strip)
+        return self._tap is not None
+
+    def feed(self, piece: bytes) -> bytes:
+        """One piece of the body; returns what to send on (empty: nothing now)."""
+        assert self._tap is not None
+        return self._tap.feed(piece)
+
+    def end(self) -> bytes:
+        """The body ended (or was cut): what was held back, and the counts, are final."""
+        tap = self._tap
+        if tap is None:
+            return b""
+        rest = tap.end()
+        self.usage, self.content_events = tap.usage, tap.content_events
+        return rest
+
+    def billed(self, status: int, sse: bool, response_bytes: int) -> tuple[int, int]:
+        """(prompt, completion) tokens to bill (see :func:`billed`)."""
+        return billed(
+            self.usage,
+            status=status,
+            sse=sse,
+            prompt_estimate=self.prompt_estimate,
+            content_events=self.content_events,
+            response_bytes=response_bytes,
+        )
+
+
+def stream_usage_override(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``stream_options`` to forward so that a stream reports its usage, or None when
+    the caller asked for it already (then the usage chunk is theirs to see) or no stream."""
+    if body.get("stream") is not True:
+        return None
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return None
+    return {**(options if isinstance(options, dict) else {}), "include_usage": True}

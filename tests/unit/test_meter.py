@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from bastion.limits.usage import UsageTap, billed, usage_of
+from bastion.pipeline.meter import UsageTap, billed, usage_of
 
 USAGE = {"prompt_tokens": 12, "total_tokens": 19, "completion_tokens": 7}
 
