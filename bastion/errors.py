@@ -26,6 +26,7 @@ turns them into an exit code.
         ├── ConflictError                 409     invalid_request_error (admin API)
         ├── ConfigRefusedError            422     invalid_request_error (a reload refused)
         ├── RequestTimeoutError           408     invalid_request_error
+        ├── UriTooLongError               414     invalid_request_error (server/protocol.py)
         ├── PayloadTooLargeError          413     invalid_request_error
         ├── UnsupportedMediaTypeError     415     invalid_request_error
         ├── RateLimitError                429     rate_limit_error
@@ -34,6 +35,7 @@ turns them into an exit code.
         ├── InternalError                 500     server_error          (source: gateway)
         ├── ServiceUnavailableError       503     server_error          (source: gateway)
         │   ├── StoreUnavailableError     503     server_error          (the identity store)
+        │   ├── LimiterBackendError       503     server_error          (limits/redis.py)
         │   └── NoUpstreamError           503     server_error          (every upstream down)
         └── UpstreamError                 502     upstream_error        (source: upstream)
             ├── UpstreamConnectError      502

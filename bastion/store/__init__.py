@@ -1,1 +1,2 @@
-"""The identity store: users, teams, API keys and the audit trail (SQLite or PostgreSQL)."""
+"""Persistence: users, teams, API keys, the audit trail and usage records (SQLite or
+PostgreSQL)."""
