@@ -25,10 +25,11 @@ __all__ = ["AccessLogWriter", "Record", "format_json", "format_text"]
 
 log = logging.getLogger("bastion")
 
-# (time, request id, client, method, route, status, model, principal, upstream,
-#  latency ms, time to first byte ms, error code, response bytes, (prompt, completion) tokens)
+# (time, request id, caller's request id, client, method, route, status, model, principal,
+#  upstream, latency ms, time to first byte ms, error code, response bytes,
+#  (prompt, completion) tokens)
 Record = tuple[
-    float, str, str, str, str, int, str | None, str | None, str | None, float,
+    float, str, str | None, str, str, str, int, str | None, str | None, str | None, float,
     float | None, str | None, int, tuple[int, int] | None,
 ]  # fmt: skip
 Formatter = Callable[[Sequence[Record]], bytes]
@@ -55,6 +56,7 @@ def format_text(records: Sequence[Record]) -> bytes:
     for (
         when,
         rid,
+        caller_id,
         client,
         method,
         route,
@@ -73,6 +75,7 @@ def format_text(records: Sequence[Record]) -> bytes:
             f"model={model or '-'} principal={who or '-'} upstream={upstream or '-'} "
             f"latency_ms={ms} ttfb_ms={'-' if ttfb is None else ttfb}"
             f"{f' tokens={used[0]}/{used[1]}' if used else ''}"
+            f"{f' caller_request_id={caller_id}' if caller_id else ''}"
             f"{f' error={err}' if err else ''}\n"
         )
     return "".join(lines).encode()
@@ -80,8 +83,8 @@ def format_text(records: Sequence[Record]) -> bytes:
 
 def format_json(records: Sequence[Record]) -> bytes:
     clock = _Clock()
-    keys = ("request_id", "client", "method", "route", "status", "model", "principal",
-            "upstream", "latency_ms", "ttfb_ms", "error", "bytes")  # fmt: skip
+    keys = ("request_id", "caller_request_id", "client", "method", "route", "status", "model",
+            "principal", "upstream", "latency_ms", "ttfb_ms", "error", "bytes")  # fmt: skip
     return b"".join(
         orjson.dumps(
             {

@@ -8,7 +8,6 @@ deadline and parses it once.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 from typing import Any
 
@@ -26,10 +25,36 @@ from bastion.pipeline.endpoints import BodyKind
 from bastion.pipeline.multipart import form_field
 from bastion.settings import HttpSettings
 
-__all__ = ["Acceptor", "json_object"]
+__all__ = ["Acceptor", "RequestIds", "json_object"]
 
 _REQUEST_ID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:")
 _MAX_REQUEST_ID = 128
+
+
+class RequestIds:
+    """Bastion's request ids: 128 random bits each, from the operating system's CSPRNG.
+
+    The id sent to an upstream must not be guessable: vLLM keys a request's work by it, and
+    a caller who can guess another's id can reach into its results (PYSEC-2026-4198, /score
+    and /rerank). The caller's own ``X-Request-Id`` is therefore never forwarded, and ids are
+    not counters. Randomness is drawn 256 ids at a time (one system call), then sliced.
+    """
+
+    __slots__ = ("_at", "_pool")
+
+    _BATCH = 256
+
+    def __init__(self) -> None:
+        self._pool = ""
+        self._at = 0
+
+    def next(self) -> str:
+        at = self._at
+        if at >= len(self._pool):
+            self._pool = os.urandom(16 * self._BATCH).hex()
+            at = 0
+        self._at = at + 32
+        return self._pool[at : at + 32]
 
 
 class Acceptor:
@@ -38,8 +63,7 @@ class Acceptor:
     def __init__(self, settings: HttpSettings) -> None:
         self._max_body = settings.max_body_bytes
         self._body_timeout = settings.request_body_timeout
-        self._id_prefix = os.urandom(6).hex() + "-"
-        self._ids = itertools.count(1)
+        self._ids = RequestIds()
 
     def read_head(self, ctx: RequestContext) -> None:
         """Pick the headers the pipeline uses, in one pass over the raw header list."""
@@ -57,10 +81,9 @@ class Acceptor:
                 ctx.forwarded_for = value
             elif name == b"x-bastion-model":
                 ctx.control_model = value.decode("latin-1")
+        ctx.request_id = self._ids.next()
         if 0 < len(request_id) <= _MAX_REQUEST_ID and _REQUEST_ID_CHARS.issuperset(request_id):
-            ctx.request_id = request_id.decode("ascii")
-        else:
-            ctx.request_id = f"{self._id_prefix}{next(self._ids):x}"
+            ctx.caller_request_id = request_id.decode("ascii")
 
     async def read_body(self, ctx: RequestContext) -> None:
         """Read the whole body (bounded), then parse it as the route requires."""

@@ -75,6 +75,7 @@ class Account:
             (
                 time.time(),
                 ctx.request_id,
+                ctx.caller_request_id,
                 ctx.client_host,
                 ctx.method,
                 endpoint.path if endpoint is not None else "-",

@@ -31,6 +31,7 @@ class RequestContext:
         "authorization",
         "body",
         "body_overrides",
+        "caller_request_id",
         "client_disconnected",
         "content_length",
         "content_type",
@@ -69,6 +70,9 @@ class RequestContext:
         self.method: str = scope["method"]
         self.endpoint: Endpoint | None = None
         self.request_id = ""
+        """Bastion's id of the request: unguessable, the only id an upstream ever sees."""
+        self.caller_request_id: str | None = None
+        """The caller's X-Request-Id (when sane): logged and echoed back, never forwarded."""
         self.authorization: bytes | None = None
         self.content_type = b""
         self.content_length: int | None = None
@@ -115,6 +119,11 @@ class RequestContext:
         if self.client_disconnected and not self.response_done and status < 400:
             status = 200
         return meter.billed(status, self.response_sse, self.response_bytes)
+
+    @property
+    def echoed_request_id(self) -> str:
+        """The X-Request-Id the caller gets back: its own, or else Bastion's."""
+        return self.caller_request_id or self.request_id
 
     @property
     def client_host(self) -> str:

@@ -202,7 +202,7 @@ class Forward:
             upstream.succeeded(trial)
 
     async def _relay(self, ctx: RequestContext, response: UpstreamResponse) -> None:
-        headers = response_headers(response.headers, ctx.request_id)
+        headers = response_headers(response.headers, ctx.echoed_request_id)
         length = None
         for name, value in headers:
             if name == b"content-type":

@@ -67,7 +67,7 @@ async def send_json(
     head = [
         _JSON,
         (b"content-length", str(len(payload)).encode()),
-        (b"x-request-id", ctx.request_id.encode()),
+        (b"x-request-id", ctx.echoed_request_id.encode()),
         *headers,
     ]
     await send_whole(ctx, status, head, payload)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 import socket
 import threading
 import time
@@ -200,21 +202,39 @@ def test_upstream_model_name_is_rewritten(
     assert "authorization" not in upstream.seen[0].headers
 
 
-def test_request_id_kept_when_sane_and_replaced_otherwise(
+def test_the_callers_request_id_is_echoed_never_forwarded(
     gateway: GatewayProcess, upstream: FakeUpstream, keys: Keys
 ) -> None:
+    """The upstream only sees Bastion's own unguessable ids (a guessed id lets one caller
+    reach into another's work in vLLM); the caller gets its own id back."""
     body = {"model": "test-model", "messages": []}
     answer = raw_request(
         gateway, post("/v1/chat/completions", keys.user, body, "X-Request-Id: abc-123\r\n")
     )
     assert b"x-request-id: abc-123" in answer
-    assert upstream.seen[-1].headers["x-request-id"] == "abc-123"
+    sent = upstream.seen[-1].headers["x-request-id"]
+    assert sent != "abc-123"
+    assert re.fullmatch(r"[0-9a-f]{32}", sent)  # 128 random bits
     answer = raw_request(
         gateway, post("/v1/chat/completions", keys.user, body, "X-Request-Id: bad id;<script>\r\n")
     )
     assert b"bad id" not in answer
     assert b"x-request-id: " in answer
     assert upstream.seen[-1].headers["x-request-id"] != "bad id;<script>"
+
+
+def test_request_ids_sent_upstream_are_unrelated(
+    gateway: GatewayProcess, upstream: FakeUpstream, keys: Keys
+) -> None:
+    """No counter: two consecutive ids share no more than chance would give them."""
+    body = {"model": "test-model", "messages": []}
+    ids = []
+    for _ in range(20):
+        raw_request(gateway, post("/v1/chat/completions", keys.user, body))
+        ids.append(int(upstream.seen[-1].headers["x-request-id"], 16))
+    assert len(set(ids)) == 20
+    # consecutive ids differ in about half of their 128 bits, never in a handful
+    assert min(bin(a ^ b).count("1") for a, b in itertools.pairwise(ids)) > 30
 
 
 def test_hop_by_hop_and_credentials_not_forwarded(

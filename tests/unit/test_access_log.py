@@ -49,6 +49,7 @@ def record(i: int = 0) -> Record:
     return (
         1.5e9,
         f"r{i}",
+        None,
         "10.0.0.1",
         "GET",
         "/v1/models",
@@ -114,6 +115,7 @@ def test_line_names_the_request_and_no_secret(fmt: str) -> None:
     ctx.scope["headers"] = [(b"authorization", b"Bearer bst_secret")]
     ctx.meter = Meter(0, reading=True)
     ctx.meter.usage = (5, 3)
+    ctx.caller_request_id = "their-id-7"
     account(ctx)
     refused = served_context()
     refused.error = ModelNotFoundError()
@@ -126,6 +128,8 @@ def test_line_names_the_request_and_no_secret(fmt: str) -> None:
     if fmt == "json":
         first = orjson.loads(lines[0])
         assert first["request_id"] == "rid-1"
+        assert first["caller_request_id"] == "their-id-7"
+        assert orjson.loads(lines[1])["caller_request_id"] is None
         assert first["principal"] == "alice"
         assert first["route"] == "/v1/chat/completions"
         assert first["status"] == 200
@@ -135,6 +139,8 @@ def test_line_names_the_request_and_no_secret(fmt: str) -> None:
     else:
         assert b'rid-1 10.0.0.1 "POST /v1/chat/completions" 200 model=m principal=alice' in lines[0]
         assert b" tokens=5/3" in lines[0] and b"tokens=" not in lines[1]
+        assert b" caller_request_id=their-id-7" in lines[0]
+        assert b"caller_request_id" not in lines[1]
         assert lines[1].endswith(b"error=model_not_found")
 
 
