@@ -31,6 +31,7 @@ from bastion.pipeline.endpoints import (
     EndpointKind,
     EndpointTable,
 )
+from bastion.pipeline.fields import FieldPolicy
 from bastion.pipeline.forward import Forward
 from bastion.pipeline.gateway import Gateway
 from bastion.pipeline.route import ModelRegistry
@@ -246,7 +247,7 @@ def build_gateway(
             _client_certificates(settings, policy),
             services.metrics,
         ),
-        authorize=Authorize(policy),
+        authorize=Authorize(policy, FieldPolicy(settings.fields, policy.roles)),
         models=registry,
         forward=Forward(services.pool, settings.upstream),
         account=Account(

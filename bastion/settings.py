@@ -29,6 +29,7 @@ __all__ = [
     "BruteForceSettings",
     "ClientCertificateSettings",
     "EngineSettings",
+    "FieldsSettings",
     "HtpasswdSettings",
     "HttpSettings",
     "JwtClaims",
@@ -445,6 +446,17 @@ class RoutesSettings(_Model):
     """vLLM's control routes (/pause, /sleep, ...): never forwarded, or forwarded for admins."""
 
 
+class FieldsSettings(_Model):
+    """Request-body fields that reach into the engine (see docs/security.md)."""
+
+    allow: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    """Role -> guarded fields its holders may send (``admin: [priority]``)."""
+    cache_salt: Literal["off", "user", "team", "key"] = "off"
+    """Set vLLM's ``cache_salt`` per user, team or key: tenants do not share prefix-cache
+    entries, so none can probe another's prompts by timing (costs prefix-cache hits across
+    tenants). Only for upstreams that accept the field (vLLM 0.9 and later)."""
+
+
 class StoreSettings(_Model):
     """Where users, teams, API keys and the audit trail are kept."""
 
@@ -620,6 +632,7 @@ class Settings(_Model):
     teams: dict[str, TeamSettings] = Field(default_factory=dict)
     network: NetworkSettings = NetworkSettings()
     routes: RoutesSettings = RoutesSettings()
+    fields: FieldsSettings = FieldsSettings()
     store: StoreSettings = StoreSettings()
     limits: LimitsSettings = LimitsSettings()
     usage: UsageSettings = UsageSettings()

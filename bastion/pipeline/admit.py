@@ -77,7 +77,7 @@ class Admit:
             overrides["stream_options"] = stream_options
         ctx.meter = Meter(prompt, reading=reading, strip=stream_options is not None)
         if overrides:
-            ctx.body_overrides = overrides
+            ctx.override(overrides)
 
     def finish(self, ctx: RequestContext) -> None:
         grant = ctx.grant

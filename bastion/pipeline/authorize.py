@@ -10,14 +10,16 @@ from __future__ import annotations
 from bastion.errors import NotFoundError, PermissionDeniedError
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.endpoints import EndpointKind
+from bastion.pipeline.fields import FieldPolicy
 from bastion.policy.policy import Policy
 
 __all__ = ["Authorize"]
 
 
 class Authorize:
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, fields: FieldPolicy | None = None) -> None:
         self._policy = policy
+        self._fields = fields
 
     def network(self, ctx: RequestContext) -> None:
         """The gateway-wide network rule, before anything else is looked at."""
@@ -42,3 +44,12 @@ class Authorize:
         """After routing: may the caller use this model?"""
         if ctx.access is None or not ctx.access.allows_model(name):
             raise PermissionDeniedError("You are not allowed to use this model.", param="model")
+
+    def body(self, ctx: RequestContext) -> None:
+        """After the body is read: may the caller send these fields? (see :mod:`.fields`)"""
+        if self._fields is None or ctx.json is None:
+            return
+        assert ctx.identity is not None
+        overrides = self._fields.check(ctx.json, ctx.identity)
+        if overrides:
+            ctx.override(overrides)

@@ -104,7 +104,7 @@ class RequestContext:
         self.meter: Meter | None = None
         """What the request cost in tokens (made by ``admit``; see :mod:`.meter`)."""
         self.body_overrides: dict[str, Any] | None = None
-        """Fields the gateway sets in the forwarded JSON body (priority, stream_options)."""
+        """Fields the gateway sets in (or removes from) the forwarded JSON body."""
 
     def billed_tokens(self) -> tuple[int, int]:
         """(prompt, completion) tokens to bill, as the meter counts them (none without one).
@@ -119,6 +119,13 @@ class RequestContext:
         if self.client_disconnected and not self.response_done and status < 400:
             status = 200
         return meter.billed(status, self.response_sse, self.response_bytes)
+
+    def override(self, fields: dict[str, Any]) -> None:
+        """Fields to set in the forwarded JSON body (``fields.REMOVE``: to remove)."""
+        if self.body_overrides is None:
+            self.body_overrides = dict(fields)
+        else:
+            self.body_overrides.update(fields)
 
     @property
     def echoed_request_id(self) -> str:

@@ -17,6 +17,7 @@ import orjson
 from bastion.errors import UpstreamError
 from bastion.limits.limiter import rate_headers
 from bastion.pipeline.context import RequestContext
+from bastion.pipeline.fields import REMOVE
 from bastion.pipeline.meter import Meter
 from bastion.pipeline.responses import send_whole
 from bastion.pipeline.route import ModelEntry
@@ -278,7 +279,11 @@ def _body_for(ctx: RequestContext, entry: ModelEntry) -> bytes:
     if renamed:
         rewritten["model"] = entry.upstream_model
     if ctx.body_overrides:
-        rewritten.update(ctx.body_overrides)
+        for name, value in ctx.body_overrides.items():
+            if value is REMOVE:
+                rewritten.pop(name, None)
+            else:
+                rewritten[name] = value
     return orjson.dumps(rewritten)
 
 

@@ -166,8 +166,10 @@ class Gateway:
             ctx.model = ctx.control_model
         entry = self._models.resolve(ctx)
         self._authorize.model(ctx, entry.name)
-        if self._admit is not None and kind is EndpointKind.INFERENCE:
-            await self._admit(ctx, entry.name)
+        if kind is EndpointKind.INFERENCE:
+            self._authorize.body(ctx)
+            if self._admit is not None:
+                await self._admit(ctx, entry.name)
         await self._forward_watching(ctx, entry)
 
     async def _forward_watching(self, ctx: RequestContext, entry: ModelEntry) -> None:
