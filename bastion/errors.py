@@ -34,6 +34,7 @@ turns them into an exit code.
         ├── InternalError                 500     server_error          (source: gateway)
         ├── ServiceUnavailableError       503     server_error          (source: gateway)
         │   ├── StoreUnavailableError     503     server_error          (the identity store)
+        │   │   └── StoreTimeoutError     503                           (it did not answer in time)
         │   └── NoUpstreamError           503     server_error          (every upstream down)
         └── UpstreamError                 502     upstream_error        (source: upstream)
             ├── UpstreamConnectError      502
@@ -72,6 +73,7 @@ __all__ = [
     "RemoteError",
     "RequestTimeoutError",
     "ServiceUnavailableError",
+    "StoreTimeoutError",
     "StoreUnavailableError",
     "UnsupportedMediaTypeError",
     "UpstreamConnectError",
@@ -269,6 +271,13 @@ class StoreUnavailableError(ServiceUnavailableError):
 
     code = "store_unavailable"
     default_message = "The identity store is not available."
+
+
+class StoreTimeoutError(StoreUnavailableError):
+    """The identity store did not answer within its deadline (frozen, or cut off by the
+    network); the call may still have been carried out."""
+
+    default_message = "The identity store did not answer in time."
 
 
 class UpstreamError(GatewayError):
