@@ -38,6 +38,7 @@ from bastion.settings import (
     Settings,
 )
 from bastion.store.audit import AuditTrail
+from bastion.store.calls import StoreCalls
 from bastion.store.store import Store
 from bastion.store.sync import StoreSync
 from bastion.store.usage import Prices, UsageQueue
@@ -118,19 +119,21 @@ class Services:
             if store is not None and settings.usage.enabled
             else None
         )
-        self.sync = (
-            StoreSync(
+        self.store_calls: StoreCalls | None = None
+        """Where store work runs (threads of its own, deadlines); with a store only."""
+        self.sync: StoreSync | None = None
+        if store is not None:
+            self.store_calls = StoreCalls(settings.store)
+            self.sync = StoreSync(
                 store,
                 self.api_keys,
                 keys,
                 settings.store,
                 self.audit,
+                self.store_calls,
                 self.usage,
                 settings.usage.retention_days,
             )
-            if store is not None
-            else None
-        )
         self.metrics = GatewayMetrics(settings.metrics) if settings.metrics.enabled else None
         if self.metrics is not None:
             self._watch(self.metrics)
@@ -181,6 +184,18 @@ class Services:
                 "bastion_store_key_reloads_total",
                 "Times the store's keys were reloaded (an admin change on some replica).",
                 lambda: sync.reloads,
+            )
+            calls = self.store_calls
+            assert calls is not None  # made with the sync
+            watch(
+                "bastion_store_failures_total",
+                "Store calls (admin API, sync) that failed: the store unreachable or silent.",
+                lambda: calls.failures,
+            )
+            watch(
+                "bastion_store_timeouts_total",
+                "Store calls that got no answer within store.connect_timeout + statement_timeout.",
+                lambda: calls.timeouts,
             )
             metrics.watch_gauge(
                 "bastion_store_keys_valid_seconds",
@@ -275,6 +290,8 @@ class Services:
             self.access_log.flush()
         if self.sync is not None:
             await self.sync.stop()
+        if self.store_calls is not None:
+            self.store_calls.close()
         if self._limiter is not None:
             await self._limiter.aclose()
 
@@ -288,9 +305,9 @@ def build_gateway(
     store = services.store
     admin = None
     if store is not None:
-        assert services.sync is not None
+        assert services.sync is not None and services.store_calls is not None
         service = AdminService(store, policy, Prices.of(settings.usage))
-        admin = AdminApi(service, services.sync, services.reload)
+        admin = AdminApi(service, services.sync, services.reload, calls=services.store_calls)
     registry = ModelRegistry(models, services.upstreams, settings.upstream.health.path)
     health = settings.upstream.health
     readiness = Readiness(
