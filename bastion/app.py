@@ -44,6 +44,7 @@ from bastion.settings import (
     Settings,
 )
 from bastion.store.audit import AuditTrail
+from bastion.store.calls import StoreCalls
 from bastion.store.store import Store
 from bastion.store.sync import StoreSync
 from bastion.store.usage import Prices, UsageQueue
@@ -121,19 +122,21 @@ class Services:
             if store is not None and settings.usage.enabled
             else None
         )
-        self.sync = (
-            StoreSync(
+        self.store_calls: StoreCalls | None = None
+        """Where store work runs (threads of its own, deadlines); with a store only."""
+        self.sync: StoreSync | None = None
+        if store is not None:
+            self.store_calls = StoreCalls(settings.store)
+            self.sync = StoreSync(
                 store,
                 self.api_keys,
                 keys,
                 settings.store,
                 self.audit,
+                self.store_calls,
                 self.usage,
                 settings.usage.retention_days,
             )
-            if store is not None
-            else None
-        )
         self.metrics = GatewayMetrics(settings.metrics) if settings.metrics.enabled else None
         self._limits = settings.limits
         self._limiter: Limiter | None = None
@@ -150,6 +153,7 @@ class Services:
                 access_log=access_log,
                 usage=self.usage,
                 sync=self.sync,
+                calls=self.store_calls,
                 keys_valid_until=lambda: self.api_keys.store_valid_until,
             )
 
@@ -210,6 +214,8 @@ class Services:
             self.access_log.flush()
         if self.sync is not None:
             await self.sync.stop()
+        if self.store_calls is not None:
+            self.store_calls.close()
         if self._limiter is not None:
             await self._limiter.aclose()
 
@@ -228,9 +234,9 @@ def build_gateway(
     store = services.store
     admin = None
     if store is not None:
-        assert services.sync is not None
+        assert services.sync is not None and services.store_calls is not None
         service = AdminService(store, policy, Prices.of(settings.usage))
-        admin = AdminApi(service, services.sync, reload)
+        admin = AdminApi(service, services.sync, reload, calls=services.store_calls)
     registry = ModelRegistry(models, services.upstreams, settings.upstream.health.path)
     health = settings.upstream.health
     readiness = Readiness(

@@ -35,6 +35,7 @@ turns them into an exit code.
         ├── InternalError                 500     server_error          (source: gateway)
         ├── ServiceUnavailableError       503     server_error          (source: gateway)
         │   ├── StoreUnavailableError     503     server_error          (the identity store)
+        │   │   └── StoreTimeoutError     503                           (it did not answer in time)
         │   ├── LimiterBackendError       503     server_error          (limits/redis.py)
         │   └── NoUpstreamError           503     server_error          (every upstream down)
         └── UpstreamError                 502     upstream_error        (source: upstream)
@@ -74,6 +75,7 @@ __all__ = [
     "RemoteError",
     "RequestTimeoutError",
     "ServiceUnavailableError",
+    "StoreTimeoutError",
     "StoreUnavailableError",
     "UnsupportedMediaTypeError",
     "UpstreamConnectError",
@@ -271,6 +273,13 @@ class StoreUnavailableError(ServiceUnavailableError):
 
     code = "store_unavailable"
     default_message = "The identity store is not available."
+
+
+class StoreTimeoutError(StoreUnavailableError):
+    """The identity store did not answer within its deadline (frozen, or cut off by the
+    network); the call may still have been carried out."""
+
+    default_message = "The identity store did not answer in time."
 
 
 class UpstreamError(GatewayError):

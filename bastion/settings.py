@@ -474,6 +474,13 @@ class StoreSettings(_Model):
     revocation could have been missed (0: keep using the last keys read, however old)."""
     last_used_interval: float = Field(default=10.0, gt=0)
     """How often keys' last-used times are written back."""
+    connect_timeout: float = Field(default=5.0, ge=2, le=300)
+    """Seconds to open a connection to PostgreSQL, or to find that a pooled one still answers
+    (libpq counts whole seconds, at least 2)."""
+    statement_timeout: float = Field(default=10.0, gt=0, le=3600)
+    """PostgreSQL cancels a statement running longer; a call that has had no answer this long
+    after getting its connection is cut by Bastion (a partition never answers). With SQLite:
+    how long a statement waits for another writer's lock."""
     audit_refused: bool = True
     """Record refused requests (401, 403, blocked addresses) in the audit trail."""
 

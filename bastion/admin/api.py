@@ -24,7 +24,6 @@ rotated key's secret appears once, in the response that created it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
@@ -45,6 +44,7 @@ from bastion.pipeline.accept import json_object
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.endpoints import canonical_path
 from bastion.pipeline.responses import send_json
+from bastion.store.calls import StoreCalls
 from bastion.store.records import Actor, AuditQuery, StoredKey
 from bastion.store.sync import StoreSync
 from bastion.store.usage import UsageQuery
@@ -102,9 +102,16 @@ Reload = Callable[[], Awaitable[ReloadReport]]
 
 class AdminApi:
     def __init__(
-        self, service: AdminService, sync: StoreSync | None, reload: Reload | None = None
+        self,
+        service: AdminService,
+        sync: StoreSync | None,
+        reload: Reload | None = None,
+        *,
+        calls: StoreCalls,
     ) -> None:
+        """``calls`` runs the service's blocking store work (threads of its own, deadlines)."""
         self._service = service
+        self._calls = calls
         self._sync = sync
         self._reload = reload
         s = self._service
@@ -160,12 +167,12 @@ class AdminApi:
 
     def _read(self, work: Callable[[_Call], Any]) -> Handler:
         async def handler(call: _Call) -> tuple[int, Any]:
-            return 200, await asyncio.to_thread(work, call)
+            return 200, await self._calls.run(work, call)
 
         return handler
 
     async def _write(self, status: int, work: Callable[[], Any]) -> tuple[int, Any]:
-        result = await asyncio.to_thread(work)
+        result = await self._calls.run(work)
         if self._sync is not None:  # this replica sees its own change at once
             with contextlib.suppress(StoreUnavailableError):
                 await self._sync.refresh()
@@ -289,17 +296,17 @@ class AdminApi:
     async def _reload_config(self, call: _Call) -> tuple[int, Any]:
         if self._reload is None:
             raise NotFoundError()
-        await asyncio.to_thread(self._service.may_reload, call.caller)
+        await self._calls.run(self._service.may_reload, call.caller)
         try:
             report = await self._reload()
         except BastionError as exc:
             message = str(exc)
-            await asyncio.to_thread(
+            await self._calls.run(
                 self._service.record, call.caller, "config.reload", "config", "failed", 422,
                 reason=message,
             )  # fmt: skip
             raise ConfigRefusedError(f"The configuration was refused: {message}") from None
-        await asyncio.to_thread(
+        await self._calls.run(
             self._service.record, call.caller, "config.reload", "config", "ok", 200,
             restart_required=list(report.restart_required),
         )  # fmt: skip

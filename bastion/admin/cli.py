@@ -178,7 +178,7 @@ class _Local:
         url = database_url(settings.store, state.path)
         if url.startswith("sqlite"):
             state.ensure()
-        self._store = Store.open(url)
+        self._store = Store.open(url, settings.store)
         self._service = AdminService(self._store, Policy(settings), Prices.of(settings.usage))
         self._caller = Caller.local(f"local:{_login()}")
 

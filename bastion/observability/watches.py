@@ -39,6 +39,16 @@ class Syncing(Protocol):
         """Times the store's keys were reloaded."""
 
 
+class Calling(Protocol):
+    @property
+    def failures(self) -> int:
+        """Store calls that failed."""
+
+    @property
+    def timeouts(self) -> int:
+        """Store calls that got no answer in time."""
+
+
 class Reloading(Protocol):
     @property
     def applied(self) -> int:
@@ -59,6 +69,7 @@ def watch_services(
     access_log: Dropping | None = None,
     usage: Dropping | None = None,
     sync: Syncing | None = None,
+    calls: Calling | None = None,
     keys_valid_until: Callable[[], float] | None = None,
 ) -> None:
     """Register the services' own counters. ``limiter`` and ``guard`` are read through
@@ -88,7 +99,7 @@ def watch_services(
             lambda: access_log.dropped,
         )
     if sync is not None:
-        _watch_store(metrics, sync, keys_valid_until)
+        _watch_store(metrics, sync, calls, keys_valid_until)
     watch(
         "bastion_audit_events_dropped_total",
         "Audit events of refused requests lost (the queue was full).",
@@ -121,7 +132,10 @@ def _blocks(guard: Blocking | None) -> int:
 
 
 def _watch_store(
-    metrics: GatewayMetrics, sync: Syncing, keys_valid_until: Callable[[], float] | None
+    metrics: GatewayMetrics,
+    sync: Syncing,
+    calls: Calling | None,
+    keys_valid_until: Callable[[], float] | None,
 ) -> None:
     metrics.watch_count(
         "bastion_store_sync_failures_total",
@@ -133,6 +147,17 @@ def _watch_store(
         "Times the store's keys were reloaded (an admin change on some replica).",
         lambda: sync.reloads,
     )
+    if calls is not None:
+        metrics.watch_count(
+            "bastion_store_failures_total",
+            "Store calls (admin API, sync) that failed: the store unreachable or silent.",
+            lambda: calls.failures,
+        )
+        metrics.watch_count(
+            "bastion_store_timeouts_total",
+            "Store calls that got no answer within store.connect_timeout + statement_timeout.",
+            lambda: calls.timeouts,
+        )
     if keys_valid_until is not None:
         metrics.watch_gauge(
             "bastion_store_keys_valid_seconds",

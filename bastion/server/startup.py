@@ -41,7 +41,7 @@ def open_store(settings: Settings, state: StateDir) -> Store:
     url = database_url(settings.store, state.path)
     if url.startswith("sqlite"):
         state.ensure()
-    store = Store.open(url)
+    store = Store.open(url, settings.store)
     log.info("identity store: %s", store.describe())
     return store
 

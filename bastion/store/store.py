@@ -14,6 +14,7 @@ written to the audit trail in the same transaction as the change itself.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import secrets
@@ -46,10 +47,12 @@ from bastion.errors import (
     ConfigError,
     ConflictError,
     NotFoundError,
+    StoreTimeoutError,
     StoreUnavailableError,
 )
 from bastion.settings import Secret, StoreSettings
 from bastion.store import schema
+from bastion.store.deadlines import Deadlines, postgres_connect_args
 from bastion.store.migrations import migrate
 from bastion.store.records import (
     Actor,
@@ -62,12 +65,15 @@ from bastion.store.records import (
     Team,
 )
 
-__all__ = ["KINDS", "Store", "database_url", "valid_name"]
+__all__ = ["CONNECTIONS", "KINDS", "Store", "database_url", "valid_name"]
 
 KINDS = ("user", "service")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 _MAX_AUDIT_QUERY = 10_000
+CONNECTIONS = 8
+"""The most PostgreSQL connections one store opens (a pool of 4, and 4 more at busy times)."""
+_POOL_SIZE = 4
 
 p, t, tm, k, a = (
     schema.principals,
@@ -123,18 +129,28 @@ def _sqlite_file(url: str) -> Path | None:
     return None if path in ("", ":memory:") or path == url else Path(path)
 
 
-def _engine(url: str) -> Engine:
+def _engine(url: str, settings: StoreSettings, deadlines: Deadlines) -> Engine:
     if url.startswith("sqlite"):
         path = _sqlite_file(url)
         if path is not None and not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # private from the start
-        engine = create_engine(url, connect_args={"timeout": 30})
-        event.listen(engine, "connect", _sqlite_connect)
+        # a statement waits this long for another writer's lock (the CLI, another process)
+        busy = settings.statement_timeout
+        engine = create_engine(url, connect_args={"timeout": busy})
+        event.listen(engine, "connect", functools.partial(_sqlite_connect, busy_ms=busy * 1000))
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     if url.startswith("postgresql"):
-        return create_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True)
+        engine = create_engine(
+            url,
+            pool_size=_POOL_SIZE,
+            max_overflow=CONNECTIONS - _POOL_SIZE,
+            pool_timeout=settings.connect_timeout,  # waiting for a free connection
+            connect_args=postgres_connect_args(url, settings),
+        )
+        deadlines.attach(engine)  # also checks a pooled connection before use, in time
+        return engine
     raise ConfigError("give a postgresql:// URL, or leave it unset for SQLite", "store.url")
 
 
@@ -145,7 +161,7 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_connect(dbapi_connection: Any, _record: Any, *, busy_ms: float) -> None:
     # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's own handling defers it
     # past DDL); WAL lets the gateway read while the CLI writes.
     dbapi_connection.isolation_level = None
@@ -161,36 +177,47 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
                 raise
             time.sleep(0.05)
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
     cursor.execute("PRAGMA cache_size=-1024")  # 1 MiB per connection: bounded memory
     cursor.close()
 
 
 class Store:
-    """Blocking store operations; safe to call from several threads at once."""
+    """Blocking store operations; safe to call from several threads at once. Each call ends
+    within ``settings``' deadlines, even if the database stops answering (see
+    :mod:`bastion.store.deadlines`)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, settings: StoreSettings | None = None) -> None:
         self.url = url
-        self._engine = _engine(url)
+        chosen = settings if settings is not None else StoreSettings()
+        self._deadlines = Deadlines(chosen)
+        self._engine = _engine(url, chosen, self._deadlines)
         self.dialect = self._engine.dialect.name
 
     @classmethod
-    def open(cls, url: str) -> Store:
-        """Connect and apply pending migrations (raises StoreUnavailableError if unreachable)."""
-        store = cls(url)
+    def open(cls, url: str, settings: StoreSettings | None = None) -> Store:
+        """Connect and apply pending migrations (raises StoreUnavailableError if unreachable;
+        a migration must fit in ``statement_timeout`` like any call)."""
+        store = cls(url, settings)
         try:
-            with store._engine.execution_options(sqlite_immediate=True).begin() as conn:
+            with (
+                store._watched("cannot open the store"),
+                store._engine.execution_options(sqlite_immediate=True).begin() as conn,
+            ):
                 migrate(conn)
-        except SQLAlchemyError as exc:
-            store.close()
-            raise StoreUnavailableError(f"cannot open the store: {_reason(exc)}") from None
-        except BaseException:  # a database newer than this code (ConfigError)
+        except BaseException:  # unreachable, or newer than this code (ConfigError)
             store.close()
             raise
         return store
 
     def close(self) -> None:
         self._engine.dispose()
+        self._deadlines.close()
+
+    @property
+    def timeouts(self) -> int:
+        """Calls whose connection was cut at their deadline (the database did not answer)."""
+        return self._deadlines.cuts
 
     def describe(self) -> str:
         """The URL without its password, for logs."""
@@ -199,28 +226,37 @@ class Store:
     # -- transactions -----------------------------------------------------------------
 
     @contextmanager
+    def _watched(self, failing: str = "the store failed") -> Iterator[None]:
+        """One call, within its deadlines; a database failure becomes StoreUnavailableError
+        (StoreTimeoutError when the call got no answer in time)."""
+        with self._deadlines.call() as call:
+            try:
+                yield
+            except (DBAPIError, SQLAlchemyError) as exc:
+                if call.cut:
+                    message = f"{failing}: no answer within {call.limit:g} s"
+                    raise StoreTimeoutError(message) from None
+                raise StoreUnavailableError(f"{failing}: {_reason(exc)}") from None
+
+    @contextmanager
     def _read(self) -> Iterator[Connection]:
-        try:
-            with self._engine.connect() as conn:
-                yield conn
-        except (DBAPIError, SQLAlchemyError) as exc:
-            raise StoreUnavailableError(f"the store failed: {_reason(exc)}") from None
+        with self._watched(), self._engine.connect() as conn:
+            yield conn
 
     @contextmanager
     def _write(self, bump: bool = True) -> Iterator[Connection]:
-        try:
-            with self._engine.begin() as conn:
-                if bump:  # first, so that it takes the row lock that orders writers
-                    conn.execute(
-                        update(schema.revision)
-                        .where(schema.revision.c.id == 1)
-                        .values(revision=schema.revision.c.revision + 1)
-                    )
-                yield conn
-        except IntegrityError:
-            raise ConflictError("That conflicts with something that already exists.") from None
-        except (DBAPIError, SQLAlchemyError) as exc:
-            raise StoreUnavailableError(f"the store failed: {_reason(exc)}") from None
+        with self._watched():
+            try:
+                with self._engine.begin() as conn:
+                    if bump:  # first, so that it takes the row lock that orders writers
+                        conn.execute(
+                            update(schema.revision)
+                            .where(schema.revision.c.id == 1)
+                            .values(revision=schema.revision.c.revision + 1)
+                        )
+                    yield conn
+            except IntegrityError:
+                raise ConflictError("That conflicts with something that already exists.") from None
 
     def reading(self) -> contextlib.AbstractContextManager[Connection]:
         """A connection for reads (for the store's companion modules: usage)."""

@@ -7,7 +7,8 @@ the CLI is therefore refused everywhere within ``poll_interval`` plus one reload
 
 The same task writes back what requests leave behind: keys' last-used times and the audit
 events of refused requests, in batches. If the store is unreachable those wait (bounded) and
-are written when it returns; the failure is logged once, not per attempt.
+are written when it returns. Every store call goes through :class:`~bastion.store.calls.StoreCalls`
+(threads of the store's own, a deadline each), which logs an outage once, not per attempt.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bastion.auth.identity import Restrictions
 from bastion.errors import StoreUnavailableError
 from bastion.settings import StoreSettings
 from bastion.store.audit import AuditTrail
+from bastion.store.calls import StoreCalls
 from bastion.store.records import KeyGrant
 from bastion.store.store import Store
 from bastion.store.usage import UsageLedger, UsageQueue
@@ -53,10 +55,12 @@ class StoreSync:
         config_keys: Sequence[ApiKeyRecord],
         settings: StoreSettings,
         trail: AuditTrail,
+        calls: StoreCalls,
         usage: UsageQueue | None = None,
         retention_days: float = 90.0,
     ) -> None:
         self._store = store
+        self._calls = calls
         self._usage = usage
         self._ledger = UsageLedger(store)
         self._retention_days = retention_days
@@ -69,7 +73,6 @@ class StoreSync:
         self._revision: int | None = None
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
-        self._failing = False
         self.reloads = 0
         self.failures = 0
 
@@ -88,9 +91,9 @@ class StoreSync:
     async def refresh(self) -> None:
         """Reload now if the store changed (after an admin write, so it is seen at once)."""
         async with self._lock:
-            current = await asyncio.to_thread(self._store.revision)
+            current = await self._calls.run(self._store.revision)
             if current != self._revision:
-                snapshot = await asyncio.to_thread(self._store.snapshot)
+                snapshot = await self._calls.run(self._store.snapshot)
                 self._stored = [grant_record(g) for g in snapshot.keys]
                 self._authenticator.replace([*self._config_keys, *self._stored])
                 self._revision = snapshot.revision
@@ -126,21 +129,21 @@ class StoreSync:
             return
         rows, rollup = self._usage.take()
         try:
-            await asyncio.to_thread(self._ledger.write, rows, rollup)
+            await self._calls.run(self._ledger.write, rows, rollup)
         except StoreUnavailableError:
             self._usage.put_back(rows, rollup)
             raise
         self._usage.written += len(rows)
         if time.monotonic() >= self._prune_due:
             self._prune_due = time.monotonic() + 3600
-            await asyncio.to_thread(self._ledger.prune, self._retention_days)
+            await self._calls.run(self._ledger.prune, self._retention_days)
 
     async def _write_used(self) -> None:
         used, self._authenticator.used = self._authenticator.used, {}
         if not used:
             return
         try:
-            await asyncio.to_thread(self._store.touch_keys, used)
+            await self._calls.run(self._store.touch_keys, used)
         except StoreUnavailableError:
             for key_id, when in used.items():  # requests since then hold newer times
                 self._authenticator.used.setdefault(key_id, when)
@@ -151,7 +154,7 @@ class StoreSync:
         if not events:
             return
         try:
-            await asyncio.to_thread(self._store.append_audit, events)
+            await self._calls.run(self._store.append_audit, events)
         except StoreUnavailableError:
             self._trail.put_back(events)
             raise
@@ -176,17 +179,10 @@ class StoreSync:
                 await self._guarded(self._write_used)
 
     async def _guarded(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run one step; a failure is counted (and logged once per outage by the calls)."""
         try:
             await step()
-        except StoreUnavailableError as exc:
+        except StoreUnavailableError:
             self.failures += 1
-            if not self._failing:
-                self._failing = True
-                log.error("identity store unreachable: %s (retrying)", exc.message)
-            return
         except Exception:  # never let the tasks die: the cache would silently age
             log.exception("identity store sync failed")
-            return
-        if self._failing:
-            self._failing = False
-            log.warning("identity store reachable again")

@@ -29,7 +29,7 @@ def test_sigterm_flushes_the_access_log_and_closes_the_store(
             assert response.status == 200
         gateway.stop()  # at once: the access line is still buffered
         assert gateway.proc.returncode == 0, gateway.logs
-        assert "access last-one" in gateway.logs
+        assert "caller_request_id=last-one" in gateway.logs
     # the SQLite store was closed: its write-ahead log was folded into the database
     wal = tmp_path / "bastion.db-wal"
     assert not wal.exists() or wal.stat().st_size == 0

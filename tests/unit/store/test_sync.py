@@ -13,6 +13,7 @@ from bastion.auth.apikeys import ApiKeyAuthenticator, ApiKeyRecord, generate_key
 from bastion.errors import AuthenticationError, StoreUnavailableError
 from bastion.settings import StoreSettings
 from bastion.store.audit import AuditTrail
+from bastion.store.calls import StoreCalls
 from bastion.store.records import Actor, AuditEvent, AuditQuery
 from bastion.store.store import Store
 from bastion.store.sync import StoreSync
@@ -22,19 +23,21 @@ CONFIG_KEY = generate_key()
 
 
 class FlakyStore(Store):
-    """A real store that can be made unreachable."""
+    """A real store that can be made unreachable (its calls fail while ``down``)."""
 
     down = False
 
     def __getattribute__(self, name: str) -> Any:
-        if name in {
-            "revision",
-            "snapshot",
-            "touch_keys",
-            "append_audit",
-        } and object.__getattribute__(self, "down"):
-            raise StoreUnavailableError("injected outage")
-        return object.__getattribute__(self, name)
+        found = object.__getattribute__(self, name)
+        if name not in {"revision", "snapshot", "touch_keys", "append_audit"}:
+            return found
+
+        def call(*args: Any) -> Any:
+            if object.__getattribute__(self, "down"):
+                raise StoreUnavailableError("injected outage")
+            return found(*args)
+
+        return call
 
 
 @pytest.fixture
@@ -51,7 +54,8 @@ def make_sync(store: Store, **settings: Any) -> tuple[StoreSync, ApiKeyAuthentic
     keys = ApiKeyAuthenticator(config)
     trail = AuditTrail(to_store=True)
     defaults = {"poll_interval": 0.05, "last_used_interval": 0.05}
-    sync = StoreSync(store, keys, config, StoreSettings(**{**defaults, **settings}), trail)
+    chosen = StoreSettings(**{**defaults, **settings})
+    sync = StoreSync(store, keys, config, chosen, trail, StoreCalls(chosen))
     return sync, keys, trail
 
 
@@ -190,3 +194,29 @@ def test_the_audit_trail_is_bounded() -> None:
     assert trail.pending == 3
     assert trail.dropped == 2
     assert [e.at for e in trail.take()] == [2.0, 3.0, 4.0]
+
+
+def outage_lines(caplog: pytest.LogCaptureFixture) -> tuple[int, int]:
+    """How many times the log said the store went away, and came back."""
+    messages = [r.getMessage() for r in caplog.records if r.name == "bastion.store"]
+    return (
+        sum("unreachable" in m for m in messages),
+        sum("reachable again" in m for m in messages),
+    )
+
+
+async def test_an_outage_is_logged_once_however_many_calls_fail(
+    store: FlakyStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    sync, _, _ = make_sync(store)
+    await sync.start()
+    try:
+        store.down = True
+        # polls fail every 0.05 s; the writer, with nothing to write, never reaches the store
+        await eventually(lambda: sync.failures >= 10)
+        assert outage_lines(caplog) == (1, 0)
+        store.down = False
+        await eventually(lambda: outage_lines(caplog)[1] == 1)
+        assert outage_lines(caplog) == (1, 1)
+    finally:
+        await sync.stop()
