@@ -182,6 +182,11 @@ class UpstreamClientSettings(_Model):
     has begun (connection refused or reset, timeout, 502/503/504)."""
     retry_window: float = Field(default=15.0, ge=0)
     """No further attempt starts later than this many seconds after the first."""
+    max_header_bytes: int = Field(default=16 * 1024, gt=0)
+    """Total size of a response's header lines, interim (1xx) responses included; a larger
+    head is a 502 and its connection is closed (as ``http.max_header_bytes`` for callers)."""
+    max_headers: int = Field(default=100, gt=0)
+    """Header lines of a response, interim responses included; more is a 502."""
     health: HealthCheckSettings = HealthCheckSettings()
     ejection: EjectionSettings = EjectionSettings()
 
