@@ -101,7 +101,7 @@ class Secret(_Model):
 
 
 class TlsSettings(_Model):
-    """HTTPS on the gateway's own port: TLS 1.2 and 1.3 only."""
+    """HTTPS on the gateway's own port, as Mozilla's server-side TLS recommendations say."""
 
     certificate: Path
     """PEM certificate chain (the server's certificate first)."""
@@ -115,6 +115,18 @@ class TlsSettings(_Model):
     reload_interval: float = Field(default=10.0, gt=0)
     """Seconds between looks at the certificate, key and client CA files; when one changed,
     new handshakes use the new files (a file that cannot be loaded keeps the old ones)."""
+    profile: Literal["intermediate", "modern"] = "intermediate"
+    """Mozilla's profile: ``intermediate`` is TLS 1.3 and TLS 1.2 with six ECDHE suites
+    (AES-GCM and ChaCha20-Poly1305, no CBC); ``modern`` is TLS 1.3 only."""
+    ciphers: str | None = None
+    """TLS 1.2 cipher suites in OpenSSL's list format, instead of the profile's (for the
+    ``intermediate`` profile only: ``modern`` has no TLS 1.2)."""
+
+    @model_validator(mode="after")
+    def _ciphers_need_tls_1_2(self) -> TlsSettings:
+        if self.ciphers is not None and self.profile == "modern":
+            raise ValueError("ciphers sets TLS 1.2 suites, and the modern profile is TLS 1.3 only")
+        return self
 
 
 class ServerSettings(_Model):
