@@ -517,9 +517,19 @@ class RedisSettings(_Model):
     timeout: float = Field(default=0.1, gt=0)
     """Longest wait for one limiter decision before the backend counts as failed."""
     key_prefix: str = "bastion:"
-    lease_seconds: float = Field(default=900.0, gt=0)
-    """A concurrency slot lapses after this long even if never released (a replica that
-    died holding it); a request running longer stops counting against concurrency."""
+    lease_seconds: float = Field(default=30.0, gt=0)
+    """A concurrency slot is a lease: a replica renews the leases of its requests still
+    running every third of this, and a lease neither renewed nor given back (its replica
+    died, or Redis was away) lapses after this long."""
+
+    @model_validator(mode="after")
+    def _renewal_fits_in_a_lease(self) -> RedisSettings:
+        if self.lease_seconds < 3 * self.timeout:
+            raise ValueError(
+                "lease_seconds must be at least 3 times timeout: leases are renewed every "
+                "third of lease_seconds, and a renewal may take up to timeout"
+            )
+        return self
 
 
 class PrioritySettings(_Model):

@@ -26,12 +26,15 @@ in this one; so the hash may simply expire: every write sets its expiry to the l
 TATs, and to 2 days (day budget) or 35 days (month budget) when the bucket has budgets.
 
 **Requests in flight** are leases rather than a counter: a grant adds its lease id with the
-time it lapses (``lease_seconds`` after admission, 15 minutes by default), ``finish`` removes
-it, and every decision first drops lapsed leases. A replica that dies with requests in flight
-therefore holds their slots for at most ``lease_seconds`` (a counter with a refreshed expiry
-would hold them forever while the bucket stays busy), and releasing is idempotent (``ZREM`` of
-one member), so a release retried after a lost reply can never give back a slot twice. The
-price: a request still running after ``lease_seconds`` stops counting against concurrency.
+time it lapses (``lease_seconds`` after admission, 30 s by default), ``finish`` removes it, and
+every decision first drops lapsed leases. While its request runs, its replica renews the lease
+(:data:`RENEW_LUA`): every third of ``lease_seconds``, one call renews all of the replica's
+live leases (no timer and no round trip per request), so a stream longer than a lease keeps
+its slot, and one that ran through an outage longer than a lease gets its lease back with the
+first renewal that reaches Redis. A replica that dies with requests in flight therefore holds
+their slots for at most ``lease_seconds`` (a counter with a refreshed expiry would hold them
+forever while the bucket stays busy), and releasing is idempotent (``ZREM`` of one member), so
+a release retried after a lost reply can never give back a slot twice.
 
 **The decision script** (:data:`ACQUIRE_LUA`) reads every bucket, computing for each what the
 request would do to it (the new TATs, the in-flight count, the budgets' use) and the tightest
@@ -47,19 +50,22 @@ alone, so it is refused here, before Redis is asked (a 400, even when Redis is d
 finished (a second call does nothing) and queues the work; one background task sends
 everything queued, in one pipeline, on a connection of its own (so releases never queue
 behind admissions), as soon as the event loop runs it: a round trip later, well under a
-millisecond on a local network. If Redis fails, the releases are retried (3 tries, 0.25 s
-apart), then left to lapse (logged once); the token reconciliation is not retried, since it is
-not idempotent and a lost reply cannot tell whether it was applied: the reservation then
-stands, which errs on the side of limiting. A grant without leases and with nothing to
+millisecond on a local network. If Redis fails, the releases are queued again (at most
+100,000) and retried, 0.25 s later, then at most a second apart, until Redis answers or their
+leases have lapsed anyway (logged once per outage, and once when Redis answers again), so a
+blip costs a slot for about as long as the blip. The token reconciliation is not retried,
+since it is not idempotent and a lost reply cannot tell whether it was applied: the reservation
+then stands, which errs on the side of limiting. A grant without leases and with nothing to
 reconcile (used exactly what it reserved, or counts no tokens) costs no call at all.
 
 Calls go through :class:`~bastion.limits.resp.RespClient`: decisions pipelined on one
-connection, releases on another. Every call is bounded by ``redis.timeout`` (connecting and
-the reply; nothing is retried by the client). A failure raises :class:`LimiterBackendError`,
-and :class:`~bastion.limits.fallback.FailoverLimiter` decides what to do; both connections are
-dropped then (after a timeout their state is unknown, after a restart they are dead). A decision
-whose reply never came (timeout, or the caller gone) may still have been made: its leases are
-released as a finish would (a no-op if it was not), its tokens stay taken.
+connection, releases and renewals on another. Every call is bounded by ``redis.timeout``
+(connecting and the reply; nothing is retried by the client). A failed decision raises
+:class:`LimiterBackendError`, and :class:`~bastion.limits.fallback.FailoverLimiter` decides what
+to do; the connection that failed is dropped (after a timeout its state is unknown, after a
+restart it is dead). A decision whose reply never came (timeout, or the caller gone) may still
+have been made: its leases are released as a finish would (a no-op if it was not), its tokens
+stay taken.
 """
 
 from __future__ import annotations
@@ -68,9 +74,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import math
 import secrets
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from typing import Final
@@ -85,6 +91,7 @@ __all__ = [
     "ACQUIRE_LUA",
     "EPOCH",
     "FINISH_LUA",
+    "RENEW_LUA",
     "LimiterBackendError",
     "RedisGrant",
     "RedisLimiter",
@@ -99,8 +106,10 @@ EPOCH: Final = 1_700_000_000
 _LIMITS_PER_BUCKET: Final = 6
 _FINISH_PER_BUCKET: Final = 5
 _BATCH: Final = 256
-_RELEASE_TRIES: Final = 3
-_RELEASE_DELAY: Final = 0.25
+_RETRY_DELAY: Final = 0.25
+"""Seconds before failed releases are sent again; doubled after each failure in a row..."""
+_RETRY_MAX_DELAY: Final = 1.0
+"""... up to this (also how soon a failed renewal is tried again)."""
 _MAX_PENDING: Final = 100_000
 
 _CALENDAR_LUA = """
@@ -263,7 +272,8 @@ for i = 1, n do
   end
   if plan.conc > 0 then
     redis.call('ZADD', KEYS[2 * i], fmt(now + lease_ttl), lease)
-    redis.call('PEXPIRE', KEYS[2 * i], math.ceil(lease_ttl / 1000))
+    local ms = math.ceil(lease_ttl / 1000)
+    if redis.call('PTTL', KEYS[2 * i]) < ms then redis.call('PEXPIRE', KEYS[2 * i], ms) end
   end
 end
 return {0, '0', day, month, info[1], info[2], info[3], info[4], info[5], info[6]}
@@ -324,6 +334,31 @@ return 1
 )
 
 
+RENEW_LUA: Final = f"""
+-- Renew this replica's leases of requests still running: each lapses lease_ttl from now.
+-- KEYS: lease sets; ARGV[1]: the lease lifetime (microseconds); then, for each key in turn,
+-- the number of its leases and the leases. A lease that lapsed meanwhile (Redis was away) is
+-- added back: its request still runs.
+local clock = redis.call('TIME')
+local now = (tonumber(clock[1]) - {EPOCH}) * 1e6 + tonumber(clock[2])
+local lease_ttl = tonumber(ARGV[1])
+local lapse = string.format('%.17g', now + lease_ttl)
+local ms = math.ceil(lease_ttl / 1000)
+local a = 2
+for i = 1, #KEYS do
+  local n = tonumber(ARGV[a])
+  local zadd = {{}}
+  for j = a + 1, a + n do
+    zadd[#zadd + 1] = lapse; zadd[#zadd + 1] = ARGV[j]
+  end
+  redis.call('ZADD', KEYS[i], unpack(zadd))
+  if redis.call('PTTL', KEYS[i]) < ms then redis.call('PEXPIRE', KEYS[i], ms) end
+  a = a + n + 1
+end
+return 1
+"""
+
+
 def reservations(buckets: tuple[Bucket, ...], prompt: int, completion: int) -> tuple[int, ...]:
     """The tokens a request reserves in each bucket; raises the 400 of
     :func:`~bastion.limits.limiter.never_fits` if one could never hold them (as
@@ -347,7 +382,7 @@ class LimiterBackendError(ServiceUnavailableError):
     default_message = "Rate limits cannot be checked right now; retry shortly."
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class RedisGrant(Grant):
     """A grant that Redis issued; ``lease`` names it in the buckets' lease sets."""
 
@@ -361,46 +396,65 @@ class _Plan:
     keys: tuple[str, ...]
     limits: tuple[int, ...]
     finish_limits: tuple[tuple[int, int, int, int], ...]
-    leases: bool
-    """Some bucket limits concurrency (the grant holds leases to give back)."""
+    lease_keys: tuple[str, ...]
+    """The lease sets of the buckets that limit concurrency (where a grant holds leases)."""
+
+    @property
+    def leases(self) -> bool:
+        return bool(self.lease_keys)
+
+
+_Live = tuple[tuple[str, ...], "weakref.ref[RedisGrant]"]
+"""A live lease's lease sets, and its grant."""
 
 
 @dataclass(slots=True)
 class _Release:
     keys: tuple[str, ...]
     args: list[str | int]
-    tries: int = 0
+    lapse: float
+    """When (``time.monotonic()``) its leases lapse anyway: no use retrying it after that."""
 
 
 class RedisLimiter:
     """Limits shared by all replicas through Redis; see the module's documentation."""
 
-    def __init__(self, settings: RedisSettings, *, lease_seconds: float = 900.0) -> None:
+    def __init__(self, settings: RedisSettings) -> None:
         url = settings.url.resolve() if isinstance(settings.url, Secret) else settings.url
         self._timeout = settings.timeout
         self._prefix = settings.key_prefix + "rl:"
-        # Admissions are pipelined on one connection (any number at once); releases have a
-        # connection of their own, so they never queue behind admissions.
+        # Admissions are pipelined on one connection (any number at once); releases and
+        # renewals have a connection of their own, so they never queue behind admissions.
         self._acquire_script = Script(ACQUIRE_LUA)
         self._finish_script = Script(FINISH_LUA)
-        scripts = (self._acquire_script, self._finish_script)
+        self._renew_script = Script(RENEW_LUA)
+        scripts = (self._acquire_script, self._finish_script, self._renew_script)
         self._client = RespClient(url, connect_timeout=settings.timeout, scripts=scripts)
         self._releaser = RespClient(url, connect_timeout=settings.timeout, scripts=scripts)
-        self._lease_ttl = str(max(1, round(lease_seconds * 1e6)))
-        self._lease_seconds = math.ceil(lease_seconds)
+        self._lease_seconds = settings.lease_seconds
+        self._lease_ttl = str(max(1, round(settings.lease_seconds * 1e6)))
+        self._renew_every = settings.lease_seconds / 3
         self._lease_prefix = secrets.token_hex(6) + ":"
         self._ids = itertools.count()
         self._plans: dict[tuple[Bucket, ...], _Plan] = {}
+        self._live: dict[str, _Live] = {}  # the leases of requests still running
         self._pending: deque[_Release] = deque()
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
+        self._renew_at: float | None = None  # event loop time of the next renewal
+        self._retry_at = 0.0  # event loop time before which failed releases are not resent
+        self._retry_delay = _RETRY_DELAY
         self._busy = False
         self._closed = False
         self._warned = False
         self.finish_failures = 0
-        """Finish batches that Redis failed (their releases were retried)."""
+        """Finish batches that Redis failed (their releases are retried)."""
         self.finish_dropped = 0
         """Grants whose release never reached Redis (their leases lapse instead)."""
+        self.renewals = 0
+        """Renewals of the live leases that Redis applied."""
+        self.renew_failures = 0
+        """Renewals that Redis failed (each tried again within a second)."""
 
     # -- admission --------------------------------------------------------------------------
 
@@ -420,11 +474,16 @@ class RedisLimiter:
                 )
         except (RedisReplyError, OSError, TimeoutError) as exc:
             self._abandon(plan, lease)
-            await self._reconnect()
+            # After a timeout the connection's state is unknown, after a restart it is dead:
+            # the next call opens a new one
+            self._client.reset()
             raise LimiterBackendError() from exc
         except asyncio.CancelledError:  # the caller went away while Redis decided
             self._abandon(plan, lease)
             raise
+        if self._retry_at:  # releases wait for Redis, which has just answered
+            self._retry_at = 0.0
+            self._wake.set()
         kind, wait, day, month, *figures = reply
         info = RateInfo(
             figures[0],
@@ -435,10 +494,22 @@ class RedisLimiter:
             None if figures[5] is None else float(figures[5]),
         )
         if kind == 0:
-            return RedisGrant(buckets, reserved, day.decode(), month.decode(), info, lease=lease)
+            grant = RedisGrant(buckets, reserved, day.decode(), month.decode(), info, lease=lease)
+            if plan.lease_keys:
+                self._hold(grant, plan.lease_keys)
+            return grant
         if kind == 2:
             raise QuotaExceededError(headers=rate_headers(info, float(wait)))
         raise RateLimitError(headers=rate_headers(info, float(wait)))
+
+    def _hold(self, grant: RedisGrant, keys: tuple[str, ...]) -> None:
+        """Count the grant's lease among the live ones, which the worker renews until the
+        grant is finished, or is garbage (a bug lost it: its slot then lapses). The worker is
+        woken to schedule renewals when this is the first."""
+        first = not self._live
+        self._live[grant.lease] = (keys, weakref.ref(grant))
+        if first:
+            self._start_worker()
 
     def _abandon(self, plan: _Plan, lease: str) -> None:
         """A decision whose answer never came may still have been made: give back the leases
@@ -448,13 +519,7 @@ class RedisLimiter:
             args: list[str | int] = [lease, "", ""]
             for _, concurrency, _, _ in plan.finish_limits:
                 args += [0, concurrency, 0, 0, 0]
-            self._enqueue(_Release(plan.keys, args))
-
-    async def _reconnect(self) -> None:
-        """Drop the connections after a failure: after a timeout their state is unknown, and
-        if Redis restarted they are dead. The next call opens new ones."""
-        self._client.reset()
-        self._releaser.reset()
+            self._enqueue(_Release(plan.keys, args, time.monotonic() + self._lease_seconds))
 
     def _plan(self, buckets: tuple[Bucket, ...]) -> _Plan:
         found = self._plans.get(buckets)
@@ -462,9 +527,12 @@ class RedisLimiter:
             keys: list[str] = []
             limits: list[int] = []
             finish: list[tuple[int, int, int, int]] = []
+            lease_keys: list[str] = []
             for bucket in buckets:
                 limit = bucket.limit
                 keys += [f"{self._prefix}s:{bucket.key}", f"{self._prefix}c:{bucket.key}"]
+                if limit.concurrency is not None:
+                    lease_keys.append(keys[-1])
                 limits += [
                     limit.requests_per_minute or 0,
                     limit.burst,
@@ -479,8 +547,7 @@ class RedisLimiter:
                     int(limit.tokens_per_day is not None),
                     int(limit.tokens_per_month is not None),
                 ))  # fmt: skip
-            leases = any(b.limit.concurrency is not None for b in buckets)
-            found = _Plan(tuple(keys), tuple(limits), tuple(finish), leases)
+            found = _Plan(tuple(keys), tuple(limits), tuple(finish), tuple(lease_keys))
             if len(self._plans) >= 10_000:
                 self._plans.clear()
             self._plans[buckets] = found
@@ -492,6 +559,9 @@ class RedisLimiter:
         if grant.finished:
             return
         grant.finished = True
+        lease = grant.lease if isinstance(grant, RedisGrant) else ""
+        if lease:
+            self._live.pop(lease, None)  # no longer renewed
         if not grant.buckets or self._closed:
             return
         plan = self._plan(grant.buckets)
@@ -501,11 +571,10 @@ class RedisLimiter:
         ]
         if not plan.leases and not any(deltas):
             return  # nothing to give back
-        lease = grant.lease if isinstance(grant, RedisGrant) else ""
         args: list[str | int] = [lease, grant.day, grant.month]
         for limits, delta in zip(plan.finish_limits, deltas, strict=True):
             args += [*limits, delta]
-        self._enqueue(_Release(plan.keys, args))
+        self._enqueue(_Release(plan.keys, args, time.monotonic() + self._lease_seconds))
 
     def _enqueue(self, release: _Release) -> None:
         if self._closed:
@@ -514,78 +583,155 @@ class RedisLimiter:
             self.finish_dropped += 1
             return
         self._pending.append(release)
+        self._start_worker()
+
+    def _start_worker(self) -> None:
+        """Wake the background worker, or start it."""
         self._wake.set()
         if self._worker is None or self._worker.done():
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # no event loop (shutting down): the leases lapse
+                self.finish_dropped += len(self._pending)
                 self._pending.clear()
-                self.finish_dropped += 1
                 return
-            self._worker = loop.create_task(self._drain(), name="bastion-limits-finish")
+            self._worker = loop.create_task(self._work(), name="bastion-limits-leases")
 
-    async def _drain(self) -> None:
-        """The one background task that sends queued finishes, a pipeline at a time."""
+    # -- the background worker: renewals and releases ------------------------------------------
+
+    async def _work(self) -> None:
+        """The one task that writes to Redis after admissions, on a connection of its own:
+        it renews the live leases every third of their lifetime, and sends the queued
+        finishes a pipeline at a time; after a failure it tries the releases again (never
+        the reconciliations) until Redis answers or the leases have lapsed anyway."""
+        loop = asyncio.get_running_loop()
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch = [self._pending.popleft() for _ in range(min(_BATCH, len(self._pending)))]
-                self._busy = True
-                try:
-                    await self._send(batch)
-                    self._warned = False
-                except (RedisReplyError, OSError, TimeoutError) as exc:
-                    self.finish_failures += 1
-                    await self._reconnect()
-                    if self._retry(batch, exc):
-                        await asyncio.sleep(_RELEASE_DELAY)
-                except Exception:  # a bug: never let it stop the releases to come
-                    logger.exception("could not finish %d rate limit grants", len(batch))
-                    self.finish_dropped += len(batch)
-                finally:
-                    self._busy = False
+            await self._until_due(loop)
+            if self._renew_at is not None and loop.time() >= self._renew_at:
+                await self._renew(loop)
+            if self._pending and loop.time() >= self._retry_at:
+                await self._send_pending(loop)
 
-    async def _send(self, batch: list[_Release]) -> None:
-        script = self._finish_script
+    async def _until_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Sleep until woken (a finish, the first live lease), the next renewal, or the
+        time to retry failed releases."""
+        now = loop.time()
+        if not self._live:
+            self._renew_at = None
+        elif self._renew_at is None:
+            self._renew_at = now + self._renew_every
+        due = [self._renew_at] if self._renew_at is not None else []
+        if self._pending:
+            if self._retry_at <= now:
+                self._wake.clear()
+                return
+            due.append(self._retry_at)
+        if not self._wake.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(min(due) if due else None):
+                    await self._wake.wait()
+        self._wake.clear()
+
+    async def _renew(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Renew every live lease of this replica: one pipeline, one script call per
+        :data:`_BATCH` leases."""
+        self._renew_at = loop.time() + self._renew_every
+        live = self._live
+        for lease in [lease for lease, (_, grant) in live.items() if grant() is None]:
+            del live[lease]  # lost without a finish (a bug): let its slot lapse
+        if not live:
+            return
+        calls = _renewal_calls(self._live, self._lease_ttl)
+        self._busy = True
+        try:
+            await self._run(self._renew_script, calls)
+        except (RedisReplyError, OSError, TimeoutError) as exc:
+            self.renew_failures += 1
+            self._releaser.reset()
+            self._renew_at = loop.time() + min(self._renew_every, _RETRY_MAX_DELAY)
+            self._failed(exc)
+        except Exception:  # a bug: never let it stop the renewals and releases to come
+            logger.exception("could not renew %d concurrency leases", len(live))
+        else:
+            self.renewals += 1
+            self._answered()
+        finally:
+            self._busy = False
+
+    async def _send_pending(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Send the queued finishes, a pipeline at a time."""
+        while self._pending:
+            batch = [self._pending.popleft() for _ in range(min(_BATCH, len(self._pending)))]
+            self._busy = True
+            try:
+                await self._run(self._finish_script, [(list(r.keys), r.args) for r in batch])
+            except (RedisReplyError, OSError, TimeoutError) as exc:
+                self.finish_failures += 1
+                self._releaser.reset()
+                self._retry(batch)
+                self._retry_at = loop.time() + self._retry_delay
+                self._retry_delay = min(2 * self._retry_delay, _RETRY_MAX_DELAY)
+                self._failed(exc)
+                return
+            except Exception:  # a bug: never let it stop the releases to come
+                logger.exception("could not finish %d rate limit grants", len(batch))
+                self.finish_dropped += len(batch)
+            else:
+                self._answered()
+            finally:
+                self._busy = False
+
+    async def _run(self, script: Script, calls: list[tuple[list[str], list[str | int]]]) -> None:
+        """Run ``script`` once per call, in one pipeline; raises the first error."""
         async with asyncio.timeout(self._timeout):
-            if len(batch) == 1:
-                await self._releaser.evalsha(script, batch[0].keys, batch[0].args)
+            if len(calls) == 1:
+                await self._releaser.evalsha(script, *calls[0])
                 return
             results = await self._releaser.pipeline(
-                [("EVALSHA", script.sha, len(r.keys), *r.keys, *r.args) for r in batch]
+                [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
             )
-            for release, result in zip(batch, results, strict=True):
+            for (keys, args), result in zip(calls, results, strict=True):
                 if isinstance(result, RedisReplyError) and str(result).startswith("NOSCRIPT"):
                     # Redis restarted or flushed its scripts: send it whole
-                    await self._releaser.evalsha(script, release.keys, release.args)
+                    await self._releaser.evalsha(script, keys, args)
                 elif isinstance(result, BaseException):
                     raise result
 
-    def _retry(self, batch: list[_Release], exc: BaseException | None = None) -> bool:
-        """Queue the batch's releases again (without their token reconciliation, which may
-        have been applied already); True if any was. Those tried enough are dropped: their
-        leases lapse (logged once until a finish reaches Redis again)."""
-        again = False
+    def _retry(self, batch: list[_Release]) -> None:
+        """Queue the batch's releases again, without their token reconciliation (it may
+        have been applied: its reply was lost). A release whose leases have lapsed by now, or
+        that had none, is not retried: there is nothing left to give back."""
+        now = time.monotonic()
         for release in batch:
-            release.tries += 1
             args = release.args
-            if release.tries >= _RELEASE_TRIES or not any(a[1] for a in _chunks(args)):
+            if release.lapse <= now or not any(c[1] for c in _chunks(args)):
                 self.finish_dropped += 1
-                if release.tries >= _RELEASE_TRIES and not self._warned:
-                    self._warned = True
-                    logger.warning(
-                        "could not give back concurrency slots in Redis (%s); they lapse "
-                        "within %d s",
-                        "unknown error" if exc is None else _describe(exc),
-                        self._lease_seconds,
-                    )
                 continue
             for i in range(7, len(args), _FINISH_PER_BUCKET):
                 args[i] = 0  # delta: retried releases only give back leases
+            if len(self._pending) >= _MAX_PENDING:
+                self.finish_dropped += 1
+                continue
             self._pending.append(release)
-            again = True
-        return again
+
+    def _failed(self, exc: BaseException) -> None:
+        """Redis failed a renewal or a release: logged once until it answers again."""
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "could not renew or give back concurrency slots in Redis (%s); trying again "
+                "until it answers (a slot neither renewed nor given back lapses within %g s)",
+                _describe(exc),
+                self._lease_seconds,
+            )
+
+    def _answered(self) -> None:
+        """Redis answered the worker: failed releases go again at once."""
+        self._retry_delay = _RETRY_DELAY
+        self._retry_at = 0.0
+        if self._warned:
+            self._warned = False
+            logger.warning("Redis takes concurrency slots' renewals and releases again")
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait until every finish queued so far has been sent (or given up)."""
@@ -622,6 +768,32 @@ class RedisLimiter:
         async with asyncio.timeout(self._timeout):
             flat: list[bytes] = await self._client.execute("HGETALL", f"{self._prefix}s:{key}")
         return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+
+
+def _renewal_calls(
+    live: dict[str, _Live], lease_ttl: str
+) -> list[tuple[list[str], list[str | int]]]:
+    """The renewal script's calls for the live leases, :data:`_BATCH` leases at most each."""
+    by_key: dict[str, list[str]] = {}
+    for lease, (sets, _) in live.items():
+        for key in sets:
+            by_key.setdefault(key, []).append(lease)
+    calls: list[tuple[list[str], list[str | int]]] = []
+    keys: list[str] = []
+    args: list[str | int] = [lease_ttl]
+    count = 0
+    for key, leases in by_key.items():
+        for at in range(0, len(leases), _BATCH):
+            part = leases[at : at + _BATCH]
+            if keys and count + len(part) > _BATCH:
+                calls.append((keys, args))
+                keys, args, count = [], [lease_ttl], 0
+            keys.append(key)
+            args += [len(part), *part]
+            count += len(part)
+    if keys:
+        calls.append((keys, args))
+    return calls
 
 
 def _chunks(args: list[str | int]) -> list[tuple[str | int, ...]]:
