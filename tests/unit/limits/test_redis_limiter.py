@@ -18,7 +18,8 @@ from bastion.auth.identity import Identity
 from bastion.errors import BadRequestError, GatewayError, QuotaExceededError, RateLimitError
 from bastion.limits.limiter import Grant, MemoryLimiter, _period_left, periods, rate_headers
 from bastion.limits.plan import Bucket, Limit, Planner
-from bastion.limits.redis import _CALENDAR_LUA, LimiterBackendError, RedisGrant, RedisLimiter
+from bastion.limits.redis import LimiterBackendError, RedisGrant, RedisLimiter
+from bastion.limits.scripts import _CALENDAR_LUA
 from bastion.settings import LimitSettings, LimitsSettings, PriceSettings, RedisSettings, Secret
 from tests.support.redis_proxy import RedisProxy
 
