@@ -8,7 +8,6 @@ import contextlib
 import socket
 import socketserver
 import threading
-from typing import ClassVar
 
 HEALTHY = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}"
 
@@ -64,4 +63,4 @@ class RawUpstream:
 
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
-    allow_reuse_address: ClassVar[bool] = True  # type: ignore[misc]
+    allow_reuse_address = True
