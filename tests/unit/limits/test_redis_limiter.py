@@ -314,24 +314,26 @@ async def test_a_long_request_keeps_its_slot_past_the_lease(
 async def test_renewals_are_one_batched_call_per_interval_and_admissions_none(
     make_limiter: Callable[..., RedisLimiter], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The hot path stays one round trip per decision; the worker renews every live lease
-    of the replica in one pipeline per interval, whatever their number."""
+    """A decision stays one round trip; the worker renews every live lease of the replica
+    in one call (a pipeline past 256 leases) per interval, whatever their number."""
     limiter = make_limiter(lease_seconds=0.9, timeout=0.3)
+    calls: dict[str, list[str]] = {"decisions": [], "worker": []}
+    for client, seen in ((limiter._client, "decisions"), (limiter._releaser, "worker")):
+        for name in ("evalsha", "pipeline"):  # (evalsha sends through execute)
+            original = getattr(client, name)
+
+            def spy(*args: Any, _seen: str = seen, _name: str = name, _call: Any = original) -> Any:
+                calls[_seen].append(_name)
+                return _call(*args)
+
+            monkeypatch.setattr(client, name, spy)
     buckets = [bucket(f"user:many{i}", concurrency=1000) for i in range(3)]
-    grants = [await limiter.acquire((buckets[i % 3],), 1, 1) for i in range(600)]
-    calls: list[str] = []
-    for name in ("evalsha", "pipeline", "execute"):
-        original = getattr(limiter._releaser, name)
-
-        def spy(*args: Any, _name: str = name, _original: Any = original) -> Any:
-            calls.append(_name)
-            return _original(*args)
-
-        monkeypatch.setattr(limiter._releaser, name, spy)
     first = limiter.renewals
+    grants = [await limiter.acquire((buckets[i % 3],), 1, 1) for i in range(600)]
+    assert calls["decisions"] == ["evalsha"] * 600
     await eventually(lambda: limiter.renewals >= first + 2)
-    assert calls.count("pipeline") == limiter.renewals - first  # 600 leases: one pipeline
-    assert calls.count("evalsha") == calls.count("execute") == 0
+    assert len(calls["worker"]) == limiter.renewals - first
+    assert calls["worker"][-1] == "pipeline"  # 600 leases: 3 script calls, one round trip
     for grant in grants:
         limiter.finish(grant, 1, 1)
     await limiter.flush()
