@@ -102,7 +102,7 @@ class Secret(_Model):
 
 
 class TlsSettings(_Model):
-    """HTTPS on the gateway's own port: TLS 1.2 and 1.3 only."""
+    """HTTPS on the gateway's own port, as Mozilla's server-side TLS recommendations say."""
 
     certificate: Path
     """PEM certificate chain (the server's certificate first)."""
@@ -116,6 +116,18 @@ class TlsSettings(_Model):
     reload_interval: float = Field(default=10.0, gt=0)
     """Seconds between looks at the certificate, key and client CA files; when one changed,
     new handshakes use the new files (a file that cannot be loaded keeps the old ones)."""
+    profile: Literal["intermediate", "modern"] = "intermediate"
+    """Mozilla's profile: ``intermediate`` is TLS 1.3 and TLS 1.2 with six ECDHE suites
+    (AES-GCM and ChaCha20-Poly1305, no CBC); ``modern`` is TLS 1.3 only."""
+    ciphers: str | None = None
+    """TLS 1.2 cipher suites in OpenSSL's list format, instead of the profile's (for the
+    ``intermediate`` profile only: ``modern`` has no TLS 1.2)."""
+
+    @model_validator(mode="after")
+    def _ciphers_need_tls_1_2(self) -> TlsSettings:
+        if self.ciphers is not None and self.profile == "modern":
+            raise ValueError("ciphers sets TLS 1.2 suites, and the modern profile is TLS 1.3 only")
+        return self
 
 
 class ServerSettings(_Model):
@@ -183,6 +195,11 @@ class UpstreamClientSettings(_Model):
     has begun (connection refused or reset, timeout, 502/503/504)."""
     retry_window: float = Field(default=15.0, ge=0)
     """No further attempt starts later than this many seconds after the first."""
+    max_header_bytes: int = Field(default=16 * 1024, gt=0)
+    """Total size of a response's header lines, interim (1xx) responses included; a larger
+    head is a 502 and its connection is closed (as ``http.max_header_bytes`` for callers)."""
+    max_headers: int = Field(default=100, gt=0)
+    """Header lines of a response, interim responses included; more is a 502."""
     health: HealthCheckSettings = HealthCheckSettings()
     ejection: EjectionSettings = EjectionSettings()
 
@@ -519,9 +536,19 @@ class RedisSettings(_Model):
     timeout: float = Field(default=0.1, gt=0)
     """Longest wait for one limiter decision before the backend counts as failed."""
     key_prefix: str = "bastion:"
-    lease_seconds: float = Field(default=900.0, gt=0)
-    """A concurrency slot lapses after this long even if never released (a replica that
-    died holding it); a request running longer stops counting against concurrency."""
+    lease_seconds: float = Field(default=30.0, gt=0)
+    """A concurrency slot is a lease: a replica renews the leases of its requests still
+    running every third of this, and a lease neither renewed nor given back (its replica
+    died, or Redis was away) lapses after this long."""
+
+    @model_validator(mode="after")
+    def _renewal_fits_in_a_lease(self) -> RedisSettings:
+        if self.lease_seconds < 3 * self.timeout:
+            raise ValueError(
+                "lease_seconds must be at least 3 times timeout: leases are renewed every "
+                "third of lease_seconds, and a renewal may take up to timeout"
+            )
+        return self
 
 
 class PrioritySettings(_Model):

@@ -44,6 +44,8 @@ _RESTART_ONLY: dict[str, tuple[str, ...] | None] = {
         "stream_idle_timeout",
         "max_idle_connections",
         "idle_connection_ttl",
+        "max_header_bytes",
+        "max_headers",
     ),
     "store": (
         "enabled",

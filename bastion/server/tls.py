@@ -1,5 +1,17 @@
-"""The TLS context for the gateway's own port: modern protocol versions, optional mTLS, and
-certificates that are picked up when their files change.
+"""The TLS context for the gateway's own port: Mozilla's protocol versions and cipher suites,
+optional mTLS, and certificates that are picked up when their files change.
+
+``server.tls.profile`` follows Mozilla's server-side TLS recommendations: ``intermediate`` (the
+default) is TLS 1.2 and 1.3, TLS 1.2 with the six ECDHE suites of :data:`INTERMEDIATE_CIPHERS`
+(guidelines 5.7 also list three DHE suites, which OpenSSL never negotiates here since no DH
+parameters are loaded; 6.0 dropped them); ``modern`` is TLS 1.3 only. TLS 1.3's suites are
+OpenSSL's defaults, which are the profiles' three. The client chooses among the suites, as
+the profiles say (all are strong; one without AES instructions picks ChaCha20).
+
+Key-exchange groups are not set: before Python 3.15, ``ssl`` can only name one group
+(``set_ecdh_curve``), and the profiles list three (X25519, prime256v1, secp384r1), so
+OpenSSL's default list stays, which adds X448 and secp521r1 (and, for TLS 1.3, the ffdhe
+groups). docs/configuration.md shows how to set the list for the process with ``OPENSSL_CONF``.
 
 A reload builds a fresh context from the files and points new handshakes at it: the context
 the listening socket was given switches each handshake to the latest one in its server-name
@@ -21,6 +33,7 @@ import os
 import ssl
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -33,17 +46,28 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from bastion.errors import ConfigError
 from bastion.settings import TlsSettings
 
-__all__ = ["CertificateReloader", "server_context"]
+__all__ = ["INTERMEDIATE_CIPHERS", "CertificateReloader", "server_context"]
 
 log = logging.getLogger("bastion.tls")
 
 _Signature = tuple[tuple[int, int, int] | None, ...]
 
+INTERMEDIATE_CIPHERS: Final = ":".join((
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+))  # fmt: skip
+"""Mozilla's intermediate TLS 1.2 suites (an ECDSA certificate uses the first of each pair, an
+RSA one the second)."""
+
 
 def server_context(settings: TlsSettings) -> ssl.SSLContext:
-    """A server context: TLS 1.2 minimum, the configured certificate, and, with a client CA,
-    client certificates verified against it. Unreadable or mismatched files are a
-    ConfigError naming the setting."""
+    """A server context: the profile's versions and suites, the configured certificate, and,
+    with a client CA, client certificates verified against it. Unreadable or mismatched files
+    and cipher lists that select nothing are a ConfigError naming the setting."""
     return _load(settings)[0]
 
 
@@ -51,8 +75,7 @@ def _load(settings: TlsSettings) -> tuple[ssl.SSLContext, x509.Certificate]:
     """A fresh context from the files, and the certificate it serves."""
     leaf = _check_pair(settings.certificate, settings.key)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    _apply_profile(context, settings)
     try:
         context.load_cert_chain(settings.certificate, settings.key)
     except (OSError, ssl.SSLError) as exc:  # checked above: the files changed meanwhile
@@ -70,6 +93,20 @@ def _load(settings: TlsSettings) -> tuple[ssl.SSLContext, x509.Certificate]:
             ssl.CERT_REQUIRED if settings.client_certificate == "required" else ssl.CERT_OPTIONAL
         )
     return context, leaf
+
+
+def _apply_profile(context: ssl.SSLContext, settings: TlsSettings) -> None:
+    """Versions and suites of ``settings.profile`` (see the module's documentation)."""
+    modern = settings.profile == "modern"
+    context.minimum_version = ssl.TLSVersion.TLSv1_3 if modern else ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    try:
+        context.set_ciphers(settings.ciphers or INTERMEDIATE_CIPHERS)
+    except ssl.SSLError:
+        raise ConfigError(
+            f"no cipher suite that OpenSSL knows in {settings.ciphers!r}", "server.tls.ciphers"
+        ) from None
 
 
 def _check_pair(certificate: Path, key: Path) -> x509.Certificate:

@@ -12,6 +12,13 @@ The life of a request::
     response   ->  body pieces as they arrive (stream_idle_timeout between pieces)
                ->  body complete: the connection goes back to the pool, or is closed
 
+A response head is checked before anything of it reaches the caller: a status outside
+100..599 (llhttp accepts any three digits) or an unasked-for ``101``, or a head past
+``max_headers`` header lines or ``max_header_bytes`` (counted as the request side counts, interim
+responses included; a head still arriving is cut off just past that, since httptools would
+buffer a header value until its line ends), makes the exchange fail and closes the connection.
+1xx interim responses are skipped.
+
 Every failure below this module (socket errors, timeouts, invalid responses) is translated into
 :class:`~bastion.errors.UpstreamError` in one place, :func:`_upstream_error`; the messages never
 carry the upstream's address, the original exception stays in ``__cause__``.
@@ -28,7 +35,12 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import cast
 
-from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+from httptools import (
+    HttpParserCallbackError,
+    HttpParserError,
+    HttpParserUpgrade,
+    HttpResponseParser,
+)
 
 from bastion.errors import (
     UpstreamConnectError,
@@ -51,6 +63,9 @@ _COPY_LIMIT = 64 * 1024
 _NEVER = float("inf")
 _CLOSE_WAIT = 5.0
 """How long :meth:`UpstreamPool.aclose` waits for transports to report they are closed."""
+_STATUS_LINE_SLACK = 1024
+"""Bytes allowed beyond ``max_header_bytes`` (which counts header lines) for the status
+lines, before a head that has not ended is refused."""
 
 
 class _StaleConnectionError(Exception):
@@ -61,11 +76,18 @@ class _TruncatedError(Exception):
     """The connection ended, or was ended, in the middle of a response."""
 
 
+class _InvalidHeadError(Exception):
+    """The response head breaks HTTP or a limit; raised in a parser callback to stop parsing.
+    Its message is written for the caller."""
+
+
 def _upstream_error(exc: BaseException, origin: Origin) -> UpstreamError:
     """Translate a failure from below into Bastion's error: the one place this happens."""
     error: UpstreamError
     if isinstance(exc, TimeoutError):  # before OSError, of which it is a subclass
         error = UpstreamTimeoutError()
+    elif isinstance(exc, _InvalidHeadError):
+        error = UpstreamProtocolError(f"The model server sent an invalid response: {exc}.")
     elif isinstance(exc, _TruncatedError | HttpParserError | HttpParserUpgrade):
         error = UpstreamProtocolError()
     else:
@@ -293,6 +315,9 @@ class _Connection(asyncio.Protocol):
         "_closed",
         "_deadline",
         "_got_bytes",
+        "_head_bytes",
+        "_header_bytes",
+        "_header_count",
         "_headers",
         "_idle_since",
         "_interim",
@@ -324,6 +349,9 @@ class _Connection(asyncio.Protocol):
         self._response: UpstreamResponse | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._got_bytes = False  # any byte of the response in flight
+        self._head_bytes = 0  # bytes received while waiting for the response head
+        self._header_bytes = 0  # header lines' bytes (name + value + 4 each), and their
+        self._header_count = 0  # number, interim responses included
         self._is_head = False
         self._interim = False  # inside a 1xx interim response
         self._reset_parser = False
@@ -346,6 +374,7 @@ class _Connection(asyncio.Protocol):
         if self._headers:
             self._headers = []
         self._got_bytes = False
+        self._head_bytes = self._header_bytes = self._header_count = 0
         self._is_head = is_head
         self._deadline = time.monotonic() + self._pool._read_timeout
         self._pool._watch(self)
@@ -364,10 +393,18 @@ class _Connection(asyncio.Protocol):
             self._shut()  # nothing was asked: the connection is out of step, never reuse it
             return
         self._got_bytes = True
+        heading = self._waiter is not None
+        if heading:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except (HttpParserError, HttpParserUpgrade) as exc:
-            self._fail(exc)
+            refused = exc.__context__ if isinstance(exc, HttpParserCallbackError) else None
+            self._fail(refused if isinstance(refused, _InvalidHeadError) else exc)
+        else:
+            if heading and self._waiter is not None and self._head_bytes > self._pool._head_limit:
+                # httptools keeps a header value until its line ends: cut off a head still coming
+                self._fail(_InvalidHeadError("its headers are too large"))
         if self._reset_parser:
             self._reset_parser = False
             self._parser = HttpResponseParser(self)
@@ -386,14 +423,24 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Counted as the request side counts (``name: value\r\n``), interim heads included
+        self._header_count += 1
+        self._header_bytes += len(name) + len(value) + 4
+        pool = self._pool
+        if self._header_count > pool._max_headers or self._header_bytes > pool._max_header_bytes:
+            raise _InvalidHeadError("its headers are too large")
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         status: int = self._parser.get_status_code()
         if status < 200:  # 1xx interim response: skip it, the real one follows
+            if status < 100 or status == 101:  # llhttp takes any 3 digits; no upgrade is asked
+                raise _InvalidHeadError(f"status {status}")
             self._interim = True
             self._headers = []
             return
+        if status > 599:  # not an HTTP status: there is nothing to relay
+            raise _InvalidHeadError(f"status {status}")
         waiter = self._waiter
         if waiter is None or waiter.done():
             return  # unsolicited, or the caller left: either way the connection gets closed
@@ -536,6 +583,9 @@ class UpstreamPool:
         self._stream_idle_timeout = settings.stream_idle_timeout
         self._max_idle = settings.max_idle_connections
         self._ttl = settings.idle_connection_ttl
+        self._max_header_bytes = settings.max_header_bytes
+        self._max_headers = settings.max_headers
+        self._head_limit = settings.max_header_bytes + _STATUS_LINE_SLACK
         self._ssl_context = ssl_context
         self._idle: dict[Origin, deque[_Connection]] = {}
         self._conns: set[_Connection] = set()

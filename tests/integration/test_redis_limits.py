@@ -7,6 +7,7 @@ import contextlib
 import secrets
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from bastion.auth.apikeys import generate_key, hash_key
 from tests.integration.conftest import UPSTREAM_KEY
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import GatewayProcess, Keys, base_config, running_gateway
+from tests.support.redis_proxy import RedisProxy
 
 RUNS = 3
 KEYS = {f"run{n}": generate_key() for n in range(RUNS)}
@@ -180,3 +182,101 @@ def test_redis_going_away_and_coming_back(
         assert statuses([gateway], key, 60).count(200) <= 50
         logs = gateway.logs
     assert logs.count("ERROR bastion.limits") == 1, logs
+
+
+# Concurrency slots through a Redis blip, a long stream and a replica killed mid-stream
+
+STREAM = b'{"model": "test-model", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
+
+
+@pytest.fixture
+def redis_proxy() -> Iterator[RedisProxy]:
+    """The shared Redis behind a proxy that can make it unreachable for a while."""
+    proxy = RedisProxy().start()
+    yield proxy
+    proxy.stop()
+
+
+def concurrency_config(upstream: FakeUpstream, redis_url: str, prefix: str) -> dict[str, object]:
+    config = config_for(upstream, redis_url, prefix)
+    limits = config["limits"]
+    assert isinstance(limits, dict)
+    limits["redis"]["lease_seconds"] = 1.0  # renewed every third of a second
+    limits["users"] = {"run0": {"concurrency": 1}}
+    return config
+
+
+def open_stream(gateway: GatewayProcess) -> socket.socket:
+    """A streamed request of ``run0`` whose first event has arrived (the upstream holds the
+    rest until its ``hold_after_first`` is set)."""
+    sock = socket.create_connection(gateway.host_port, timeout=10)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+        + f"Authorization: Bearer {KEYS['run0']}\r\nContent-Length: {len(STREAM)}\r\n".encode()
+        + b"Content-Type: application/json\r\n\r\n"
+        + STREAM
+    )
+    received = b""
+    while b"tok0" not in received:
+        received += sock.recv(65536)
+    assert received.startswith(b"HTTP/1.1 200")
+    return sock
+
+
+def read_to_end(sock: socket.socket) -> None:
+    with sock:
+        while sock.recv(65536):
+            pass
+
+
+def status_within(gateway: GatewayProcess, wanted: int, seconds: float) -> float:
+    """Ask until ``run0`` gets ``wanted``; how long that took."""
+    started = time.monotonic()
+    while (status := statuses([gateway], KEYS["run0"], 1)[0]) != wanted:
+        assert time.monotonic() - started < seconds, f"still {status} after {seconds} s"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def test_a_redis_blip_during_a_release_does_not_lock_the_key_out(
+    upstream: FakeUpstream, redis_proxy: RedisProxy, tmp_path: Path
+) -> None:
+    """Issue 13, item 3: a 2 s blip as a stream ended kept its slot taken for the lease's
+    15 minutes. The release is retried: the key is usable again within seconds of Redis."""
+    config = concurrency_config(upstream, redis_proxy.url, f"bt-{secrets.token_hex(4)}:")
+    release = threading.Event()
+    upstream.behaviour.hold_after_first = release
+    with running_gateway(config, tmp_path, UPSTREAM_KEY) as gateway:
+        stream = open_stream(gateway)
+        assert statuses([gateway], KEYS["run0"], 1) == [429]  # its one slot is taken
+        redis_proxy.drop()
+        blip = time.monotonic()
+        release.set()
+        read_to_end(stream)  # the stream ends while Redis is away: its release fails
+        gateway.wait_for_log("concurrency slots in Redis (")
+        while time.monotonic() - blip < 2.0:  # a 2-second blip
+            time.sleep(0.05)
+        redis_proxy.restore()
+        assert status_within(gateway, 200, 5.0) < 5.0
+
+
+def test_a_stream_longer_than_the_lease_keeps_its_slot_and_a_killed_replicas_lapses(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    prefix = f"bt-{secrets.token_hex(4)}:"
+    config = concurrency_config(upstream, "redis://127.0.0.1:6379/0", prefix)
+    upstream.behaviour.hold_after_first = threading.Event()  # streams run until told
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with running_gateway(config, tmp_path / "a", UPSTREAM_KEY) as first:
+        stream = open_stream(first)
+        started = time.monotonic()
+        while time.monotonic() - started < 3.0:  # three leases long: renewed, still counts
+            assert statuses([first], KEYS["run0"], 1) == [429]
+            time.sleep(0.2)
+        with running_gateway(config, tmp_path / "b", UPSTREAM_KEY) as second:
+            assert statuses([second], KEYS["run0"], 1) == [429]  # shared through Redis
+            first.proc.kill()  # dies with the stream running: nobody renews or releases
+            first.proc.wait(5)
+            stream.close()
+            assert status_within(second, 200, 3.0) < 3.0  # the lease lapsed (1 s), not 900 s

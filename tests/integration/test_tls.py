@@ -119,6 +119,64 @@ def test_tls_1_2_and_1_3_are_accepted(https: tuple[GatewayProcess, Path]) -> Non
         assert _handshake(gateway, context) in ("TLSv1.2", "TLSv1.3")
 
 
+def _offering(ca_file: Path, version: ssl.TLSVersion, ciphers: str | None = None,
+              group: str | None = None) -> ssl.SSLContext:  # fmt: skip
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.minimum_version = context.maximum_version = version
+    if ciphers is not None:
+        context.set_ciphers(ciphers)
+    if group is not None:
+        context.set_ecdh_curve(group)  # a client context offers only this group
+    return context
+
+
+def test_tls_1_2_cbc_suites_are_refused(https: tuple[GatewayProcess, Path]) -> None:
+    """Mozilla's intermediate profile: AEAD suites only (the certificate here is ECDSA)."""
+    gateway, ca_file = https
+    tls12 = ssl.TLSVersion.TLSv1_2
+    for cbc in ("ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA384"):
+        with pytest.raises(ssl.SSLError):
+            _handshake(gateway, _offering(ca_file, tls12, cbc))
+    for aead in ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"):
+        version, answer = _talk(gateway, _offering(ca_file, tls12, aead))
+        assert (version, answer[:12]) == ("TLSv1.2", b"HTTP/1.1 200")
+
+
+def test_key_exchange_groups_can_be_set_for_the_process_with_openssl_conf(
+    upstream: FakeUpstream, ca: trustme.CA, https: tuple[GatewayProcess, Path], tmp_path: Path
+) -> None:
+    """Python's ssl cannot set the group list (docs/configuration.md): OpenSSL's default,
+    which offers X448 and secp521r1, stays unless the documented OPENSSL_CONF file sets it."""
+    tls13 = ssl.TLSVersion.TLSv1_3
+    default, ca_file = https
+    assert _handshake(default, _offering(ca_file, tls13, group="X448")) == "TLSv1.3"
+    conf = tmp_path / "openssl.cnf"
+    conf.write_text(_documented_openssl_conf())
+    cert, key, ca_file = _files(ca, tmp_path)
+    config = base_config(upstream.url, KEYS)
+    config["server"].update(state_dir=str(tmp_path), tls={"certificate": str(cert),
+                                                          "key": str(key)})  # fmt: skip
+    gateway = GatewayProcess(
+        config, tmp_path, env={"TEST_UPSTREAM_KEY": UPSTREAM_KEY, "OPENSSL_CONF": str(conf)}
+    )
+    try:
+        for refused in ("X448", "secp521r1"):
+            with pytest.raises(ssl.SSLError):
+                _handshake(gateway, _offering(ca_file, tls13, group=refused))
+        for accepted in ("X25519", "prime256v1", "secp384r1"):
+            assert _handshake(gateway, _offering(ca_file, tls13, group=accepted)) == "TLSv1.3"
+    finally:
+        gateway.stop()
+
+
+def _documented_openssl_conf() -> str:
+    """The OpenSSL configuration file that docs/configuration.md shows (server.tls)."""
+    docs = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    blocks = docs.split("```")[1::2]
+    (recipe,) = [b for b in blocks if "system_default_sect" in b]
+    return recipe.lstrip("\n")
+
+
 def test_mutual_tls_refuses_callers_without_a_certificate(
     upstream: FakeUpstream, ca: trustme.CA, tmp_path: Path
 ) -> None:

@@ -37,6 +37,24 @@ def handshake(
 
     Raises ssl.SSLError when either side refuses.
     """
+    client_side, server_side = _connected(server, client, server_name)
+    seen = client_side.getpeercert()
+    assert seen is not None
+    return seen, server_side.getpeercert() or None
+
+
+def negotiated(server: ssl.SSLContext, client: ssl.SSLContext) -> tuple[str, str]:
+    """The protocol version and cipher suite of an in-memory handshake; raises ssl.SSLError
+    when either side refuses."""
+    client_side, _ = _connected(server, client, "127.0.0.1")
+    cipher = client_side.cipher()
+    assert cipher is not None
+    return cipher[1], cipher[0]
+
+
+def _connected(
+    server: ssl.SSLContext, client: ssl.SSLContext, server_name: str
+) -> tuple[ssl.SSLObject, ssl.SSLObject]:
     to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
     server_side = server.wrap_bio(to_server, to_client, server_side=True)
     client_side = client.wrap_bio(to_client, to_server, server_hostname=server_name)
@@ -55,9 +73,7 @@ def handshake(
             # so a refusal reaches the client only on its first read.
             server_side.write(b"x")
             client_side.read(1)
-            seen = client_side.getpeercert()
-            assert seen is not None
-            return seen, server_side.getpeercert() or None
+            return client_side, server_side
     raise AssertionError("the handshake did not finish")
 
 

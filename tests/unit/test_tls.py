@@ -15,7 +15,7 @@ import trustme
 from bastion.errors import ConfigError
 from bastion.server.tls import CertificateReloader, server_context
 from bastion.settings import TlsSettings
-from tests.support.tls import client_context, common_name, handshake, write_leaf
+from tests.support.tls import client_context, common_name, handshake, negotiated, write_leaf
 
 
 def files(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -49,6 +49,102 @@ def test_unreadable_or_mismatched_files_are_config_errors(tmp_path: Path) -> Non
         server_context(TlsSettings(certificate=ca_file, key=key))  # not the key's certificate
     with pytest.raises(ConfigError, match="client_ca"):
         server_context(TlsSettings(certificate=cert, key=key, client_ca=tmp_path / "none.pem"))
+
+
+# Profiles: Mozilla's server-side TLS recommendations
+
+INTERMEDIATE_TLS12 = {
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+}
+
+
+def rsa_files(tmp_path: Path) -> tuple[trustme.CA, Path, Path]:
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    cert, key = tmp_path / "rsa.pem", tmp_path / "rsa-key.pem"
+    write_leaf(ca.issue_cert("127.0.0.1", key_type=trustme.KeyType.RSA), cert, key)
+    return ca, cert, key
+
+
+def offering(
+    ca: trustme.CA, ciphers: str | None = None, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+) -> ssl.SSLContext:
+    """A client that speaks only ``version`` and, for TLS 1.2, offers only ``ciphers``."""
+    context = client_context(ca)
+    context.minimum_version = context.maximum_version = version
+    if ciphers is not None:
+        context.set_ciphers(ciphers)
+    return context
+
+
+def test_the_default_profile_offers_exactly_mozillas_intermediate_tls_1_2_suites(
+    tmp_path: Path,
+) -> None:
+    cert, key, _ = files(tmp_path)
+    context = server_context(TlsSettings(certificate=cert, key=key))
+    offered = {c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"}
+    assert offered == INTERMEDIATE_TLS12
+    tls13 = {c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.3"}
+    assert tls13 == {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+                     "TLS_CHACHA20_POLY1305_SHA256"}  # fmt: skip
+
+
+@pytest.mark.parametrize("key_type", ["ecdsa", "rsa"])
+def test_cbc_suites_are_refused_and_aead_suites_accepted(tmp_path: Path, key_type: str) -> None:
+    """The two CBC suites Python's default list adds (SHA-256 and SHA-384 HMACs) for each key
+    type; only an AEAD suite gets a handshake."""
+    if key_type == "rsa":
+        ca, cert, key = rsa_files(tmp_path)
+    else:
+        ca = trustme.CA()
+        cert, key = tmp_path / "ec.pem", tmp_path / "ec-key.pem"
+        write_leaf(ca.issue_cert("127.0.0.1"), cert, key)
+    server = server_context(TlsSettings(certificate=cert, key=key))
+    kind = key_type.upper()
+    for cbc in (f"ECDHE-{kind}-AES128-SHA256", f"ECDHE-{kind}-AES256-SHA384"):
+        with pytest.raises(ssl.SSLError, match=r"NO_SHARED_CIPHER|HANDSHAKE_FAILURE"):
+            negotiated(server, offering(ca, cbc))
+    for aead in (f"ECDHE-{kind}-AES128-GCM-SHA256", f"ECDHE-{kind}-CHACHA20-POLY1305"):
+        assert negotiated(server, offering(ca, aead)) == ("TLSv1.2", aead)
+    # A TLS 1.3 client gets its own suites, whatever the TLS 1.2 list
+    assert negotiated(server, offering(ca, version=ssl.TLSVersion.TLSv1_3))[0] == "TLSv1.3"
+
+
+def test_the_client_chooses_among_the_suites(tmp_path: Path) -> None:
+    """As the profiles say (every suite is strong): a client that prefers ChaCha20, such as
+    one without AES instructions, gets it."""
+    cert, key, _ = files(tmp_path)
+    ca = trustme.CA()
+    write_leaf(ca.issue_cert("127.0.0.1"), cert, key)
+    server = server_context(TlsSettings(certificate=cert, key=key))
+    prefers = "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256"
+    assert negotiated(server, offering(ca, prefers))[1] == "ECDHE-ECDSA-CHACHA20-POLY1305"
+
+
+def test_the_modern_profile_is_tls_1_3_only(tmp_path: Path) -> None:
+    ca, cert, key = rsa_files(tmp_path)
+    server = server_context(TlsSettings(certificate=cert, key=key, profile="modern"))
+    assert server.minimum_version == ssl.TLSVersion.TLSv1_3
+    with pytest.raises(ssl.SSLError):
+        negotiated(server, offering(ca, "ECDHE-RSA-AES128-GCM-SHA256"))
+    assert negotiated(server, offering(ca, version=ssl.TLSVersion.TLSv1_3))[0] == "TLSv1.3"
+
+
+def test_custom_tls_1_2_ciphers(tmp_path: Path) -> None:
+    ca, cert, key = rsa_files(tmp_path)
+    only = "ECDHE-RSA-AES256-GCM-SHA384"
+    server = server_context(TlsSettings(certificate=cert, key=key, ciphers=only))
+    assert negotiated(server, offering(ca, only)) == ("TLSv1.2", only)
+    with pytest.raises(ssl.SSLError):
+        negotiated(server, offering(ca, "ECDHE-RSA-AES128-GCM-SHA256"))
+    with pytest.raises(ConfigError, match=r"server\.tls\.ciphers"):
+        server_context(TlsSettings(certificate=cert, key=key, ciphers="NO-SUCH-CIPHER"))
+    with pytest.raises(ValueError, match="modern"):
+        TlsSettings(certificate=cert, key=key, profile="modern", ciphers=only)
 
 
 # Reloading: fresh files reach new handshakes; broken ones never replace working ones.

@@ -21,7 +21,8 @@ from bastion.errors import BadRequestError, RateLimitError, ServiceUnavailableEr
 from bastion.limits.fallback import FailoverLimiter
 from bastion.limits.limiter import Grant, MemoryLimiter
 from bastion.limits.plan import Bucket, Limit
-from bastion.limits.redis import EPOCH, LimiterBackendError, RedisGrant, RedisLimiter
+from bastion.limits.redis import LimiterBackendError, RedisGrant, RedisLimiter
+from bastion.limits.scripts import EPOCH
 from bastion.settings import LimitSettings, RedisSettings
 
 

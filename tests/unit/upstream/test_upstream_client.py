@@ -520,6 +520,114 @@ async def test_invalid_response_is_a_protocol_error(serve: Serve, make_pool: Mak
         await get(make_pool(), up.origin)
 
 
+def answering(reply: bytes) -> Handler:
+    """A model server that answers the first request with ``reply``, then waits for the
+    gateway to close the connection."""
+
+    async def handle(peer: Peer) -> None:
+        await peer.read_request()
+        with contextlib.suppress(ConnectionError):
+            await peer.send(reply)
+        await peer.wait_eof()
+
+    return handle
+
+
+@pytest.mark.parametrize(
+    "status",
+    [b"600 X", b"999 Nonsense", b"099 Low", b"000 Zero", b"101 Switching Protocols"],
+)
+async def test_a_status_outside_100_to_599_is_a_protocol_error(
+    serve: Serve, make_pool: MakePool, status: bytes
+) -> None:
+    """llhttp accepts any three digits; a status HTTP does not define (or an unasked-for
+    protocol switch) is the upstream's fault, at once: not a relayed 600, not an interim
+    response waited past until read_timeout."""
+    up = await serve(answering(b"HTTP/1.1 " + status + b"\r\ncontent-length: 2\r\n\r\nhi"))
+    pool = make_pool(read_timeout=WAIT)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(UpstreamProtocolError) as caught:
+        await get(pool, up.origin)
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert str(up.origin.port) not in str(caught.value)
+    await eventually(lambda: up.disconnected == 1)  # never reused
+    assert pool.idle_count(up.origin) == 0
+
+
+@pytest.mark.parametrize("status", [b"100 Continue", b"199 Whatever", b"599 Odd", b"200 OK"])
+async def test_statuses_in_range_are_accepted(
+    serve: Serve, make_pool: MakePool, status: bytes
+) -> None:
+    interim = status.startswith(b"1")
+    reply = b"HTTP/1.1 " + status + b"\r\n\r\n" + response() if interim else response(status)
+    up = await serve(answering(reply))
+    async with await get(make_pool(), up.origin) as resp:
+        assert resp.status == (200 if interim else int(status[:3]))
+        assert await resp.read() == BODY
+
+
+async def test_an_oversized_response_head_is_refused(serve: Serve, make_pool: MakePool) -> None:
+    big = b"x-big: " + b"a" * 1_000_000
+    up = await serve(answering(response(b"200 OK", BODY, big)))
+    pool = make_pool(max_header_bytes=16 * 1024)
+    with pytest.raises(UpstreamProtocolError) as caught:
+        await get(pool, up.origin)
+    assert "header" in str(caught.value)
+    await eventually(lambda: up.disconnected == 1)
+    assert pool.idle_count(up.origin) == 0
+
+
+async def test_a_head_that_never_ends_is_refused_once_past_the_limit(
+    serve: Serve, make_pool: MakePool
+) -> None:
+    """httptools keeps a header value until its line ends: a header that goes on and on is
+    refused once the head passes the limit, neither buffered nor waited for until
+    read_timeout."""
+    unending = b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 40_000
+    up = await serve(answering(unending))
+    pool = make_pool(max_header_bytes=16 * 1024, read_timeout=WAIT)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(UpstreamProtocolError):
+        await get(pool, up.origin)
+    assert asyncio.get_running_loop().time() - started < 1.0
+    await eventually(lambda: up.disconnected == 1)
+
+
+@pytest.mark.parametrize(
+    ("headers", "refused"),
+    [
+        ([b"x-%d: v" % i for i in range(100)], False),
+        ([b"x-%d: v" % i for i in range(101)], True),
+        ([b"x-a: " + b"b" * 4089] * 4, False),  # 4 lines of 4096 bytes: exactly the limit
+        ([b"x-a: " + b"b" * 4089] * 3 + [b"x-a: " + b"b" * 4090], True),
+    ],
+    ids=["100-headers", "101-headers", "16384-bytes", "16385-bytes"],
+)
+async def test_response_header_limits(
+    serve: Serve, make_pool: MakePool, headers: list[bytes], refused: bool
+) -> None:
+    """The limits count like the request side's: header lines, and name + value + 4 bytes
+    each (``name: value\\r\\n``)."""
+    up = await serve(answering(b"\r\n".join([b"HTTP/1.1 200 OK", *headers, b""]) + b"\r\n"))
+    pool = make_pool(max_header_bytes=16 * 1024, max_headers=100)
+    if refused:
+        with pytest.raises(UpstreamProtocolError):
+            await get(pool, up.origin)
+    else:
+        async with await get(pool, up.origin) as resp:
+            assert len(resp.headers) == len(headers)
+
+
+async def test_interim_responses_count_toward_the_head_limits(
+    serve: Serve, make_pool: MakePool
+) -> None:
+    """An upstream cannot get round the limits with a stream of 1xx heads."""
+    interim = b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"
+    up = await serve(answering(interim * 20 + response()))
+    with pytest.raises(UpstreamProtocolError):
+        await get(make_pool(max_headers=10), up.origin)
+
+
 @pytest.mark.parametrize("iterate", [False, True])
 async def test_body_cut_short_is_a_protocol_error(
     serve: Serve, make_pool: MakePool, iterate: bool
