@@ -37,7 +37,7 @@ from bastion.admin.operations import (
     path,
     query,
 )
-from bastion.admin.service import AdminService, Caller
+from bastion.admin.service import MAX_OVERLAP, AdminService, Caller
 from bastion.errors import (
     BadRequestError,
     BastionError,
@@ -50,6 +50,7 @@ from bastion.pipeline.accept import json_object
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.responses import send_json
 from bastion.store.records import Actor, AuditQuery, StoredKey
+from bastion.store.store import KINDS
 from bastion.store.sync import StoreSync
 from bastion.store.usage import GROUPS, UsageQuery
 
@@ -182,7 +183,8 @@ _NAME = Text(128)
 _ROLE = Text(64)
 _DESCRIPTION = Text(500)
 _KEY_ID = Text(64)
-_TIME = Number()
+_LAST_TIME = 253_402_300_799.0  # 9999-12-31T23:59:59Z: later is a mistake, not a moment
+_TIME = Number(0, _LAST_TIME)
 _USER_NAME = path("name", _NAME, "the user's name")
 _TEAM_NAME = path("name", _NAME, "the team's name")
 _KEY = path("id", _KEY_ID, "the key's id (key_...)")
@@ -200,7 +202,7 @@ OPERATIONS: tuple[Operation[Call], ...] = (
         params=(
             body("name", _NAME, required=True),
             body("role", _ROLE, default="user"),
-            body("kind", Text(16), default="user", doc="user (a person) or service"),
+            body("kind", Choice(KINDS), default="user", doc="user (a person) or service"),
             body("description", _DESCRIPTION, default=""),
         ), returns=shapes.User, status=201, writes=True),
     _Op("users.show", "GET", "/users/{name}", lambda c: c.service.user(c.args["name"]).public(),
@@ -250,7 +252,7 @@ OPERATIONS: tuple[Operation[Call], ...] = (
             body("routes", Strings(), doc="only these permissions"),
             body("networks", Strings(), doc="only from these networks (CIDR)"),
             body("expires_at", _TIME, doc="a Unix time"),
-            body("expires_in", Number(), doc="seconds from now"),
+            body("expires_in", Number(0, _LAST_TIME), doc="seconds from now"),
         ), returns=shapes.IssuedKey, status=201, writes=True),
     _Op("keys.show", "GET", "/keys/{id}",
         lambda c: c.service.key(c.args["id"]).public(time.time()),
@@ -260,16 +262,16 @@ OPERATIONS: tuple[Operation[Call], ...] = (
         "Revoke a key now", params=(_KEY,), returns=shapes.Key, writes=True),
     _Op("keys.rotate", "POST", "/keys/{id}/rotate", _rotate_key,
         "Issue a replacement; the old key keeps working for the overlap",
-        params=(_KEY, body("overlap", Number(), default=3600.0, doc="seconds")),
+        params=(_KEY, body("overlap", Number(0, MAX_OVERLAP), default=3600.0, doc="seconds")),
         returns=shapes.IssuedKey, status=201, writes=True),
     _Op("audit", "GET", "/audit", _audit, "The audit trail, newest first",
         params=(
             query("since", _TIME),
             query("until", _TIME),
-            query("actor", _NAME),
+            query("actor", Text(200)),
             query("action", Text(64), doc="an action, or a prefix ending in '.' (key.)"),
-            query("outcome", Text(16), doc="ok, denied or failed"),
-            query("limit", Integer(), default=100),
+            query("outcome", Choice(("ok", "denied", "failed"))),
+            query("limit", Integer(1, 10_000), default=100),
         ), returns=shapes.ListOf[shapes.AuditEvent]),
     _Op("usage", "GET", "/usage", _usage, "Usage totals: requests and tokens",
         params=(

@@ -14,12 +14,17 @@ That one declaration drives:
   shape is a ``TypedDict`` of :mod:`bastion.admin.shapes`.
 
 A parameter's kind checks and converts its values: from JSON (a body field), from text (a path
-segment or a query parameter) and back to text (the CLI writing a query string).
+segment or a query parameter) and back to text (the CLI writing a query string). The checks are
+whole, so that no value reaches the service or the database that either would choke on: text
+is bounded and holds no NUL (PostgreSQL refuses it), numbers are finite and within the range
+their declaration gives, enumerations and lists of them hold known words, once each. A refusal
+is a 400 naming the parameter.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -76,14 +81,22 @@ class Kind:
         raise NotImplementedError
 
 
+def _text(value: Any, name: str, max_length: int) -> str:
+    if not isinstance(value, str):
+        raise BadRequestError(f"'{name}' must be a string.", param=name)
+    if len(value) > max_length:
+        raise BadRequestError(f"'{name}' is at most {max_length} characters.", param=name)
+    if "\x00" in value:
+        raise BadRequestError(f"'{name}' must not contain a NUL character.", param=name)
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Text(Kind):
-    max_length: int = 200
+    max_length: int
 
     def from_json(self, value: Any, name: str) -> str:
-        if not isinstance(value, str):
-            raise BadRequestError(f"'{name}' must be a string.", param=name)
-        return value
+        return _text(value, name, self.max_length)
 
     def schema(self) -> dict[str, Any]:
         return {"type": "string", "maxLength": self.max_length}
@@ -94,9 +107,9 @@ class Choice(Kind):
     values: tuple[str, ...]
 
     def from_json(self, value: Any, name: str) -> str:
-        if value not in self.values:
+        if not isinstance(value, str) or value not in self.values:
             raise BadRequestError(f"'{name}' is one of {', '.join(self.values)}.", param=name)
-        return str(value)
+        return value
 
     def schema(self) -> dict[str, Any]:
         return {"type": "string", "enum": list(self.values)}
@@ -104,13 +117,21 @@ class Choice(Kind):
 
 @dataclass(frozen=True, slots=True)
 class Number(Kind):
-    minimum: float | None = None
-    maximum: float | None = None
+    """A finite number from ``minimum`` to ``maximum``."""
+
+    minimum: float
+    maximum: float
 
     def from_json(self, value: Any, name: str) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise BadRequestError(f"'{name}' must be a number.", param=name)
-        return float(value)
+        number = float(value)
+        if not (math.isfinite(number) and self.minimum <= number <= self.maximum):
+            raise BadRequestError(
+                f"'{name}' must be a number from {self.minimum:.15g} to {self.maximum:.15g}.",
+                param=name,
+            )
+        return number
 
     def from_text(self, text: str, name: str) -> float:
         try:
@@ -122,18 +143,23 @@ class Number(Kind):
         return repr(float(value))
 
     def schema(self) -> dict[str, Any]:
-        bounds = {"minimum": self.minimum, "maximum": self.maximum}
-        return {"type": "number", **{k: v for k, v in bounds.items() if v is not None}}
+        return {"type": "number", "minimum": self.minimum, "maximum": self.maximum}
 
 
 @dataclass(frozen=True, slots=True)
 class Integer(Kind):
-    minimum: int | None = None
-    maximum: int | None = None
+    """A whole number from ``minimum`` to ``maximum``."""
+
+    minimum: int
+    maximum: int
 
     def from_json(self, value: Any, name: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise BadRequestError(f"'{name}' must be an integer.", param=name)
+        if not self.minimum <= value <= self.maximum:
+            raise BadRequestError(
+                f"'{name}' must be an integer from {self.minimum} to {self.maximum}.", param=name
+            )
         return value
 
     def from_text(self, text: str, name: str) -> int:
@@ -143,8 +169,10 @@ class Integer(Kind):
             raise BadRequestError(f"'{name}' must be an integer.", param=name) from None
 
     def schema(self) -> dict[str, Any]:
-        bounds = {"minimum": self.minimum, "maximum": self.maximum}
-        return {"type": "integer", **{k: v for k, v in bounds.items() if v is not None}}
+        return {"type": "integer", "minimum": self.minimum, "maximum": self.maximum}
+
+
+_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +183,10 @@ class Flag(Kind):
         return value
 
     def from_text(self, text: str, name: str) -> bool:
-        return text.lower() in ("1", "true", "yes")
+        word = text.lower()
+        if word not in _WORDS:
+            raise BadRequestError(f"'{name}' must be true or false.", param=name)
+        return _WORDS[word]
 
     def to_text(self, value: Any) -> str:
         return "true" if value else "false"
@@ -172,8 +203,18 @@ class Strings(Kind):
     max_length: int = 200
 
     def from_json(self, value: Any, name: str) -> list[str]:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise BadRequestError(f"'{name}' must be a list of strings.", param=name)
+        if (
+            not isinstance(value, list)
+            or len(value) > self.max_items
+            or not all(isinstance(v, str) and 0 < len(v) <= self.max_length for v in value)
+        ):
+            raise BadRequestError(
+                f"'{name}' must be a list of up to {self.max_items} strings of 1 to "
+                f"{self.max_length} characters.",
+                param=name,
+            )
+        if any("\x00" in v for v in value):
+            raise BadRequestError(f"'{name}' must not contain a NUL character.", param=name)
         return value
 
     def schema(self) -> dict[str, Any]:
@@ -193,7 +234,12 @@ class Choices(Kind):
         return self.from_text(value, name)
 
     def from_text(self, text: str, name: str) -> tuple[str, ...]:
-        return tuple(word for word in text.split(",") if word)
+        words = tuple(word for word in text.split(",") if word)
+        if not words or not set(words) <= set(self.values) or len(set(words)) < len(words):
+            raise BadRequestError(
+                f"'{name}' names one or more of {', '.join(self.values)}, each once.", param=name
+            )
+        return words
 
     def to_text(self, value: Any) -> str:
         return value if isinstance(value, str) else ",".join(value)
