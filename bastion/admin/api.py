@@ -5,99 +5,292 @@ and ``authorize`` enforces it); what each of them may then do is decided by
 :class:`~bastion.admin.service.AdminService`. Responses are JSON and never cached; a created or
 rotated key's secret appears once, in the response that created it.
 
-::
-
-    GET    /admin/v1/whoami
-    GET    /admin/v1/roles
-    GET    /admin/v1/users                     POST /admin/v1/users
-    GET    /admin/v1/users/{name}              PATCH, DELETE the same
-    GET    /admin/v1/teams                     POST /admin/v1/teams
-    GET    /admin/v1/teams/{name}              DELETE the same
-    PUT    /admin/v1/teams/{name}/members/{user}   DELETE the same
-    GET    /admin/v1/keys[?user=&include_revoked=true]   POST /admin/v1/keys
-    GET    /admin/v1/keys/{id}
-    POST   /admin/v1/keys/{id}/revoke          POST /admin/v1/keys/{id}/rotate
-    GET    /admin/v1/audit[?since=&until=&actor=&action=&outcome=&limit=]
-    GET    /admin/v1/usage[?by=user,model&period=hour|day|all&since=&until=&user=&team=&model=]
-    POST   /admin/v1/reload                    (re-read the config file and apply it)
+Every operation is declared once, in :data:`OPERATIONS` (see :mod:`bastion.admin.operations`):
+its method and path, its parameters, its answer and its handler. The CLI performs the same
+operations by building the same requests, sent to a gateway or handed to :meth:`AdminApi.handle`
+in-process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+from bastion.admin import shapes
+from bastion.admin.operations import (
+    PREFIX,
+    Choice,
+    Choices,
+    Flag,
+    Integer,
+    Number,
+    Operation,
+    Router,
+    Strings,
+    Text,
+    body,
+    path,
+    query,
+)
 from bastion.admin.reloading import ReloadReport
-from bastion.admin.service import AdminService, Caller
+from bastion.admin.service import MAX_OVERLAP, AdminService, Caller
 from bastion.errors import (
     BadRequestError,
     BastionError,
     ConfigRefusedError,
-    MethodNotAllowedError,
     NotFoundError,
+    PermissionDeniedError,
     StoreUnavailableError,
 )
 from bastion.pipeline.accept import json_object
 from bastion.pipeline.context import RequestContext
-from bastion.pipeline.endpoints import canonical_path
 from bastion.pipeline.responses import send_json
 from bastion.store.calls import StoreCalls
 from bastion.store.records import Actor, AuditQuery, StoredKey
+from bastion.store.store import KINDS
 from bastion.store.sync import StoreSync
-from bastion.store.usage import UsageQuery
+from bastion.store.usage import GROUPS, UsageQuery
 
-__all__ = ["PREFIX", "AdminApi"]
+__all__ = ["OPERATIONS", "PREFIX", "ROUTER", "AdminApi", "Call"]
 
-PREFIX = "/admin/v1"
 _NO_STORE = ((b"cache-control", b"no-store"),)
 
-Handler = Callable[["_Call"], Awaitable[tuple[int, Any]]]
-
-
-class _Call:
-    """One admin request: who, which path parameters, the body and the query."""
-
-    __slots__ = ("body", "caller", "params", "query")
-
-    def __init__(
-        self, caller: Caller, params: list[str], body: dict[str, Any], query: dict[str, str]
-    ) -> None:
-        self.caller = caller
-        self.params = params
-        self.body = body
-        self.query = query
-
-    def text(self, name: str, *, required: bool = False, default: str | None = None) -> str | None:
-        value = self.body.get(name, default)
-        if value is None:
-            if required:
-                raise BadRequestError(f"'{name}' is required.", param=name)
-            return None
-        if not isinstance(value, str):
-            raise BadRequestError(f"'{name}' must be a string.", param=name)
-        return value
-
-    def number(self, name: str) -> float | None:
-        value = self.body.get(name)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise BadRequestError(f"'{name}' must be a number.", param=name)
-        return float(value)
-
-    def strings(self, name: str) -> list[str] | None:
-        value = self.body.get(name)
-        if value is None:
-            return None
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise BadRequestError(f"'{name}' must be a list of strings.", param=name)
-        return value
-
-
 Reload = Callable[[], Awaitable[ReloadReport]]
+Run = Callable[..., Awaitable[Any]]
+"""Runs blocking store work off the event loop (``StoreCalls.run``, or ``asyncio.to_thread``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a handler gets: the service, who asks, and the operation's checked arguments."""
+
+    service: AdminService
+    caller: Caller
+    args: dict[str, Any]
+    reload: Reload | None = None
+    run: Run = asyncio.to_thread
+
+
+# -- handlers ------------------------------------------------------------------------------------
+
+
+def _listed(items: Iterable[Any]) -> dict[str, Any]:
+    return {"object": "list", "data": list(items)}
+
+
+def _issued(key: StoredKey, secret: str) -> dict[str, Any]:
+    return {"key": key.public(time.time()), "secret": secret}
+
+
+def _whoami(call: Call) -> dict[str, Any]:
+    return {"principal": call.caller.principal, "credential": call.caller.actor.credential}
+
+
+def _create_user(call: Call) -> dict[str, Any]:
+    a = call.args
+    return call.service.create_user(
+        call.caller, a["name"], role=a["role"], kind=a["kind"], description=a["description"]
+    ).public()
+
+
+def _update_user(call: Call) -> dict[str, Any]:
+    a = call.args
+    return call.service.update_user(
+        call.caller, a["name"], role=a["role"], disabled=a["disabled"],
+        description=a["description"],
+    ).public()  # fmt: skip
+
+
+def _delete_user(call: Call) -> dict[str, Any]:
+    call.service.delete_user(call.caller, call.args["name"])
+    return {"name": call.args["name"], "deleted": True}
+
+
+def _delete_team(call: Call) -> dict[str, Any]:
+    call.service.delete_team(call.caller, call.args["name"])
+    return {"name": call.args["name"], "deleted": True}
+
+
+def _list_keys(call: Call) -> dict[str, Any]:
+    now = time.time()
+    found = call.service.keys(call.args["user"], include_revoked=call.args["include_revoked"])
+    return _listed(k.public(now) for k in found)
+
+
+def _create_key(call: Call) -> dict[str, Any]:
+    a = call.args
+    expires_at = a["expires_at"]
+    if expires_at is not None and a["expires_in"] is not None:
+        raise BadRequestError("Give expires_at or expires_in, not both.", param="expires_in")
+    if a["expires_in"] is not None:
+        expires_at = time.time() + a["expires_in"]
+    key, secret = call.service.create_key(
+        call.caller, a["user"], name=a["name"], models=a["models"], routes=a["routes"],
+        networks=a["networks"], expires_at=expires_at,
+    )  # fmt: skip
+    return _issued(key, secret)
+
+
+def _rotate_key(call: Call) -> dict[str, Any]:
+    key, secret = call.service.rotate_key(
+        call.caller, call.args["id"], overlap=call.args["overlap"]
+    )
+    return _issued(key, secret)
+
+
+def _audit(call: Call) -> dict[str, Any]:
+    a = call.args
+    found = call.service.audit(
+        AuditQuery(a["since"], a["until"], a["actor"], a["action"], a["outcome"], a["limit"])
+    )
+    return _listed(e.public() for e in found)
+
+
+def _usage(call: Call) -> dict[str, Any]:
+    a = call.args
+    report = call.service.usage(
+        UsageQuery(a["by"], a["period"], a["since"], a["until"], a["user"], a["team"], a["model"])
+    )
+    return _listed(report)
+
+
+async def _reload_config(call: Call) -> dict[str, Any]:
+    if call.reload is None:
+        raise NotFoundError()
+    service, caller = call.service, call.caller
+    await call.run(service.may_reload, caller)
+    try:
+        report = await call.reload()
+    except BastionError as exc:
+        message = str(exc)
+        await call.run(
+            service.record, caller, "config.reload", "config", "failed", 422, reason=message
+        )
+        raise ConfigRefusedError(f"The configuration was refused: {message}") from None
+    await call.run(
+        service.record, caller, "config.reload", "config", "ok", 200,
+        restart_required=list(report.restart_required),
+    )  # fmt: skip
+    return report.public()
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+_NAME = Text(128)
+_ROLE = Text(64)
+_DESCRIPTION = Text(500)
+_KEY_ID = Text(64)
+_LAST_TIME = 253_402_300_799.0  # 9999-12-31T23:59:59Z: later is a mistake, not a moment
+_TIME = Number(0, _LAST_TIME)
+_USER_NAME = path("name", _NAME, "the user's name")
+_TEAM_NAME = path("name", _NAME, "the team's name")
+_KEY = path("id", _KEY_ID, "the key's id (key_...)")
+_Op = Operation  # the table below gives its type: Operation[Call]
+
+# fmt: off
+OPERATIONS: tuple[Operation[Call], ...] = (
+    _Op("whoami", "GET", "/whoami", _whoami, "The caller's principal and credential id",
+        returns=shapes.Whoami),
+    _Op("roles.list", "GET", "/roles", lambda c: _listed(c.service.roles()),
+        "Roles with their routes, models and networks", returns=shapes.ListOf[shapes.Role]),
+    _Op("users.list", "GET", "/users", lambda c: _listed(u.public() for u in c.service.users()),
+        "All users and service accounts", returns=shapes.ListOf[shapes.User]),
+    _Op("users.create", "POST", "/users", _create_user, "Create a user or service account",
+        params=(
+            body("name", _NAME, required=True),
+            body("role", _ROLE, default="user"),
+            body("kind", Choice(KINDS), default="user", doc="user (a person) or service"),
+            body("description", _DESCRIPTION, default=""),
+        ), returns=shapes.User, status=201, writes=True),
+    _Op("users.show", "GET", "/users/{name}", lambda c: c.service.user(c.args["name"]).public(),
+        "One user", params=(_USER_NAME,), returns=shapes.User),
+    _Op("users.update", "PATCH", "/users/{name}", _update_user,
+        "Change a user's role, description or state",
+        params=(
+            _USER_NAME,
+            body("role", _ROLE),
+            body("disabled", Flag(), doc="true: refuse all of the user's keys"),
+            body("description", _DESCRIPTION),
+        ), returns=shapes.User, writes=True),
+    _Op("users.delete", "DELETE", "/users/{name}", _delete_user,
+        "Delete a user with their keys", params=(_USER_NAME,), returns=shapes.Deleted,
+        writes=True),
+    _Op("teams.list", "GET", "/teams", lambda c: _listed(t.public() for t in c.service.teams()),
+        "All teams with their members", returns=shapes.ListOf[shapes.Team]),
+    _Op("teams.create", "POST", "/teams",
+        lambda c: c.service.create_team(
+            c.caller, c.args["name"], description=c.args["description"]
+        ).public(),
+        "Create a team",
+        params=(body("name", _NAME, required=True), body("description", _DESCRIPTION, default="")),
+        returns=shapes.Team, status=201, writes=True),
+    _Op("teams.show", "GET", "/teams/{name}", lambda c: c.service.team(c.args["name"]).public(),
+        "One team", params=(_TEAM_NAME,), returns=shapes.Team),
+    _Op("teams.delete", "DELETE", "/teams/{name}", _delete_team, "Delete a team",
+        params=(_TEAM_NAME,), returns=shapes.Deleted, writes=True),
+    _Op("teams.add", "PUT", "/teams/{team}/members/{user}",
+        lambda c: c.service.add_member(c.caller, c.args["team"], c.args["user"]).public(),
+        "Add a user to a team", params=(path("team", _NAME), path("user", _NAME)),
+        returns=shapes.Team, writes=True),
+    _Op("teams.remove", "DELETE", "/teams/{team}/members/{user}",
+        lambda c: c.service.remove_member(c.caller, c.args["team"], c.args["user"]).public(),
+        "Remove a user from a team", params=(path("team", _NAME), path("user", _NAME)),
+        returns=shapes.Team, writes=True),
+    _Op("keys.list", "GET", "/keys", _list_keys, "Keys (never a secret)",
+        params=(
+            query("user", _NAME, doc="only this user's keys"),
+            query("include_revoked", Flag(), default=False, doc="revoked keys too"),
+        ), returns=shapes.ListOf[shapes.Key]),
+    _Op("keys.create", "POST", "/keys", _create_key, "Issue a key to a user (shown once)",
+        params=(
+            body("user", _NAME, required=True),
+            body("name", _NAME, default="default"),
+            body("models", Strings(), doc="only these models (names or globs)"),
+            body("routes", Strings(), doc="only these permissions"),
+            body("networks", Strings(), doc="only from these networks (CIDR)"),
+            body("expires_at", _TIME, doc="a Unix time"),
+            body("expires_in", Number(0, _LAST_TIME), doc="seconds from now"),
+        ), returns=shapes.IssuedKey, status=201, writes=True),
+    _Op("keys.show", "GET", "/keys/{id}",
+        lambda c: c.service.key(c.args["id"]).public(time.time()),
+        "One key, with when it was last used", params=(_KEY,), returns=shapes.Key),
+    _Op("keys.revoke", "POST", "/keys/{id}/revoke",
+        lambda c: c.service.revoke_key(c.caller, c.args["id"]).public(time.time()),
+        "Revoke a key now", params=(_KEY,), returns=shapes.Key, writes=True),
+    _Op("keys.rotate", "POST", "/keys/{id}/rotate", _rotate_key,
+        "Issue a replacement; the old key keeps working for the overlap",
+        params=(_KEY, body("overlap", Number(0, MAX_OVERLAP), default=3600.0, doc="seconds")),
+        returns=shapes.IssuedKey, status=201, writes=True),
+    _Op("audit", "GET", "/audit", _audit, "The audit trail, newest first",
+        params=(
+            query("since", _TIME),
+            query("until", _TIME),
+            query("actor", Text(200)),
+            query("action", Text(64), doc="an action, or a prefix ending in '.' (key.)"),
+            query("outcome", Choice(("ok", "denied", "failed"))),
+            query("limit", Integer(1, 10_000), default=100),
+        ), returns=shapes.ListOf[shapes.AuditEvent]),
+    _Op("usage", "GET", "/usage", _usage, "Usage totals: requests and tokens",
+        params=(
+            query("by", Choices(GROUPS), default=("user",), doc="comma-separated groups"),
+            query("period", Choice(("hour", "day", "all")), default="day"),
+            query("since", _TIME),
+            query("until", _TIME),
+            query("user", _NAME),
+            query("team", _NAME),
+            query("model", Text(200)),
+        ), returns=shapes.ListOf[shapes.UsageRow]),
+    _Op("reload", "POST", "/reload", _reload_config, "Re-read the config file and apply it",
+        returns=shapes.Reloaded, blocking=False),
+)
+# fmt: on
+
+ROUTER = Router(OPERATIONS)
 
 
 class AdminApi:
@@ -107,233 +300,40 @@ class AdminApi:
         sync: StoreSync | None,
         reload: Reload | None = None,
         *,
-        calls: StoreCalls,
+        calls: StoreCalls | None = None,
     ) -> None:
-        """``calls`` runs the service's blocking store work (threads of its own, deadlines)."""
+        """``calls`` runs the service's blocking store work (threads of its own, deadlines);
+        without it (the CLI on a local store) a worker thread of asyncio's does."""
         self._service = service
-        self._calls = calls
         self._sync = sync
         self._reload = reload
-        s = self._service
-        # (method, shape) -> handler; a shape is the path's segments with ``*`` for a value
-        self._table: dict[tuple[str, tuple[str, ...]], Handler] = {
-            ("GET", ("whoami",)): self._whoami,
-            ("GET", ("roles",)): self._read(lambda c: {"data": s.roles()}),
-            ("GET", ("users",)): self._read(lambda c: _data(u.public() for u in s.users())),
-            ("POST", ("users",)): self._create_user,
-            ("GET", ("users", "*")): self._read(lambda c: s.user(c.params[0]).public()),
-            ("PATCH", ("users", "*")): self._update_user,
-            ("DELETE", ("users", "*")): self._delete_user,
-            ("GET", ("teams",)): self._read(lambda c: _data(t.public() for t in s.teams())),
-            ("POST", ("teams",)): self._create_team,
-            ("GET", ("teams", "*")): self._read(lambda c: s.team(c.params[0]).public()),
-            ("DELETE", ("teams", "*")): self._delete_team,
-            ("PUT", ("teams", "*", "members", "*")): self._add_member,
-            ("DELETE", ("teams", "*", "members", "*")): self._remove_member,
-            ("GET", ("keys",)): self._read(self._list_keys),
-            ("POST", ("keys",)): self._create_key,
-            ("GET", ("keys", "*")): self._read(lambda c: s.key(c.params[0]).public(time.time())),
-            ("POST", ("keys", "*", "revoke")): self._revoke_key,
-            ("POST", ("keys", "*", "rotate")): self._rotate_key,
-            ("GET", ("audit",)): self._read(self._audit),
-            ("GET", ("usage",)): self._read(lambda c: _data(s.usage(usage_query(c.query)))),
-            ("POST", ("reload",)): self._reload_config,
-        }
-        self._shapes = {shape for _, shape in self._table}
+        self._run: Run = calls.run if calls is not None else asyncio.to_thread
 
     async def __call__(self, ctx: RequestContext) -> None:
-        path = canonical_path(ctx.scope.get("raw_path") or ctx.scope["path"].encode()) or ""
-        segments = [x for x in path.removeprefix(PREFIX).split("/") if x]
-        shape, params = self._shape(segments)
-        handler = self._table.get((ctx.method, shape)) if shape is not None else None
-        if handler is None:
-            if shape is None:
-                raise NotFoundError()
-            allowed = sorted(m for m, s in self._table if s == shape)
-            raise MethodNotAllowedError(headers=((b"allow", ", ".join(allowed).encode()),))
-        status, payload = await handler(_Call(_caller(ctx), params, _body(ctx), _query(ctx)))
+        raw_path = ctx.scope.get("raw_path") or ctx.scope["path"].encode()
+        status, payload = await self.handle(
+            _caller(ctx), ctx.method, raw_path, ctx.scope.get("query_string", b""), ctx.body
+        )
         await send_json(ctx, status, payload, _NO_STORE)
 
-    def _shape(self, segments: list[str]) -> tuple[tuple[str, ...] | None, list[str]]:
-        for shape in self._shapes:
-            if len(shape) != len(segments):
-                continue
-            if all(s == "*" or s == seg for s, seg in zip(shape, segments, strict=True)):
-                params = [seg for s, seg in zip(shape, segments, strict=True) if s == "*"]
-                return shape, params
-        return None, []
-
-    # -- plumbing ---------------------------------------------------------------------------
-
-    def _read(self, work: Callable[[_Call], Any]) -> Handler:
-        async def handler(call: _Call) -> tuple[int, Any]:
-            return 200, await self._calls.run(work, call)
-
-        return handler
-
-    async def _write(self, status: int, work: Callable[[], Any]) -> tuple[int, Any]:
-        result = await self._calls.run(work)
-        if self._sync is not None:  # this replica sees its own change at once
+    async def handle(
+        self, caller: Caller, method: str, raw_path: bytes, query_string: bytes, content: bytes
+    ) -> tuple[int, Any]:
+        """Perform one admin request, from the HTTP server or from the CLI in-process: its
+        status and JSON answer. Refusals raise."""
+        operation, in_path = ROUTER.find(method, raw_path)
+        if caller.access is not None and not caller.access.allows_route(operation.permission):
+            raise PermissionDeniedError()
+        in_body = json_object(content) if content else {}
+        args = operation.arguments(in_path, _query(query_string), in_body)
+        call = Call(self._service, caller, args, self._reload, self._run)
+        if not operation.blocking:
+            return operation.status, await operation.handler(call)
+        result = await self._run(operation.handler, call)
+        if operation.writes and self._sync is not None:  # this replica sees its change at once
             with contextlib.suppress(StoreUnavailableError):
                 await self._sync.refresh()
-        return status, result
-
-    # -- handlers ---------------------------------------------------------------------------
-
-    async def _whoami(self, call: _Call) -> tuple[int, Any]:
-        caller = call.caller
-        return 200, {"principal": caller.principal, "credential": caller.actor.credential}
-
-    async def _create_user(self, call: _Call) -> tuple[int, Any]:
-        name = call.text("name", required=True)
-        role = call.text("role", default="user")
-        kind = call.text("kind", default="user")
-        description = call.text("description", default="")
-        assert name is not None and role is not None and kind is not None
-        return await self._write(
-            201,
-            lambda: self._service.create_user(
-                call.caller, name, role=role, kind=kind, description=description or ""
-            ).public(),
-        )
-
-    async def _update_user(self, call: _Call) -> tuple[int, Any]:
-        disabled = call.body.get("disabled")
-        if disabled is not None and not isinstance(disabled, bool):
-            raise BadRequestError("'disabled' must be true or false.", param="disabled")
-        role = call.text("role")
-        description = call.text("description")
-        return await self._write(
-            200,
-            lambda: self._service.update_user(
-                call.caller, call.params[0], role=role, disabled=disabled, description=description
-            ).public(),
-        )
-
-    async def _delete_user(self, call: _Call) -> tuple[int, Any]:
-        name = call.params[0]
-
-        def work() -> dict[str, Any]:
-            self._service.delete_user(call.caller, name)
-            return {"name": name, "deleted": True}
-
-        return await self._write(200, work)
-
-    async def _create_team(self, call: _Call) -> tuple[int, Any]:
-        name = call.text("name", required=True)
-        description = call.text("description", default="") or ""
-        assert name is not None
-        return await self._write(
-            201,
-            lambda: self._service.create_team(call.caller, name, description=description).public(),
-        )
-
-    async def _delete_team(self, call: _Call) -> tuple[int, Any]:
-        name = call.params[0]
-
-        def work() -> dict[str, Any]:
-            self._service.delete_team(call.caller, name)
-            return {"name": name, "deleted": True}
-
-        return await self._write(200, work)
-
-    async def _add_member(self, call: _Call) -> tuple[int, Any]:
-        team, user = call.params
-        return await self._write(
-            200, lambda: self._service.add_member(call.caller, team, user).public()
-        )
-
-    async def _remove_member(self, call: _Call) -> tuple[int, Any]:
-        team, user = call.params
-        return await self._write(
-            200, lambda: self._service.remove_member(call.caller, team, user).public()
-        )
-
-    def _list_keys(self, call: _Call) -> dict[str, Any]:
-        owner = call.query.get("user")
-        revoked = call.query.get("include_revoked", "false").lower() in ("1", "true", "yes")
-        now = time.time()
-        return _data(k.public(now) for k in self._service.keys(owner, include_revoked=revoked))
-
-    async def _create_key(self, call: _Call) -> tuple[int, Any]:
-        owner = call.text("user", required=True)
-        name = call.text("name", default="default")
-        expires_at = call.number("expires_at")
-        expires_in = call.number("expires_in")
-        if expires_at is not None and expires_in is not None:
-            raise BadRequestError("Give expires_at or expires_in, not both.", param="expires_in")
-        if expires_in is not None:
-            expires_at = time.time() + expires_in
-        models, routes, networks = (call.strings(n) for n in ("models", "routes", "networks"))
-        assert owner is not None and name is not None
-
-        def work() -> dict[str, Any]:
-            key, secret = self._service.create_key(
-                call.caller, owner, name=name, models=models, routes=routes,
-                networks=networks, expires_at=expires_at,
-            )  # fmt: skip
-            return _issued(key, secret)
-
-        return await self._write(201, work)
-
-    async def _revoke_key(self, call: _Call) -> tuple[int, Any]:
-        key_id = call.params[0]
-        return await self._write(
-            200, lambda: self._service.revoke_key(call.caller, key_id).public(time.time())
-        )
-
-    async def _rotate_key(self, call: _Call) -> tuple[int, Any]:
-        key_id = call.params[0]
-        overlap = call.number("overlap")
-        overlap = 3600.0 if overlap is None else overlap
-
-        def work() -> dict[str, Any]:
-            key, secret = self._service.rotate_key(call.caller, key_id, overlap=overlap)
-            return _issued(key, secret)
-
-        return await self._write(201, work)
-
-    async def _reload_config(self, call: _Call) -> tuple[int, Any]:
-        if self._reload is None:
-            raise NotFoundError()
-        await self._calls.run(self._service.may_reload, call.caller)
-        try:
-            report = await self._reload()
-        except BastionError as exc:
-            message = str(exc)
-            await self._calls.run(
-                self._service.record, call.caller, "config.reload", "config", "failed", 422,
-                reason=message,
-            )  # fmt: skip
-            raise ConfigRefusedError(f"The configuration was refused: {message}") from None
-        await self._calls.run(
-            self._service.record, call.caller, "config.reload", "config", "ok", 200,
-            restart_required=list(report.restart_required),
-        )  # fmt: skip
-        return 200, report.public()
-
-    def _audit(self, call: _Call) -> dict[str, Any]:
-        q = call.query
-        try:
-            query = AuditQuery(
-                since=float(q["since"]) if "since" in q else None,
-                until=float(q["until"]) if "until" in q else None,
-                actor=q.get("actor"),
-                action=q.get("action"),
-                outcome=q.get("outcome"),
-                limit=int(q.get("limit", "100")),
-            )
-        except ValueError:
-            raise BadRequestError("since and until are Unix times; limit a number.") from None
-        return _data(e.public() for e in self._service.audit(query))
-
-
-def _data(items: Any) -> dict[str, Any]:
-    return {"object": "list", "data": list(items)}
-
-
-def _issued(key: StoredKey, secret: str) -> dict[str, Any]:
-    return {"key": key.public(time.time()), "secret": secret}
+        return operation.status, result
 
 
 def _caller(ctx: RequestContext) -> Caller:
@@ -344,31 +344,7 @@ def _caller(ctx: RequestContext) -> Caller:
     return Caller(actor, identity.principal, ctx.access)
 
 
-def _body(ctx: RequestContext) -> dict[str, Any]:
-    return json_object(ctx.body) if ctx.body else {}
-
-
-def _query(ctx: RequestContext) -> dict[str, str]:
-    raw = ctx.scope.get("query_string", b"").decode("latin-1")
-    return {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
-
-
-def usage_query(query: dict[str, str]) -> UsageQuery:
-    """A usage report's parameters, from a query string (or the CLI's options)."""
-    period = query.get("period", "day")
-    if period not in ("hour", "day", "all"):
-        raise BadRequestError("period is hour, day or all", param="period")
-    try:
-        since = float(query["since"]) if query.get("since") else None
-        until = float(query["until"]) if query.get("until") else None
-    except ValueError:
-        raise BadRequestError("since and until are Unix times.") from None
-    return UsageQuery(
-        by=tuple(b for b in query.get("by", "user").split(",") if b),
-        period=period,  # type: ignore[arg-type]
-        since=since,
-        until=until,
-        user=query.get("user") or None,
-        team=query.get("team") or None,
-        model=query.get("model") or None,
-    )
+def _query(raw: bytes) -> dict[str, str]:
+    """The query string's parameters; of one given twice, the last."""
+    parsed = parse_qs(raw.decode("latin-1"), keep_blank_values=True)
+    return {k: v[-1] for k, v in parsed.items()}

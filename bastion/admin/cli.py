@@ -9,12 +9,16 @@ Two ways to reach the store, the same commands and output either way:
   from ``BASTION_API_KEY`` or ``--key-file`` (never from the command line, where other users
   of the machine could read it). The gateway applies its rules to that key's holder.
 
-Output is a table for people, or ``--json`` for scripts.
+Either way a command becomes one admin API request (the operation of the same name in
+:data:`bastion.admin.api.OPERATIONS`, its parameters read from the options of the same names):
+remote, it is sent; local, it is handed to the admin API in-process. Output is a table for
+people, or ``--json`` for scripts.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import getpass
 import io
@@ -26,16 +30,17 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, get_origin
 
-from bastion.admin.api import usage_query
+from bastion.admin.api import ROUTER, AdminApi
 from bastion.admin.client import AdminClient
+from bastion.admin.operations import Operation, Request
 from bastion.admin.service import AdminService, Caller
+from bastion.admin.shapes import ListOf
 from bastion.errors import BadRequestError, ConfigError, RemoteError
 from bastion.policy.policy import Policy
 from bastion.settings import Settings, load_settings
 from bastion.state import StateDir
-from bastion.store.records import AuditQuery
 from bastion.store.store import Store, database_url
 from bastion.store.usage import Prices
 
@@ -101,15 +106,19 @@ def add_commands(commands: Any, key_commands: Any) -> None:
     create = _sub(users, "create", "create a user or service account")
     create.add_argument("name")
     create.add_argument("--role", default="user")
-    create.add_argument("--service", action="store_true", help="a service account, not a person")
+    create.add_argument(
+        "--service", dest="kind", action="store_const", const="service", default="user",
+        help="a service account, not a person",
+    )  # fmt: skip
     create.add_argument("--description", default="")
     update = _sub(users, "update", "change a user's role, description or state")
     update.add_argument("name")
     update.add_argument("--role")
     update.add_argument("--description")
     state = update.add_mutually_exclusive_group()
-    state.add_argument("--disable", action="store_true", help="refuse all of the user's keys")
-    state.add_argument("--enable", action="store_true")
+    state.add_argument("--disable", dest="disabled", action="store_const", const=True,
+                       help="refuse all of the user's keys")  # fmt: skip
+    state.add_argument("--enable", dest="disabled", action="store_const", const=False)
     delete = _sub(users, "delete", "delete a user and their keys")
     delete.add_argument("name")
 
@@ -154,10 +163,14 @@ def add_commands(commands: Any, key_commands: Any) -> None:
     key_create.add_argument("--models", nargs="+", help="only these models (names or globs)")
     key_create.add_argument("--routes", nargs="+", help="only these permissions (chat, ...)")
     key_create.add_argument("--networks", nargs="+", help="only from these networks (CIDR)")
-    key_create.add_argument("--expires", help="ISO time or duration from now (30d)")
+    key_create.add_argument(
+        "--expires", dest="expires_at", metavar="WHEN", help="ISO time or duration from now (30d)"
+    )
     key_list = _sub(key_commands, "list", "list keys")
     key_list.add_argument("--user")
-    key_list.add_argument("--all", action="store_true", help="include revoked keys")
+    key_list.add_argument(
+        "--all", dest="include_revoked", action="store_true", help="include revoked keys"
+    )
     for name, help_ in (("show", "show one key"), ("revoke", "revoke a key now")):
         _sub(key_commands, name, help_).add_argument("id")
     rotate = _sub(key_commands, "rotate", "issue a replacement; the old key works for --overlap")
@@ -165,11 +178,32 @@ def add_commands(commands: Any, key_commands: Any) -> None:
     rotate.add_argument("--overlap", default="1h", help="how long the old key keeps working")
 
 
-# -- backends --------------------------------------------------------------------------------
+# -- from a command line to a request, and where it goes ---------------------------------------
+
+_READ_AS: dict[str, Callable[[str], float]] = {
+    "since": parse_since,
+    "until": parse_since,
+    "expires_at": parse_when,
+    "overlap": parse_duration,
+}
+"""Parameters the command line gives in words (``7d``, ``1h``, an ISO time), read here."""
+
+
+def _request(operation: Operation[Any], args: argparse.Namespace) -> Request:
+    """The admin request for a command line: each of the operation's parameters is the
+    option (or argument) of the same name."""
+    values: dict[str, Any] = {}
+    for param in operation.params:
+        value = getattr(args, param.name, None)
+        if isinstance(value, str) and param.name in _READ_AS:
+            value = _READ_AS[param.name](value)
+        values[param.name] = value
+    return operation.request(values)
 
 
 class _Local:
-    """Operations on the store itself, as the unrestricted local operator."""
+    """Requests handed to the admin API in-process, on the store itself, as the unrestricted
+    local operator."""
 
     def __init__(self, settings: Settings) -> None:
         if not settings.store.enabled:
@@ -179,70 +213,23 @@ class _Local:
         if url.startswith("sqlite"):
             state.ensure()
         self._store = Store.open(url, settings.store)
-        self._service = AdminService(self._store, Policy(settings), Prices.of(settings.usage))
+        service = AdminService(self._store, Policy(settings), Prices.of(settings.usage))
+        self._api = AdminApi(service, None)
         self._caller = Caller.local(f"local:{_login()}")
 
     def close(self) -> None:
         self._store.close()
 
-    def __call__(self, op: str, args: argparse.Namespace) -> Any:
-        s, c, now = self._service, self._caller, time.time()
-        if op == "users.list":
-            return [u.public() for u in s.users()]
-        if op == "users.show":
-            return s.user(args.name).public()
-        if op == "users.create":
-            kind = "service" if args.service else "user"
-            return s.create_user(
-                c, args.name, role=args.role, kind=kind, description=args.description
-            ).public()
-        if op == "users.update":
-            return s.update_user(
-                c, args.name, role=args.role, disabled=_disabled(args),
-                description=args.description,
-            ).public()  # fmt: skip
-        if op == "users.delete":
-            s.delete_user(c, args.name)
-            return {"name": args.name, "deleted": True}
-        if op == "teams.list":
-            return [t.public() for t in s.teams()]
-        if op == "teams.show":
-            return s.team(args.name).public()
-        if op == "teams.create":
-            return s.create_team(c, args.name, description=args.description).public()
-        if op == "teams.delete":
-            s.delete_team(c, args.name)
-            return {"name": args.name, "deleted": True}
-        if op == "teams.add":
-            return s.add_member(c, args.team, args.user).public()
-        if op == "teams.remove":
-            return s.remove_member(c, args.team, args.user).public()
-        if op == "roles.list":
-            return s.roles()
-        if op == "keys.list":
-            return [k.public(now) for k in s.keys(args.user, include_revoked=args.all)]
-        if op == "keys.show":
-            return s.key(args.id).public(now)
-        if op == "keys.create":
-            key, secret = s.create_key(
-                c, args.user, name=args.name, models=args.models, routes=args.routes,
-                networks=args.networks, expires_at=_expires(args),
-            )  # fmt: skip
-            return {"key": key.public(now), "secret": secret}
-        if op == "keys.revoke":
-            return s.revoke_key(c, args.id).public(now)
-        if op == "keys.rotate":
-            key, secret = s.rotate_key(c, args.id, overlap=parse_duration(args.overlap))
-            return {"key": key.public(now), "secret": secret}
-        if op == "audit":
-            return [e.public() for e in s.audit(_audit_query(args))]
-        if op == "usage":
-            return s.usage(usage_query(_usage_params(args)))
-        raise AssertionError(op)  # pragma: no cover - the parser allows no other
+    def __call__(self, request: Request) -> Any:
+        handled = self._api.handle(
+            self._caller, request.method, request.path.encode(), request.query.encode(),
+            request.body,
+        )  # fmt: skip
+        return asyncio.run(handled)[1]
 
 
 class _Remote:
-    """The same operations through a running gateway's admin API."""
+    """The same requests sent to a running gateway's admin API."""
 
     def __init__(self, url: str, key: str) -> None:
         self._client = AdminClient(url, key)
@@ -250,58 +237,8 @@ class _Remote:
     def close(self) -> None:
         pass
 
-    def __call__(self, op: str, args: argparse.Namespace) -> Any:
-        call = self._client.call
-        if op == "users.list":
-            return call("GET", "users")["data"]
-        if op in ("users.show", "teams.show"):
-            return call("GET", f"{op.split('.')[0]}/{args.name}")
-        if op == "users.create":
-            kind = "service" if args.service else "user"
-            body = {"name": args.name, "role": args.role, "kind": kind,
-                    "description": args.description}  # fmt: skip
-            return call("POST", "users", body)
-        if op == "users.update":
-            body = {"role": args.role, "description": args.description,
-                    "disabled": _disabled(args)}  # fmt: skip
-            return call(
-                "PATCH", f"users/{args.name}", {k: v for k, v in body.items() if v is not None}
-            )
-        if op in ("users.delete", "teams.delete"):
-            return call("DELETE", f"{op.split('.')[0]}/{args.name}")
-        if op == "teams.list":
-            return call("GET", "teams")["data"]
-        if op == "teams.create":
-            return call("POST", "teams", {"name": args.name, "description": args.description})
-        if op in ("teams.add", "teams.remove"):
-            method = "PUT" if op == "teams.add" else "DELETE"
-            return call(method, f"teams/{args.team}/members/{args.user}")
-        if op == "roles.list":
-            return call("GET", "roles")["data"]
-        if op == "keys.list":
-            query = {"user": args.user, "include_revoked": "true" if args.all else None}
-            return call("GET", "keys", query=query)["data"]
-        if op == "keys.show":
-            return call("GET", f"keys/{args.id}")
-        if op == "keys.create":
-            body = {"user": args.user, "name": args.name, "models": args.models,
-                    "routes": args.routes, "networks": args.networks,
-                    "expires_at": _expires(args)}  # fmt: skip
-            return call("POST", "keys", {k: v for k, v in body.items() if v is not None})
-        if op == "keys.revoke":
-            return call("POST", f"keys/{args.id}/revoke")
-        if op == "keys.rotate":
-            return call("POST", f"keys/{args.id}/rotate", {"overlap": parse_duration(args.overlap)})
-        if op == "audit":
-            q = _audit_query(args)
-            query = {"since": q.since, "until": q.until, "actor": q.actor, "action": q.action,
-                     "outcome": q.outcome, "limit": q.limit}  # fmt: skip
-            return call("GET", "audit", query=query)["data"]
-        if op == "usage":
-            return call("GET", "usage", query=_usage_params(args))["data"]
-        if op == "reload":
-            return call("POST", "reload")
-        raise AssertionError(op)  # pragma: no cover
+    def __call__(self, request: Request) -> Any:
+        return self._client.send(request)
 
 
 def _login() -> str:
@@ -309,35 +246,6 @@ def _login() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return str(os.getuid())
-
-
-def _disabled(args: argparse.Namespace) -> bool | None:
-    return True if args.disable else False if args.enable else None
-
-
-def _expires(args: argparse.Namespace) -> float | None:
-    return None if args.expires is None else parse_when(args.expires)
-
-
-def _usage_params(args: argparse.Namespace) -> dict[str, str]:
-    params = {"by": args.by, "period": args.period, "user": args.user, "team": args.team,
-              "model": args.model}  # fmt: skip
-    if args.since:
-        params["since"] = repr(parse_since(args.since))
-    if args.until:
-        params["until"] = repr(parse_since(args.until))
-    return {k: v for k, v in params.items() if v is not None}
-
-
-def _audit_query(args: argparse.Namespace) -> AuditQuery:
-    return AuditQuery(
-        since=None if args.since is None else parse_since(args.since),
-        until=None if args.until is None else parse_since(args.until),
-        actor=args.actor,
-        action=args.action,
-        outcome=args.outcome,
-        limit=args.limit,
-    )
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -486,11 +394,15 @@ def run_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
             "reload talks to a running gateway: give --url (or BASTION_URL), "
             "or send the gateway's process SIGHUP"
         )
+    operation = ROUTER.by_name[op]
+    request = _request(operation, args)
     backend = _backend(args)
     try:
-        result = backend(op, args)
+        result = backend(request)
     finally:
         backend.close()
+    if get_origin(operation.returns) is ListOf:
+        result = result["data"]
     _show(out, kind, op, result, args.json, getattr(args, "csv", False))
     return 0
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import urllib.error
-import urllib.parse
 import urllib.request
 from typing import Any
 
-from bastion.admin.api import PREFIX
+from bastion.admin.operations import Request
 from bastion.errors import RemoteError
 
 __all__ = ["AdminClient"]
@@ -18,30 +17,21 @@ class AdminClient:
     def __init__(self, base_url: str, key: str, *, timeout: float = 30.0) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise RemoteError(f"{base_url!r}: give the gateway's http(s):// URL")
-        self._base = base_url.rstrip("/") + PREFIX
+        self._base = base_url.rstrip("/")
         self._key = key
         self._timeout = timeout
 
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None = None,
-        query: dict[str, Any] | None = None,
-    ) -> Any:
-        url = self._base + "/" + "/".join(urllib.parse.quote(p, safe="") for p in path.split("/"))
-        if query:
-            kept = {k: v for k, v in query.items() if v is not None}
-            if kept:
-                url += "?" + urllib.parse.urlencode(kept)
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - http(s) checked
-        request.add_header("Authorization", f"Bearer {self._key}")
-        request.add_header("Accept", "application/json")
+    def send(self, request: Request) -> Any:
+        """Send one admin request (built by its operation); the parsed JSON answer."""
+        url = self._base + request.path + (f"?{request.query}" if request.query else "")
+        data = request.body or None
+        sent = urllib.request.Request(url, data=data, method=request.method)  # noqa: S310 - http(s) checked
+        sent.add_header("Authorization", f"Bearer {self._key}")
+        sent.add_header("Accept", "application/json")
         if data is not None:
-            request.add_header("Content-Type", "application/json")
+            sent.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+            with urllib.request.urlopen(sent, timeout=self._timeout) as response:  # noqa: S310
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             raise RemoteError(_message(exc)) from None

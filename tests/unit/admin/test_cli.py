@@ -1,4 +1,4 @@
-"""``bastion users|teams|roles|keys|audit`` on the local store."""
+"""``bastion users|teams|roles|keys|audit``, run locally and through a gateway's admin API."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from bastion.admin.cli import parse_duration, parse_since, parse_when
-from bastion.auth.apikeys import display_prefix, has_valid_checksum
+from bastion.auth.apikeys import display_prefix, generate_key, has_valid_checksum, hash_key
 from bastion.cli import main
 from bastion.errors import BadRequestError
+from tests.support.gateway import GatewayProcess
 
 Capsys = pytest.CaptureFixture[str]
 
@@ -39,15 +40,18 @@ def config(tmp_path: Path) -> Path:
 
 
 class Cli:
-    """Runs ``bastion ...`` against the config, returning (exit code, stdout, stderr)."""
+    """Runs ``bastion ...`` on a store, returning (exit code, stdout, stderr): locally (the
+    store named by the config) or remotely (through a gateway serving that config)."""
 
-    def __init__(self, config: Path, capsys: Capsys) -> None:
-        self.config = config
+    def __init__(self, target: list[str], capsys: Capsys, actor: str) -> None:
+        self.target = target
         self.capsys = capsys
+        self.actor = actor
+        """Who the audit trail names: the local operator, or the gateway's admin key."""
 
     def __call__(self, *argv: str) -> tuple[int, str, str]:
         self.capsys.readouterr()
-        code = main([*argv, "--config", str(self.config)])
+        code = main([*argv, *self.target])
         captured = self.capsys.readouterr()
         return code, captured.out, captured.err
 
@@ -68,9 +72,27 @@ class Cli:
         return err
 
 
-@pytest.fixture
-def cli(config: Path, capsys: Capsys) -> Cli:
-    return Cli(config, capsys)
+@pytest.fixture(params=["local", "remote"])
+def cli(
+    request: pytest.FixtureRequest, config: Path, capsys: Capsys, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Cli]:
+    """Each case runs twice: on the store itself, and through a gateway's admin API."""
+    if request.param == "local":
+        yield Cli(["--config", str(config)], capsys, "local:tester")
+        return
+    settings = yaml.safe_load(config.read_text())
+    key = generate_key()
+    settings["server"]["host"] = "127.0.0.1"
+    settings["models"] = [{"name": "m", "upstreams": [{"url": "http://127.0.0.1:9"}]}]
+    settings["auth"] = {"api_keys": [{"name": "root", "hash": hash_key(key), "role": "admin"}]}
+    monkeypatch.setenv("BASTION_API_KEY", key)
+    workdir = config.parent / "gateway"
+    workdir.mkdir()
+    gateway = GatewayProcess(settings, workdir)
+    try:
+        yield Cli(["--url", gateway.url], capsys, "root")
+    finally:
+        gateway.stop()
 
 
 def rows(table: str) -> list[list[str]]:
@@ -91,7 +113,7 @@ def test_users_create_and_list(cli: Cli, tmp_path: Path) -> None:
     assert [u["name"] for u in listed] == ["bob", "ci"]
     bob, ci = listed
     assert (bob["role"], bob["kind"], bob["disabled"], bob["teams"]) == ("user", "user", False, [])
-    assert bob["created_by"] == "local:tester"
+    assert bob["created_by"] == cli.actor
     assert (ci["role"], ci["kind"], ci["description"]) == ("llama-user", "service", "CI")
 
     table = rows(cli.ok("users", "list"))
@@ -165,7 +187,7 @@ def test_key_lifecycle(cli: Cli) -> None:
                                                                        ["m1"])  # fmt: skip
     assert key["routes"] is None and key["networks"] is None
     assert key["expires_at"] == pytest.approx(time.time() + 30 * 86400, abs=60)
-    assert key["created_by"] == "local:tester"
+    assert key["created_by"] == cli.actor
 
     listed = cli.json("keys", "list")
     assert [k["id"] for k in listed] == [key["id"]]
@@ -200,7 +222,7 @@ def test_key_lifecycle(cli: Cli) -> None:
         ("key.rotate", key["id"]),
         ("key.create", key["id"]),
     ]
-    assert {e["actor"] for e in audit} == {"local:tester"}
+    assert {e["actor"] for e in audit} == {cli.actor}
     assert {e["outcome"] for e in audit} == {"ok"}
     assert [e["action"] for e in cli.json("audit", "--action", "user.create")] == ["user.create"]
     assert len(cli.json("audit")) == 4
@@ -209,7 +231,7 @@ def test_key_lifecycle(cli: Cli) -> None:
     assert cli.json("audit", "--since", "1h", "--outcome", "ok") == cli.json("audit")
     assert cli.json("audit", "--until", "1h") == []
     assert rows(cli.ok("audit", "--action", "key.create"))[1][2:6] == [
-        "local:tester",
+        cli.actor,
         "key.create",
         key["id"],
         "ok",
