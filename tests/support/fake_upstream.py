@@ -40,6 +40,8 @@ class Behaviour:
     """When set, a stream sends this many bytes of SSE comments as fast as it may."""
     health_status: int = 200
     """What ``GET /health`` (vLLM's health check, asked by the gateway) answers."""
+    cut_after: int | None = None
+    """When set, a stream sends this many events, then closes its socket mid-body."""
 
 
 @dataclass
@@ -196,6 +198,12 @@ class FakeUpstream:
                     "more_body": True,
                 }
             )
+            if behaviour.cut_after == index + 1:
+                # uvicorn's ``send`` belongs to the request's cycle, which holds the socket:
+                # closing it leaves the chunked body unfinished, as a crashed server would
+                send.__self__.transport.close()
+                watcher.cancel()
+                return
             if index == 0 and behaviour.hold_after_first is not None:
                 while not behaviour.hold_after_first.is_set() and not disconnected.is_set():
                     await asyncio.sleep(0.01)
