@@ -182,6 +182,9 @@ class UpstreamClientSettings(_Model):
     has begun (connection refused or reset, timeout, 502/503/504)."""
     retry_window: float = Field(default=15.0, ge=0)
     """No further attempt starts later than this many seconds after the first."""
+    max_sse_event_bytes: int = Field(default=MiB, gt=0)
+    """A stream read for its usage holds each event back until its end, up to this size; a
+    larger event goes on unread as it arrives (docs/limits.md)."""
     health: HealthCheckSettings = HealthCheckSettings()
     ejection: EjectionSettings = EjectionSettings()
 

@@ -23,7 +23,7 @@ from bastion.limits.limiter import Limiter
 from bastion.limits.plan import Planner
 from bastion.observability.instruments import GatewayMetrics
 from bastion.pipeline.context import RequestContext
-from bastion.pipeline.meter import Meter, stream_usage_override
+from bastion.pipeline.meter import MAX_EVENT_BYTES, Meter, stream_usage_override
 
 __all__ = ["Admit"]
 
@@ -39,6 +39,7 @@ class Admit:
         *,
         account_usage: bool = False,
         metrics: GatewayMetrics | None = None,
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         self._planner = planner
         self._limiter = limiter
@@ -46,6 +47,7 @@ class Admit:
         self._account_usage = account_usage
         self._metrics = metrics
         """Usage records are kept: every request's token usage is read, limits or not."""
+        self._max_event_bytes = max_event_bytes
 
     async def __call__(self, ctx: RequestContext, model: str) -> None:
         identity = ctx.identity
@@ -75,7 +77,12 @@ class Admit:
         stream_options = stream_usage_override(ctx.json) if reading and ctx.json else None
         if stream_options is not None:
             overrides["stream_options"] = stream_options
-        ctx.meter = Meter(prompt, reading=reading, strip=stream_options is not None)
+        ctx.meter = Meter(
+            prompt,
+            reading=reading,
+            strip=stream_options is not None,
+            max_event_bytes=self._max_event_bytes,
+        )
         if overrides:
             ctx.body_overrides = overrides
 

@@ -40,6 +40,9 @@ class Behaviour:
     """When set, a stream sends this many bytes of SSE comments as fast as it may."""
     health_status: int = 200
     """What ``GET /health`` (vLLM's health check, asked by the gateway) answers."""
+    big_event_bytes: int = 0
+    """When set, a chat stream's first event carries this much content, sent in 64 KiB pieces
+    (``gap`` seconds apart) with no blank line until the event's end."""
     cut_after: int | None = None
     """When set, a stream sends this many events, then closes its socket mid-body."""
 
@@ -170,6 +173,8 @@ class FakeUpstream:
             watcher.cancel()
             return
         chat = "messages" in payload
+        if behaviour.big_event_bytes:
+            await self._big_event(send, payload, behaviour)
         for index in range(behaviour.events):
             if disconnected.is_set():
                 return
@@ -229,6 +234,22 @@ class FakeUpstream:
         await send({"type": "http.response.body", "body": b""})
         self.stream_finished.append(time.monotonic())
         watcher.cancel()
+
+    @staticmethod
+    async def _big_event(send: Any, payload: dict[str, Any], behaviour: Behaviour) -> None:
+        async def body(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+            await asyncio.sleep(behaviour.gap)  # a turn of the loop, at least
+
+        choice = {"delta": {"content": "<>"}, "index": 0, "finish_reason": None}
+        chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1,
+                 "model": payload.get("model"), "choices": [choice]}  # fmt: skip
+        head, tail = (b"data: " + orjson.dumps(chunk) + b"\n\n").split(b"<>")
+        await body(head)
+        piece = b"x" * 65536
+        for _ in range(behaviour.big_event_bytes // len(piece)):
+            await body(piece)
+        await body(tail)
 
     async def _flood(self, send: Any, total: int) -> None:
         piece = b": " + b"x" * 65530 + b"\n\n"
