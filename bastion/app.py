@@ -283,4 +283,5 @@ def _admit(settings: Settings, services: Services) -> Admit | None:
         settings.limits.default_max_tokens,
         account_usage=account_usage,
         metrics=services.metrics,
+        max_event_bytes=settings.upstream.max_sse_event_bytes,
     )

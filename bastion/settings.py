@@ -200,6 +200,9 @@ class UpstreamClientSettings(_Model):
     head is a 502 and its connection is closed (as ``http.max_header_bytes`` for callers)."""
     max_headers: int = Field(default=100, gt=0)
     """Header lines of a response, interim responses included; more is a 502."""
+    max_sse_event_bytes: int = Field(default=MiB, gt=0)
+    """A stream read for its usage holds each event back until its end, up to this size; a
+    larger event goes on unread as it arrives (docs/limits.md)."""
     health: HealthCheckSettings = HealthCheckSettings()
     ejection: EjectionSettings = EjectionSettings()
 

@@ -2,7 +2,11 @@
 
 After the model is known, the request is counted against each of its buckets (see
 :mod:`bastion.limits.plan`): its prompt is estimated from the body (a byte per four, an
-over-estimate for text) and its completion is its ``max_tokens`` (or the configured default).
+over-estimate for text) and its completion is its ``max_tokens`` (or the configured default),
+for each of its ``n`` choices. These fields are read the way the engine reads them (an
+integral float such as ``5e9`` is that integer); a value the engine would read otherwise or
+not at all is refused with a 400 naming the field, so no request reserves less than it may
+generate.
 Refusals are 429 with ``Retry-After`` and OpenAI's ``x-ratelimit-*`` headers (budgets:
 ``insufficient_quota``); a request too large for a limit even when idle is a 400.
 
@@ -18,16 +22,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from bastion.errors import QuotaExceededError, RateLimitError
+from bastion.errors import BadRequestError, QuotaExceededError, RateLimitError
 from bastion.limits.limiter import Limiter
 from bastion.limits.plan import Planner
 from bastion.observability.instruments import GatewayMetrics
 from bastion.pipeline.context import RequestContext
-from bastion.pipeline.meter import Meter, stream_usage_override
+from bastion.pipeline.meter import MAX_EVENT_BYTES, Meter, stream_usage_override
 
 __all__ = ["Admit"]
 
 _GENERATING = frozenset({"chat", "completions", "responses", "audio"})
+_CHOICES = frozenset({"chat", "completions"})
+"""Routes whose ``n`` asks for several completions, each up to the token limit."""
+_TOKEN_LIMITS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
 class Admit:
@@ -39,6 +46,7 @@ class Admit:
         *,
         account_usage: bool = False,
         metrics: GatewayMetrics | None = None,
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         self._planner = planner
         self._limiter = limiter
@@ -46,6 +54,7 @@ class Admit:
         self._account_usage = account_usage
         self._metrics = metrics
         """Usage records are kept: every request's token usage is read, limits or not."""
+        self._max_event_bytes = max_event_bytes
 
     async def __call__(self, ctx: RequestContext, model: str) -> None:
         identity = ctx.identity
@@ -54,10 +63,10 @@ class Admit:
         priority = self._planner.priority(identity)
         if priority is not None and ctx.json is not None:
             overrides["priority"] = priority
+        completion = self._completion(ctx)
         buckets = self._planner.plan(identity, model) if self._planner.active else ()
         prompt = len(ctx.body) // 4 + 1
         if buckets:
-            completion = self._completion(ctx)
             metrics = self._metrics
             try:
                 ctx.grant = await self._limiter.acquire(buckets, prompt, completion)
@@ -75,7 +84,12 @@ class Admit:
         stream_options = stream_usage_override(ctx.json) if reading and ctx.json else None
         if stream_options is not None:
             overrides["stream_options"] = stream_options
-        ctx.meter = Meter(prompt, reading=reading, strip=stream_options is not None)
+        ctx.meter = Meter(
+            prompt,
+            reading=reading,
+            strip=stream_options is not None,
+            max_event_bytes=self._max_event_bytes,
+        )
         if overrides:
             ctx.override(overrides)
 
@@ -87,12 +101,54 @@ class Admit:
         self._limiter.finish(grant, prompt, completion)
 
     def _completion(self, ctx: RequestContext) -> int:
+        """The completion tokens to reserve: the largest token limit the body sets (engines
+        differ in which one they obey) or the default, for each of its ``n`` choices."""
         assert ctx.endpoint is not None
-        if ctx.endpoint.permission not in _GENERATING:
+        permission = ctx.endpoint.permission
+        if permission not in _GENERATING:
             return 0
-        body = ctx.json or {}
-        for field in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-            value = body.get(field)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-        return self._default
+        body = ctx.json
+        if body is None:
+            return self._default
+        _check_stream(body)
+        asked = max(_count(body, field, least=0) or 0 for field in _TOKEN_LIMITS)
+        choices = _count(body, "n", least=1) if permission in _CHOICES else None
+        return (asked or self._default) * (choices or 1)
+
+
+def _count(body: dict[str, Any], name: str, *, least: int) -> int | None:
+    """``body[name]`` as vLLM reads an integer field (pydantic, lax: an integral float is
+    that integer), None when absent or null. A fraction, a string or a boolean (which the
+    engine might read as a number) and anything below ``least`` are refused."""
+    value = body.get(name)
+    if value is None:
+        return None
+    kind = type(value)
+    if kind is float and value.is_integer():
+        value = int(value)
+    elif kind is not int:
+        raise BadRequestError(f"'{name}' must be an integer.", param=name, code="invalid_type")
+    if value < least:
+        raise BadRequestError(
+            f"'{name}' must be at least {least}.", param=name, code="integer_below_min_value"
+        )
+    return int(value)
+
+
+def _check_stream(body: dict[str, Any]) -> None:
+    """``stream`` and ``stream_options.include_usage`` must be booleans: the engine would
+    read "true" or 1 as true, the gateway (which asks a stream for its usage) would not."""
+    _boolean(body.get("stream"), "stream")
+    options = body.get("stream_options")
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise BadRequestError(
+            "'stream_options' must be an object.", param="stream_options", code="invalid_type"
+        )
+    _boolean(options.get("include_usage"), "stream_options.include_usage")
+
+
+def _boolean(value: Any, name: str) -> None:
+    if value is not None and type(value) is not bool:
+        raise BadRequestError(f"'{name}' must be a boolean.", param=name, code="invalid_type")

@@ -50,6 +50,7 @@ class RequestContext:
         "request_id",
         "response_bytes",
         "response_done",
+        "response_event_open",
         "response_sse",
         "response_started",
         "scope",
@@ -95,6 +96,8 @@ class RequestContext:
         self.response_started = False
         self.response_done = False
         self.response_sse = False
+        self.response_event_open = False
+        """The event stream relayed so far stops inside an event (not on a blank line)."""
         self.response_bytes = 0
         self.time_to_first_byte: float | None = None
         self.client_disconnected = False

@@ -72,6 +72,8 @@ _DROP_RESPONSE = frozenset(
     }
 )
 _WHOLE_BODY_LIMIT = 1024 * 1024
+_EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
+"""How an event stream's event ends: a blank line (LF or CRLF)."""
 # Answers that say "this server cannot take it now", not "this request is wrong".
 _RETRY_STATUSES = frozenset({502, 503, 504})
 
@@ -246,14 +248,19 @@ class Forward:
 
 def _relayed(ctx: RequestContext, meter: Meter | None) -> Callable[[bytes], bytes]:
     """What each piece of a relayed body goes through: timing, counting and the meter.
-    Returns what to send on (empty: nothing now)."""
+    Returns what to send on (empty: nothing now). For an event stream it also notes whether
+    what went out stops inside an event, so that an error event can start a new one."""
     started = ctx.started
+    sse = ctx.response_sse
 
     def relayed(piece: bytes) -> bytes:
         if ctx.time_to_first_byte is None:
             ctx.time_to_first_byte = time.perf_counter() - started
         ctx.response_bytes += len(piece)
-        return piece if meter is None else meter.feed(piece)
+        out = piece if meter is None else meter.feed(piece)
+        if sse and out:
+            ctx.response_event_open = not out.endswith(_EVENT_ENDS)
+        return out
 
     return relayed
 

@@ -39,6 +39,7 @@ from bastion.errors import (
     MethodNotAllowedError,
     NotFoundError,
     ServiceUnavailableError,
+    UpstreamError,
 )
 from bastion.observability.instruments import GatewayMetrics
 from bastion.observability.metrics import CONTENT_TYPE
@@ -109,6 +110,8 @@ class Gateway:
         try:
             await self._handle(ctx)
         except GatewayError as error:
+            if ctx.response_started and isinstance(error, UpstreamError):
+                _log_cut(ctx, error)
             await self._refuse(ctx, error)
         except asyncio.CancelledError:
             if not ctx.client_disconnected:
@@ -256,6 +259,20 @@ class Gateway:
             await send_whole(ctx, 200, [(b"content-type", CONTENT_TYPE)], body)
         else:  # pragma: no cover - there is no other local endpoint
             raise NotFoundError()
+
+
+def _log_cut(ctx: RequestContext, error: UpstreamError) -> None:
+    """An upstream that fails after the response began: an expected fault, so one line and
+    no traceback (the status already went out as a success; this line says otherwise)."""
+    cause = error.__cause__
+    log.warning(
+        "upstream failed mid-response request_id=%s%s upstream=%s reason=%s%s",
+        ctx.request_id,
+        f" caller_request_id={ctx.caller_request_id}" if ctx.caller_request_id else "",
+        ctx.upstream,
+        error.code,
+        f" ({cause})" if cause is not None and str(cause) else "",
+    )
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

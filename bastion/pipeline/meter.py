@@ -11,6 +11,11 @@ for it (``stream_options.include_usage``) even when the caller did not, takes th
 the final usage chunk, and, if the caller did not ask, removes that chunk before it reaches
 the caller. A stream cut before its usage arrives is billed for what was relayed: the
 prompt estimate plus one token per content event.
+
+Reading a stream costs time and memory in proportion to its length, however it is cut into
+pieces: each byte is looked at once for an event's end, and a partial event is held as a list
+of pieces. An event that grows past ``max_event_bytes`` before its end is not read at all: it
+goes on as it arrives (its usage, if it carried any, is then not seen).
 """
 
 from __future__ import annotations
@@ -21,10 +26,15 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Meter", "UsageTap", "billed", "stream_usage_override", "usage_of"]
+__all__ = ["MAX_EVENT_BYTES", "Meter", "UsageTap", "billed", "stream_usage_override", "usage_of"]
 
+MAX_EVENT_BYTES = 1024 * 1024
+"""The default limit on the partial event held back to be read."""
 _TAIL = 64 * 1024
 _END = re.compile(rb"\r\n\r\n|\n\n")  # an event ends with an empty line (LF or CRLF)
+_REACH = 3
+"""Bytes before a piece in which the blank line ending an event may have begun (three of
+CRLF CRLF's four)."""
 
 
 def usage_of(document: Any) -> tuple[int, int] | None:
@@ -61,42 +71,137 @@ def billed(
     return prompt_estimate, response_bytes // 4
 
 
+def _last_end(data: bytes) -> int:
+    """Where the last event that ends in ``data`` ends, after its blank line (0: none)."""
+    lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+def _first_end(data: bytes) -> int:
+    """Where the first event that ends in ``data`` ends, after its blank line (0: none)."""
+    lf, crlf = data.find(b"\n\n"), data.find(b"\r\n\r\n")
+    if lf < 0 or crlf < 0:
+        return lf + 2 if lf >= 0 else crlf + 4 if crlf >= 0 else 0
+    return min(lf + 2, crlf + 4)
+
+
+def _content_events(events: bytes) -> int:
+    return events.count(b'"choices":[{') + events.count(b'"choices": [{')
+
+
 class UsageTap:
     """Watches a relayed body for usage; in a stream, may drop the usage-only chunk.
 
     ``feed`` takes each piece as it arrives and returns what to send on (for a stream:
-    whole events only; a partial event waits for its end). ``end`` returns what is left.
+    whole events only; a partial event waits for its end, unless it outgrows
+    ``max_event_bytes``: then it goes on unread as it arrives). ``end`` returns what is left.
     """
 
-    __slots__ = ("_buffer", "_sse", "_strip", "content_events", "usage")
+    __slots__ = (
+        "_held",
+        "_held_bytes",
+        "_json_tail",
+        "_limit",
+        "_passing",
+        "_reach",
+        "_sse",
+        "_strip",
+        "content_events",
+        "usage",
+    )
 
-    def __init__(self, *, sse: bool, strip: bool) -> None:
+    def __init__(self, *, sse: bool, strip: bool, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self._sse = sse
         self._strip = strip
-        self._buffer = b""
+        self._limit = max_event_bytes
+        self._held: list[bytes] = []
+        """The pieces of the partial event, joined once when it ends."""
+        self._held_bytes = 0
+        self._reach = b""
+        """The last bytes looked at, where the blank line ending an event may have begun."""
+        self._passing = False
+        """Inside an event over the limit: relayed as it arrives, unread, until its end."""
+        self._json_tail = bytearray()
+        """A JSON body's last bytes, where its usage is."""
         self.usage: tuple[int, int] | None = None
         self.content_events = 0
 
     def feed(self, piece: bytes) -> bytes:
         if not self._sse:
-            self._buffer = (self._buffer + piece)[-_TAIL:]
+            tail = self._json_tail
+            tail += piece
+            if len(tail) > 2 * _TAIL:  # trimmed now and then, not copied per piece
+                del tail[:-_TAIL]
             return piece
-        if not self._buffer and piece.endswith(b"\n\n") and b'"usage"' not in piece:
+        if self._passing:
+            return self._pass(piece)
+        if not self._held and piece.endswith(b"\n\n") and b'"usage"' not in piece:
             # the usual piece: whole events, none about usage; pass it on as it is
-            self.content_events += piece.count(b'"choices":[{') + piece.count(b'"choices": [{')
+            self.content_events += _content_events(piece)
             return piece
-        data = self._buffer + piece if self._buffer else piece
-        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
-        if lf < 0 and crlf < 0:
-            self._buffer = data
+        return self._take(piece)
+
+    def end(self) -> bytes:
+        """At the end of the body: what was held back (and, for JSON, its usage)."""
+        if not self._sse:
+            rest = bytes(self._json_tail[-_TAIL:])
+            self._json_tail.clear()
+            with contextlib.suppress(orjson.JSONDecodeError):
+                self.usage = usage_of(orjson.loads(rest)) or self.usage
             return b""
-        end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
-        self._buffer = data[end:]
-        complete = data[:end]
+        rest = b"".join(self._held)
+        self._held.clear()
+        self._held_bytes, self._reach, self._passing = 0, b"", False
+        return rest
+
+    def _take(self, piece: bytes) -> bytes:
+        """Whole events go on; the partial one after them is held (only new bytes are
+        searched for its end: what is held has none)."""
+        held = self._held
+        window = self._reach + piece if held else piece
+        end = _last_end(window) - (len(window) - len(piece))
+        if end <= 0:
+            if piece:
+                held.append(piece)
+                self._held_bytes += len(piece)
+                self._reach = window[-_REACH:]
+            return self._overflow() if self._held_bytes > self._limit else b""
+        complete = b"".join([*held, piece[:end]]) if held else piece[:end]
+        held.clear()
+        rest = piece[end:]
+        if rest:
+            held.append(rest)
+        self._held_bytes, self._reach = len(rest), rest[-_REACH:]
+        kept = self._events(complete)
+        return kept + self._overflow() if self._held_bytes > self._limit else kept
+
+    def _overflow(self) -> bytes:
+        """The partial event outgrew the limit: what is held of it goes on now, the rest as
+        it arrives, unread (one content event if it began like one)."""
+        partial = b"".join(self._held)
+        self._held.clear()
+        self._held_bytes = 0
+        self._passing = True  # the reach stays: the event's blank line may begin in it
+        if b'"choices":[{' in partial or b'"choices": [{' in partial:
+            self.content_events += 1
+        return partial
+
+    def _pass(self, piece: bytes) -> bytes:
+        """A piece of an event over the limit: on at once; what follows its end is read."""
+        window = self._reach + piece
+        end = _first_end(window) - (len(window) - len(piece))
+        if end <= 0:
+            self._reach = window[-_REACH:]
+            return piece
+        self._passing, self._reach = False, b""
+        if end == len(piece):
+            return piece
+        return piece[:end] + self._take(piece[end:])
+
+    def _events(self, complete: bytes) -> bytes:
+        """Whole events: counted, read for usage, the usage-only chunk dropped if asked."""
         if b'"usage"' not in complete:
-            self.content_events += complete.count(b'"choices":[{') + complete.count(
-                b'"choices": [{'
-            )
+            self.content_events += _content_events(complete)
             return complete
         kept, start = [], 0
         for found in _END.finditer(complete):
@@ -104,15 +209,6 @@ class UsageTap:
             start = found.end()
         kept.append(complete[start:])  # only line breaks, if anything
         return b"".join(kept)
-
-    def end(self) -> bytes:
-        """At the end of the body: what was held back (and, for JSON, its usage)."""
-        rest, self._buffer = self._buffer, b""
-        if not self._sse:
-            with contextlib.suppress(orjson.JSONDecodeError):
-                self.usage = usage_of(orjson.loads(rest)) or self.usage
-            return b""
-        return rest
 
     def _event(self, event: bytes) -> bytes:
         if b'"choices":[{' in event or b'"choices": [{' in event:
@@ -140,15 +236,32 @@ class Meter:
 
     ``reading`` says whether the response is read for usage (limits count tokens, or usage
     records are kept); without it the meter still bills an estimate. ``strip`` removes the
-    stream's usage chunk, which the gateway asked for and the caller did not.
+    stream's usage chunk, which the gateway asked for and the caller did not. A stream's
+    event larger than ``max_event_bytes`` goes on unread (see :class:`UsageTap`).
     """
 
-    __slots__ = ("_tap", "content_events", "prompt_estimate", "reading", "strip", "usage")
+    __slots__ = (
+        "_tap",
+        "content_events",
+        "max_event_bytes",
+        "prompt_estimate",
+        "reading",
+        "strip",
+        "usage",
+    )
 
-    def __init__(self, prompt_estimate: int, *, reading: bool, strip: bool = False) -> None:
+    def __init__(
+        self,
+        prompt_estimate: int,
+        *,
+        reading: bool,
+        strip: bool = False,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+    ) -> None:
         self.prompt_estimate = prompt_estimate
         self.reading = reading
         self.strip = strip
+        self.max_event_bytes = max_event_bytes
         self.usage: tuple[int, int] | None = None
         """(prompt, completion) tokens as the upstream reported them."""
         self.content_events = 0
@@ -164,7 +277,7 @@ class Meter:
                 with contextlib.suppress(orjson.JSONDecodeError):
                     self.usage = usage_of(orjson.loads(body))
             return body
-        tap = UsageTap(sse=True, strip=self.strip)
+        tap = UsageTap(sse=True, strip=self.strip, max_event_bytes=self.max_event_bytes)
         kept = tap.feed(body) + tap.end()
         self.usage, self.content_events = tap.usage, tap.content_events
         return kept
@@ -172,7 +285,7 @@ class Meter:
     def start(self, sse: bool) -> bool:
         """A body is about to be relayed piece by piece; True if :meth:`feed` must see it."""
         if self.reading:
-            self._tap = UsageTap(sse=sse, strip=self.strip)
+            self._tap = UsageTap(sse=sse, strip=self.strip, max_event_bytes=self.max_event_bytes)
         return self._tap is not None
 
     def feed(self, piece: bytes) -> bytes:

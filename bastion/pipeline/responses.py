@@ -83,7 +83,12 @@ async def send_error(ctx: RequestContext, error: GatewayError) -> None:
         return
     ctx.response_done = True
     if ctx.response_sse:
-        await ctx.send({"type": "http.response.body", "body": error_event(error)})
-        await ctx.send({"type": "http.response.body", "body": b""})
+        # The last piece of the body: the server ends it (the final chunk), and the
+        # connection stays usable. Relayed bytes that stop inside an event are closed off
+        # first, so the error arrives as an event of its own and not glued to a broken one.
+        event = error_event(error)
+        if ctx.response_event_open:
+            event = b"\n\n" + event
+        await ctx.send({"type": "http.response.body", "body": event})
     # Anything else is left incomplete: the server closes the connection, so the client sees
     # a truncated response instead of a body that looks whole.

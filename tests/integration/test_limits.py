@@ -18,7 +18,7 @@ from tests.support.clients import openai_client
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import GatewayProcess, Keys, base_config, running_gateway
 
-USERS = ("rpm", "tpm", "tpm2", "budget", "conc", "free", "spender")
+USERS = ("rpm", "tpm", "tpm2", "budget", "conc", "free", "spender", "floats")
 KEYS = {name: generate_key() for name in USERS}
 CHAT = [{"role": "user", "content": "hi"}]
 
@@ -39,6 +39,7 @@ def gateway(
             "budget": {"tokens_per_day": 65},
             "conc": {"concurrency": 1, "tokens_per_minute": 100_000},
             "spender": {"cost_per_day": 0.1},
+            "floats": {"tokens_per_minute": 100},
         },
         "priority": {"roles": {"user": 5}},
     }
@@ -115,6 +116,45 @@ def test_a_request_that_could_never_fit_is_400(gateway: GatewayProcess) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         chat(gateway, "tpm", max_tokens=500)
     assert refused.value.code == "tokens_exceed_limit"
+
+
+@pytest.mark.parametrize("max_tokens", [5e9, 2147483648.0, 500.0])
+def test_a_float_max_tokens_counts_as_the_same_integer(
+    gateway: GatewayProcess, upstream: FakeUpstream, max_tokens: float
+) -> None:
+    # the engine reads 5e9 as 5000000000 (pydantic reads an integral float as an int)
+    with pytest.raises(openai.BadRequestError) as refused:
+        chat(gateway, "floats", max_tokens=max_tokens)
+    assert refused.value.code == "tokens_exceed_limit"
+    assert upstream.seen == []
+    status, _, _ = raw_chat(
+        gateway, "floats", {"model": "test-model", "messages": CHAT, "max_tokens": 20.0}
+    )
+    assert status == 200  # 20 tokens reserved, not the default 1024 (which never fits 100)
+    assert len(upstream.seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "code"),
+    [
+        ("max_tokens", 5.5, "invalid_type"),
+        ("max_completion_tokens", -1, "integer_below_min_value"),
+        ("max_tokens", "5000000000", "invalid_type"),
+        ("max_tokens", True, "invalid_type"),
+        ("n", 0, "integer_below_min_value"),
+        ("stream", "true", "invalid_type"),
+    ],
+)
+def test_a_field_the_gateway_cannot_read_as_the_engine_would_is_400_and_not_forwarded(
+    gateway: GatewayProcess, upstream: FakeUpstream, field: str, value: object, code: str
+) -> None:
+    body = {"model": "test-model", "messages": CHAT, field: value}
+    status, _, data = raw_chat(gateway, "floats", body)
+    assert status == 400
+    error = data["error"]
+    assert error["type"] == "invalid_request_error"  # type: ignore[index]
+    assert (error["param"], error["code"]) == (field, code)  # type: ignore[index]
+    assert upstream.seen == []
 
 
 def test_budget_reservations_are_reconciled_with_reported_usage(

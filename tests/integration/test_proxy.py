@@ -17,6 +17,8 @@ from tests.support.clients import openai_client
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import GatewayProcess, Keys
 
+_ID = "X-Request-Id: %s\r\n"
+
 
 def client(gateway: GatewayProcess, key: str) -> openai.OpenAI:
     return openai_client(gateway.url, key)
@@ -45,13 +47,51 @@ def _complete(data: bytes) -> bool:
     return body.endswith(b"0\r\n\r\n")
 
 
-def post(path: str, key: str, body: dict[str, object], extra: str = "") -> bytes:
+def post(
+    path: str, key: str, body: dict[str, object], extra: str = "", *, close: bool = True
+) -> bytes:
     payload = orjson.dumps(body)
     return (
         f"POST {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n{extra}"
-        "Connection: close\r\n\r\n"
+        + ("Connection: close\r\n" if close else "")
+        + "\r\n"
     ).encode() + payload
+
+
+def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One response from a kept-alive connection: its head, and its body (chunks undone).
+    Fails if the connection closes before the response is complete."""
+    data = b""
+
+    def more() -> None:
+        nonlocal data
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"the connection closed mid-response after {data!r}")
+        data += chunk
+
+    while b"\r\n\r\n" not in data:
+        more()
+    head, _, data = data.partition(b"\r\n\r\n")
+    fields = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+    if b"content-length" in fields:
+        while len(data) < int(fields[b"content-length"]):
+            more()
+        return head, data
+    assert fields.get(b"transfer-encoding") == b"chunked", head
+    body = b""
+    while True:
+        while b"\r\n" not in data:
+            more()
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        while len(data) < size + 2:
+            more()
+        body, data = body + data[:size], data[size + 2 :]
+        if size == 0:
+            assert data == b"", data  # nothing after the final chunk
+            return head, body
 
 
 def test_chat_completion_is_forwarded_with_upstream_key_only(
@@ -272,3 +312,30 @@ def test_omitted_model_is_400_when_several_are_served(
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b'"param":"model"' in answer
     assert upstream.seen == []
+
+
+def test_a_stream_cut_by_the_upstream_ends_well_and_the_connection_stays_usable(
+    gateway: GatewayProcess, upstream: FakeUpstream, keys: Keys
+) -> None:
+    upstream.behaviour.cut_after = 2  # two events, then the upstream's socket closes
+    body = {"model": "test-model", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    with socket.create_connection(gateway.host_port, timeout=5) as sock:
+        sock.sendall(post("/v1/chat/completions", keys.user, body, _ID % "cut-1", close=False))
+        head, stream = read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        events = stream.split(b"\n\n")
+        assert b"tok0" in events[0] and b"tok1" in events[1]
+        error = orjson.loads(events[2].removeprefix(b"data: "))["error"]
+        assert (error["type"], error["code"]) == ("upstream_error", "upstream_protocol_error")
+        assert events[3:] == [b""]  # the error event is the last, and whole
+        # the same connection serves the next request
+        upstream.behaviour.cut_after = None
+        sock.sendall(post("/v1/chat/completions", keys.user, {"model": "test-model"}, close=False))
+        head, answer = read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert orjson.loads(answer)["choices"][0]["message"]["content"] == "Hello from upstream"
+    logs = gateway.wait_for_log("caller_request_id=cut-1")
+    assert "Traceback" not in logs
+    [line] = [line for line in logs.splitlines() if "request_id=cut-1" in line]
+    assert " WARNING " in line
+    assert "upstream=" in line and "upstream_protocol_error" in line

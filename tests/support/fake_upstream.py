@@ -40,6 +40,11 @@ class Behaviour:
     """When set, a stream sends this many bytes of SSE comments as fast as it may."""
     health_status: int = 200
     """What ``GET /health`` (vLLM's health check, asked by the gateway) answers."""
+    big_event_bytes: int = 0
+    """When set, a chat stream's first event carries this much content, sent in 64 KiB pieces
+    (``gap`` seconds apart) with no blank line until the event's end."""
+    cut_after: int | None = None
+    """When set, a stream sends this many events, then closes its socket mid-body."""
 
 
 @dataclass
@@ -168,6 +173,8 @@ class FakeUpstream:
             watcher.cancel()
             return
         chat = "messages" in payload
+        if behaviour.big_event_bytes:
+            await self._big_event(send, payload, behaviour)
         for index in range(behaviour.events):
             if disconnected.is_set():
                 return
@@ -196,6 +203,12 @@ class FakeUpstream:
                     "more_body": True,
                 }
             )
+            if behaviour.cut_after == index + 1:
+                # uvicorn's ``send`` belongs to the request's cycle, which holds the socket:
+                # closing it leaves the chunked body unfinished, as a crashed server would
+                send.__self__.transport.close()
+                watcher.cancel()
+                return
             if index == 0 and behaviour.hold_after_first is not None:
                 while not behaviour.hold_after_first.is_set() and not disconnected.is_set():
                     await asyncio.sleep(0.01)
@@ -221,6 +234,22 @@ class FakeUpstream:
         await send({"type": "http.response.body", "body": b""})
         self.stream_finished.append(time.monotonic())
         watcher.cancel()
+
+    @staticmethod
+    async def _big_event(send: Any, payload: dict[str, Any], behaviour: Behaviour) -> None:
+        async def body(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+            await asyncio.sleep(behaviour.gap)  # a turn of the loop, at least
+
+        choice = {"delta": {"content": "<>"}, "index": 0, "finish_reason": None}
+        chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1,
+                 "model": payload.get("model"), "choices": [choice]}  # fmt: skip
+        head, tail = (b"data: " + orjson.dumps(chunk) + b"\n\n").split(b"<>")
+        await body(head)
+        piece = b"x" * 65536
+        for _ in range(behaviour.big_event_bytes // len(piece)):
+            await body(piece)
+        await body(tail)
 
     async def _flood(self, send: Any, total: int) -> None:
         piece = b": " + b"x" * 65530 + b"\n\n"

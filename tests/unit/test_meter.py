@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from bastion.pipeline.meter import UsageTap, billed, usage_of
+from bastion.pipeline import meter
+from bastion.pipeline.meter import Meter, UsageTap, billed, usage_of
 
 USAGE = {"prompt_tokens": 12, "total_tokens": 19, "completion_tokens": 7}
 
@@ -100,15 +102,17 @@ def stream(
     return Stream(tuple(events), usage_index, sum(1 for c in chunks if c["choices"]))
 
 
-VARIANTS = {
-    "vllm": stream(),
-    "no-space": stream(prefix=b"data:"),
-    "two-spaces": stream(prefix=b"data:  "),
-    "spaced-json": stream(dump=spaced),
-    "crlf": stream(end=b"\r\n\r\n"),
-    "crlf-no-space-spaced-json": stream(prefix=b"data:", end=b"\r\n\r\n", dump=spaced),
-    "crlf-lines-lf-end": stream(end=b"\r\n\n"),
+FORMS: dict[str, dict[str, Any]] = {
+    "vllm": {},
+    "no-space": {"prefix": b"data:"},
+    "two-spaces": {"prefix": b"data:  "},
+    "spaced-json": {"dump": spaced},
+    "crlf": {"end": b"\r\n\r\n"},
+    "crlf-no-space-spaced-json": {"prefix": b"data:", "end": b"\r\n\r\n", "dump": spaced},
+    "crlf-lines-lf-end": {"end": b"\r\n\n"},
 }
+"""How servers write their events: the data prefix, the blank line, the JSON's spacing."""
+VARIANTS = {name: stream(**form) for name, form in FORMS.items()}
 
 
 def run(tap: UsageTap, pieces: list[bytes]) -> bytes:
@@ -267,6 +271,120 @@ def test_a_partial_event_is_held_back_until_its_end() -> None:
     assert tap.content_events == 1
     assert tap.end() == b"data: [DO"  # a cut stream: what is left goes on as it is
     assert tap.end() == b""
+
+
+# --- events larger than the limit --------------------------------------------------------
+
+LIMIT = 400
+"""A limit on held events above every event of VARIANTS, below BIG's."""
+BIG = chat_chunk([delta("y" * 800)])
+
+
+def with_big(form: dict[str, Any], **extra: Any) -> Stream:
+    """A stream with an event larger than LIMIT among its content events."""
+    return stream(chunks=[*CONTENT_CHUNKS[:2], BIG, *CONTENT_CHUNKS[2:]], **form, **extra)
+
+
+@pytest.fixture(params=list(FORMS), ids=list(FORMS))
+def form(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return FORMS[request.param]
+
+
+@pytest.mark.parametrize("strip", [True, False], ids=["strip", "keep"])
+def test_an_event_over_the_limit_goes_on_unread_and_the_stream_after_it_is_read(
+    form: dict[str, Any], strip: bool
+) -> None:
+    big = with_big(form)
+    raw = big.raw
+    # only the third event is over the limit
+    assert max(len(e) for i, e in enumerate(big.events) if i != 2) < LIMIT < len(big.events[2])
+    cuts = [[raw[:cut], raw[cut:]] for cut in range(len(raw) + 1)]
+    for pieces in [*cuts, [raw[i : i + 1] for i in range(len(raw))]]:
+        tap = UsageTap(sse=True, strip=strip, max_event_bytes=LIMIT)
+        assert run(tap, pieces) == big.relayed(strip), len(pieces[0])
+        assert tap.usage == (12, 7)
+        assert tap.content_events == big.content_events == 7
+
+
+def test_a_big_event_goes_on_as_it_arrives_once_past_the_limit(form: dict[str, Any]) -> None:
+    big = with_big(form)
+    raw = big.raw
+    starts = len(b"".join(big.events[:2]))  # the big event is the third
+    ends = starts + len(big.events[2])
+    tap = UsageTap(sse=True, strip=True, max_event_bytes=LIMIT)
+    relayed = b""
+    for received in range(1, len(raw) + 1):
+        relayed += tap.feed(raw[received - 1 : received])
+        if starts < received < ends and received - starts > LIMIT:
+            assert relayed == raw[:received], received  # held no longer
+        else:
+            assert relayed == big.relayed_before(received, True), received
+    assert tap.end() == b""
+
+
+def test_a_usage_event_over_the_limit_goes_on_unread_and_usage_is_then_estimated() -> None:
+    padded = stream(usage=chat_chunk([], usage=USAGE, padding="z" * 1000))
+    tap_meter = Meter(50, reading=True, strip=True, max_event_bytes=LIMIT)
+    assert tap_meter.start(True)
+    raw = padded.raw
+    relayed = b"".join(tap_meter.feed(raw[i : i + 7]) for i in range(0, len(raw), 7))
+    relayed += tap_meter.end()
+    assert relayed == raw  # not even the usage chunk the caller did not ask for is dropped
+    assert tap_meter.usage is None
+    assert tap_meter.billed(200, True, len(raw)) == (50, 6)  # the prompt estimate, one per event
+
+
+def test_a_whole_body_with_an_event_over_the_limit() -> None:
+    big = with_big({})
+    whole = Meter(50, reading=True, strip=True, max_event_bytes=LIMIT)
+    assert whole.whole(big.raw, True) == big.relayed(True)
+    assert (whole.usage, whole.content_events) == ((12, 7), 7)
+
+
+@pytest.mark.parametrize(("size", "piece"), [(500_000, 100), (3_000_000, 1000)])
+def test_an_event_in_many_pieces_is_scanned_once(
+    monkeypatch: pytest.MonkeyPatch, size: int, piece: int
+) -> None:
+    """Linear: each byte is looked at for an event's end once, however the event is cut
+    (plus, per piece, the few bytes before it where a blank line may have begun, and once
+    the rest of the piece in which an event over the limit ends)."""
+    scanned = 0
+
+    def counting(find: Callable[[bytes], int]) -> Callable[[bytes], int]:
+        def counted(data: bytes) -> int:
+            nonlocal scanned
+            scanned += len(data)
+            return find(data)
+
+        return counted
+
+    monkeypatch.setattr(meter, "_last_end", counting(meter._last_end))
+    monkeypatch.setattr(meter, "_first_end", counting(meter._first_end))
+    vllm = VARIANTS["vllm"]
+    event = b'data: {"choices":[{"delta":{"content":"' + b"x" * size + b'"}}]}\n\n'
+    raw = event + vllm.raw
+    pieces = [raw[i : i + piece] for i in range(0, len(raw), piece)]
+    tap = UsageTap(sse=True, strip=True)
+    assert run(tap, pieces) == event + vllm.relayed(True)
+    assert (tap.usage, tap.content_events) == ((12, 7), 7)
+    assert scanned <= len(raw) + 3 * len(pieces) + piece
+
+
+def test_what_is_held_of_an_unfinished_event_is_bounded() -> None:
+    """An 8 MiB event without its blank line: at most about the limit (1 MiB by default) is
+    held, the rest goes on as it arrives."""
+    piece = b"x" * 4096
+    tracemalloc.start()
+    try:
+        tap = UsageTap(sse=True, strip=True)
+        relayed = len(tap.feed(b'data: {"choices":[{"delta":{"content":"'))
+        for _ in range(2048):
+            relayed += len(tap.feed(piece))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * 2**20
+    assert relayed > 2048 * len(piece) - 2**20 - len(piece)
 
 
 # --- a JSON body --------------------------------------------------------------------------
