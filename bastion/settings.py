@@ -475,6 +475,10 @@ class FieldsSettings(_Model):
     """Set vLLM's ``cache_salt`` per user, team or key: tenants do not share prefix-cache
     entries, so none can probe another's prompts by timing (costs prefix-cache hits across
     tenants). Only for upstreams that accept the field (vLLM 0.9 and later)."""
+    media_urls: Literal["public", "any"] = "public"
+    """Media URLs in a request (images, audio, video) that the engine will fetch: ``public``
+    refuses ``file:`` and other schemes, and http(s) URLs naming a loopback, private,
+    link-local or internal host (the engine would fetch them from inside your network)."""
 
 
 class StoreSettings(_Model):

@@ -50,6 +50,6 @@ class Authorize:
         if self._fields is None or ctx.json is None:
             return
         assert ctx.identity is not None
-        overrides = self._fields.check(ctx.json, ctx.identity)
+        overrides = self._fields.check(ctx.json, ctx.identity, ctx.body)
         if overrides:
             ctx.override(overrides)

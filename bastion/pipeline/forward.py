@@ -54,6 +54,13 @@ _DROP_REQUEST = frozenset(
         b"x-forwarded-proto",
         b"x-real-ip",
         b"accept-encoding",
+        # headers vLLM reads to steer the engine (as the guarded body fields do)
+        b"x-vllm-priority",
+        b"x-data-parallel-rank",
+        b"x-session-id",
+        b"x-amzn-sagemaker-adapter-identifier",
+        b"x-amzn-sagemaker-session-id",
+        b"endpoint-load-metrics-format",
     }
 )
 _DROP_RESPONSE = frozenset(

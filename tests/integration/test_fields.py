@@ -76,3 +76,33 @@ def test_an_allowed_role_may_send_the_field(
         model="test-model", messages=HI, extra_body={"kv_transfer_params": params}
     )
     assert sent(upstream)["kv_transfer_params"] == params
+
+
+def test_a_media_url_into_the_network_is_refused(
+    gateway: GatewayProcess, upstream: FakeUpstream, keys: Keys
+) -> None:
+    part = {"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest/"}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        openai_client(gateway.url, keys.user).chat.completions.create(
+            model="test-model",
+            messages=[{"role": "user", "content": [part]}],  # type: ignore[list-item]
+        )
+    assert caught.value.body["code"] == "media_url_not_allowed"  # type: ignore[index]
+    assert upstream.seen == []
+
+
+def test_headers_that_steer_the_engine_are_not_forwarded(
+    gateway: GatewayProcess, upstream: FakeUpstream, keys: Keys
+) -> None:
+    steering = {
+        "X-Vllm-Priority": "-1000",
+        "X-Data-Parallel-Rank": "3",
+        "X-Session-Id": "someone-else",
+        "X-Amzn-SageMaker-Adapter-Identifier": "other-lora",
+        "Endpoint-Load-Metrics-Format": "JSON",
+    }
+    openai_client(gateway.url, keys.user).chat.completions.create(
+        model="test-model", messages=HI, extra_headers=steering
+    )
+    forwarded = {name.lower() for name in upstream.seen[-1].headers}
+    assert forwarded.isdisjoint(name.lower() for name in steering)

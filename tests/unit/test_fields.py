@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import orjson
 import pytest
 
 from bastion.auth.identity import Identity
@@ -74,3 +77,84 @@ def test_a_caller_cannot_pick_its_own_salt_when_the_gateway_sets_one() -> None:
 
 def test_no_salt_by_default() -> None:
     assert policy().check({"model": "m"}, ALICE) is None
+
+
+def chat_with_image(url: str) -> dict[str, object]:
+    part = {"type": "image_url", "image_url": {"url": url}}
+    return {"model": "m", "messages": [{"role": "user", "content": [part]}]}
+
+
+def check_raw(body: dict[str, object], checker: FieldPolicy | None = None) -> None:
+    (checker or policy()).check(body, ALICE, orjson.dumps(body))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000/metrics",
+        "http://localhost/x.png",
+        "http://[::1]/x.png",
+        "http://10.0.0.5/x.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://192.168.1.1/x.png",
+        "http://user@172.16.0.1:80/x.png",
+        "http://metadata.google.internal/x",
+        "http://printer.local/x",
+        "http://intranet/x.png",
+        "http://127.1/x.png",
+        "http://2130706433/x.png",
+        "http://0x7f.0.0.1/x.png",
+        "file:///etc/passwd",
+        "ftp://example.com/x.png",
+        "gopher://example.com/",
+        "https:example.com",
+    ],
+)
+def test_media_urls_to_internal_hosts_are_refused(url: str) -> None:
+    with pytest.raises(BadRequestError) as caught:
+        check_raw(chat_with_image(url))
+    assert caught.value.code == "media_url_not_allowed"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # Anthropic image source
+        {"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "url", "url": "http://10.1.2.3/a.png"}}]}]},
+        # Responses API input_image
+        {"model": "m", "input": [{"role": "user", "content": [
+            {"type": "input_image", "image_url": "http://127.0.0.1/a.png"}]}]},
+        # audio and video parts, URL given as a string
+        {"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "audio_url", "audio_url": "http://localhost/a.wav"}]}]},
+        {"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "video_url", "video_url": {"url": "file:///srv/v.mp4"}}]}]},
+    ],
+)  # fmt: skip
+def test_every_media_part_shape_is_checked(body: dict[str, object]) -> None:
+    with pytest.raises(BadRequestError):
+        check_raw(body)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://upload.wikimedia.org/a.png",
+        "http://example.com:8080/x",
+        "data:image/png;base64,AAAA",
+    ],
+)
+def test_public_and_inline_media_pass(url: str) -> None:
+    check_raw(chat_with_image(url))
+
+
+def test_media_urls_any_turns_the_check_off() -> None:
+    check_raw(chat_with_image("http://10.0.0.5/x.png"), policy(media_urls="any"))
+
+
+def test_security_md_lists_every_guarded_field_with_what_the_caller_gets() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    for rule in GUARDED_FIELDS:
+        got = "400 `field_not_allowed`" if rule.action == "refuse" else "removed silently"
+        assert f"| `{rule.name}` | {got} |" in doc, rule.name
