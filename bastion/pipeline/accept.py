@@ -77,6 +77,8 @@ class Acceptor:
                 ctx.content_length = _content_length(value)
             elif name == b"x-request-id":
                 request_id = value
+            elif name == b"x-api-key":
+                ctx.api_key = value
             elif name == b"x-forwarded-for":
                 ctx.forwarded_for = value
             elif name == b"x-bastion-model":

@@ -27,10 +27,12 @@ from bastion.limits.limiter import Limiter
 from bastion.limits.plan import Planner
 from bastion.observability.instruments import GatewayMetrics
 from bastion.pipeline.context import RequestContext
+from bastion.pipeline.endpoints import Endpoint
 from bastion.pipeline.meter import MAX_EVENT_BYTES, Meter, stream_usage_override
 
 __all__ = ["Admit"]
 
+_STREAM_OPTIONS = frozenset({"chat", "completions"})
 _GENERATING = frozenset({"chat", "completions", "responses", "audio"})
 _CHOICES = frozenset({"chat", "completions"})
 """Routes whose ``n`` asks for several completions, each up to the token limit."""
@@ -81,7 +83,11 @@ class Admit:
             if metrics is not None:
                 metrics.limiter_decision("allowed")
         reading = self._account_usage or any(b.limit.counts_tokens for b in buckets)
-        stream_options = stream_usage_override(ctx.json) if reading and ctx.json else None
+        stream_options = (
+            stream_usage_override(ctx.json)
+            if reading and ctx.json and _asks_for_usage(ctx.endpoint)
+            else None
+        )
         if stream_options is not None:
             overrides["stream_options"] = stream_options
         ctx.meter = Meter(
@@ -152,3 +158,9 @@ def _check_stream(body: dict[str, Any]) -> None:
 def _boolean(value: Any, name: str) -> None:
     if value is not None and type(value) is not bool:
         raise BadRequestError(f"'{name}' must be a boolean.", param=name, code="invalid_type")
+
+
+def _asks_for_usage(endpoint: Endpoint) -> bool:
+    """Whether a stream of this endpoint reports usage only when asked (OpenAI's chat and
+    completions; Anthropic's and the Responses API's streams always report it)."""
+    return endpoint.permission in _STREAM_OPTIONS and not endpoint.anthropic

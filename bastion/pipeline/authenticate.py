@@ -44,6 +44,14 @@ class Authenticate:
         self._metrics = metrics
 
     async def __call__(self, ctx: RequestContext) -> None:
+        endpoint = ctx.endpoint
+        if (
+            ctx.authorization is None
+            and ctx.api_key is not None
+            and endpoint
+            and endpoint.anthropic
+        ):
+            ctx.authorization = b"Bearer " + ctx.api_key  # Anthropic clients' x-api-key
         # The peer's own text unless a trusted proxy named another address (no str() per request)
         address = ctx.client_host if ctx.forwarded_for is None else str(ctx.address)
         try:

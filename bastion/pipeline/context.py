@@ -27,6 +27,7 @@ class RequestContext:
     __slots__ = (
         "access",
         "address",
+        "api_key",
         "attempts",
         "authorization",
         "body",
@@ -75,6 +76,8 @@ class RequestContext:
         self.caller_request_id: str | None = None
         """The caller's X-Request-Id (when sane): logged and echoed back, never forwarded."""
         self.authorization: bytes | None = None
+        self.api_key: bytes | None = None
+        """The ``x-api-key`` header (Anthropic's clients send the key there)."""
         self.content_type = b""
         self.content_length: int | None = None
         self.body = b""

@@ -59,6 +59,9 @@ class Endpoint:
     """Answered without a credential (liveness and readiness only)."""
     prefix: bool = False
     """Also matches every path below this one (the admin API only)."""
+    anthropic: bool = False
+    """Anthropic's Messages API: the key may come in ``x-api-key``, refusals are
+    Anthropic-shaped (``{"type": "error", "error": {...}}``)."""
 
     @property
     def target(self) -> bytes:
@@ -74,6 +77,7 @@ def _control(path: str) -> Endpoint:
 
 
 _GET = frozenset({"GET"})
+_POST = frozenset({"POST"})
 
 ADMIN_ENDPOINT = Endpoint(
     "/admin/v1",
@@ -96,6 +100,15 @@ DEFAULT_ENDPOINTS: tuple[Endpoint, ...] = (
     _inference("/v1/completions", "completions"),
     _inference("/v1/embeddings", "embeddings"),
     _inference("/v1/responses", "responses"),
+    Endpoint("/v1/messages", _POST, EndpointKind.INFERENCE, BodyKind.JSON, "chat", anthropic=True),
+    Endpoint(
+        "/v1/messages/count_tokens",
+        _POST,
+        EndpointKind.INFERENCE,
+        BodyKind.JSON,
+        "tokenize",
+        anthropic=True,
+    ),
     _inference("/v1/audio/transcriptions", "audio", BodyKind.MULTIPART),
     _inference("/v1/audio/translations", "audio", BodyKind.MULTIPART),
     _inference("/tokenize", "tokenize"),

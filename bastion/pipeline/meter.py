@@ -37,18 +37,43 @@ _REACH = 3
 CRLF CRLF's four)."""
 
 
-def usage_of(document: Any) -> tuple[int, int] | None:
-    """``(prompt_tokens, completion_tokens)`` from a response object, if it reports them."""
-    if not isinstance(document, dict):
-        return None
-    usage = document.get("usage")
-    if not isinstance(usage, dict):
+def usage_of(document: Any, previous: tuple[int, int] | None = None) -> tuple[int, int] | None:
+    """``(prompt_tokens, completion_tokens)`` from a response object or stream event, if it
+    reports them: OpenAI's ``usage``, Anthropic's (``message_start`` nests it in ``message``;
+    cached prompt tokens are counted in), the Responses API's (nested in ``response``). An
+    event that reports only output tokens (Anthropic's ``message_delta``) keeps the prompt
+    of ``previous``."""
+    usage = _usage_object(document)
+    if usage is None:
         return None
     prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
     completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
-    if not isinstance(prompt, int) or not isinstance(completion, int) or prompt < 0:
+    if not isinstance(completion, int):
+        return None
+    if not isinstance(prompt, int):
+        if previous is None or "output_tokens" not in usage:
+            return None
+        prompt = previous[0]
+    elif "input_tokens" in usage:
+        for cached in ("cache_read_input_tokens", "cache_creation_input_tokens"):
+            extra = usage.get(cached)
+            if isinstance(extra, int) and extra > 0:
+                prompt += extra
+    if prompt < 0:
         return None
     return prompt, max(0, completion)
+
+
+def _usage_object(document: Any) -> dict[str, Any] | None:
+    if not isinstance(document, dict):
+        return None
+    usage = document.get("usage")
+    if usage is None:
+        for outer in ("message", "response"):
+            inner = document.get(outer)
+            if isinstance(inner, dict) and isinstance(inner.get("usage"), dict):
+                return inner["usage"]  # type: ignore[no-any-return]
+    return usage if isinstance(usage, dict) else None
 
 
 def billed(
@@ -85,8 +110,22 @@ def _first_end(data: bytes) -> int:
     return min(lf + 2, crlf + 4)
 
 
+# What marks an event that carries generated content: an OpenAI chunk with a choice, an
+# Anthropic content block delta, a Responses API text delta
+_CONTENT_MARKS = (
+    b'"choices":[{',
+    b'"choices": [{',
+    b'"type":"content_block_delta"',
+    b'"type":"response.output_text.delta"',
+)
+
+
 def _content_events(events: bytes) -> int:
-    return events.count(b'"choices":[{') + events.count(b'"choices": [{')
+    return sum(events.count(mark) for mark in _CONTENT_MARKS)
+
+
+def _is_content(event: bytes) -> bool:
+    return any(mark in event for mark in _CONTENT_MARKS)
 
 
 class UsageTap:
@@ -182,7 +221,7 @@ class UsageTap:
         self._held.clear()
         self._held_bytes = 0
         self._passing = True  # the reach stays: the event's blank line may begin in it
-        if b'"choices":[{' in partial or b'"choices": [{' in partial:
+        if _is_content(partial):
             self.content_events += 1
         return partial
 
@@ -211,23 +250,26 @@ class UsageTap:
         return b"".join(kept)
 
     def _event(self, event: bytes) -> bytes:
-        if b'"choices":[{' in event or b'"choices": [{' in event:
+        if _is_content(event):
             self.content_events += 1
         if b'"usage"' not in event or b'"usage":null' in event or b'"usage": null' in event:
             return event  # OpenAI-style servers say "usage": null in every chunk
-        payload = event.strip()
-        if not payload.startswith(b"data:"):
+        start = event.find(b"data:")  # after an "event:" line, in Anthropic's streams
+        if start < 0:
             return event
+        end = event.find(b"\n", start)
         try:
-            chunk = orjson.loads(payload[5:])
+            chunk = orjson.loads(event[start + 5 : end if end >= 0 else len(event)])
         except orjson.JSONDecodeError:
             return event
-        found = usage_of(chunk)
+        found = usage_of(chunk, self.usage)
         if found is None:
             return event
         self.usage = found
-        if self._strip and isinstance(chunk, dict) and not chunk.get("choices"):
-            return b""  # the chunk the caller did not ask for
+        if self._strip and start == 0 and isinstance(chunk, dict) and chunk.get("choices") == []:
+            return (
+                b""  # OpenAI's usage-only chunk (no event name), which the caller did not ask for
+            )
         return event
 
 

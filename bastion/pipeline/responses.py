@@ -1,8 +1,10 @@
 """The one place that writes responses the gateway makes itself: errors and small JSON bodies.
 
 Errors use the OpenAI shape ``{"error": {"message", "type", "param", "code"}}`` so the
-official clients raise the matching exception. Once a response has started its status cannot
-change: an event stream then gets an error event, anything else is cut.
+official clients raise the matching exception; on Anthropic's endpoints, Anthropic's shape
+``{"type": "error", "error": {"type", "message"}}``, for the same reason. Once a response
+has started its status cannot change: an event stream then gets an error event, anything
+else is cut.
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ import orjson
 from bastion.errors import GatewayError
 from bastion.pipeline.context import RequestContext
 
-__all__ = ["error_body", "error_event", "send_error", "send_json", "send_whole"]
+__all__ = [
+    "anthropic_error_body",
+    "error_body",
+    "error_event",
+    "send_error",
+    "send_json",
+    "send_whole",
+]
 
 _JSON = (b"content-type", b"application/json")
 
@@ -32,8 +41,31 @@ def error_body(error: GatewayError) -> bytes:
     )
 
 
-def error_event(error: GatewayError) -> bytes:
+# Anthropic's error types by status, as its SDK maps them to exceptions
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+def anthropic_error_body(error: GatewayError) -> bytes:
+    """The error in the Anthropic Messages API's shape."""
+    status = error.status
+    kind = _ANTHROPIC_TYPES.get(status) or (
+        "api_error" if status >= 500 else "invalid_request_error"
+    )
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": error.message}})
+
+
+def error_event(error: GatewayError, *, anthropic: bool = False) -> bytes:
     """A server-sent event carrying an error, for a stream that has already started."""
+    if anthropic:
+        return b"event: error\ndata: " + anthropic_error_body(error) + b"\n\n"
     return b"data: " + error_body(error) + b"\n\n"
 
 
@@ -76,8 +108,11 @@ async def send_json(
 async def send_error(ctx: RequestContext, error: GatewayError) -> None:
     """Answer with ``error``; if a response is already under way, end it as well as it can be."""
     ctx.error = error
+    endpoint = ctx.endpoint
+    anthropic = endpoint is not None and endpoint.anthropic
     if not ctx.response_started:
-        await send_json(ctx, error.status, error_body(error), error.headers)
+        body = anthropic_error_body(error) if anthropic else error_body(error)
+        await send_json(ctx, error.status, body, error.headers)
         return
     if ctx.response_done or ctx.client_disconnected:
         return
@@ -86,7 +121,7 @@ async def send_error(ctx: RequestContext, error: GatewayError) -> None:
         # The last piece of the body: the server ends it (the final chunk), and the
         # connection stays usable. Relayed bytes that stop inside an event are closed off
         # first, so the error arrives as an event of its own and not glued to a broken one.
-        event = error_event(error)
+        event = error_event(error, anthropic=anthropic)
         if ctx.response_event_open:
             event = b"\n\n" + event
         await ctx.send({"type": "http.response.body", "body": event})

@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 import uvicorn
 
+from tests.support import fake_anthropic
+
 
 @dataclass
 class Seen:
@@ -45,6 +47,8 @@ class Behaviour:
     (``gap`` seconds apart) with no blank line until the event's end."""
     cut_after: int | None = None
     """When set, a stream sends this many events, then closes its socket mid-body."""
+    final_input: bool = True
+    """Anthropic streams: the final message_delta repeats input_tokens (as vLLM's does)."""
 
 
 @dataclass
@@ -99,10 +103,27 @@ class FakeUpstream:
         payload: dict[str, Any] = {}
         if body and scope["headers"] and body[:1] == b"{":
             payload = orjson.loads(body)
+        if scope["path"].startswith("/v1/messages"):
+            await self._anthropic(scope["path"], payload, send)
+            return
         if payload.get("stream"):
             await self._stream(payload, receive, send)
             return
         await self._json(send, behaviour.status, self._answer(scope["path"], payload))
+
+    async def _anthropic(self, path: str, payload: dict[str, Any], send: Any) -> None:
+        model = str(payload.get("model", "fake-model"))
+        if path.endswith("/count_tokens"):
+            await self._json(send, self.behaviour.status, fake_anthropic.count_tokens())
+        elif not payload.get("stream"):
+            await self._json(send, self.behaviour.status, fake_anthropic.message(model))
+        else:
+            head = [(b"content-type", b"text/event-stream")]
+            await send({"type": "http.response.start", "status": 200, "headers": head})
+            events = fake_anthropic.stream_events(model, final_input=self.behaviour.final_input)
+            for event in events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
 
     def _answer(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         model = payload.get("model", "fake-model")
