@@ -54,6 +54,9 @@ _DROP_REQUEST = frozenset(
         b"x-forwarded-proto",
         b"x-real-ip",
         b"accept-encoding",
+        # vLLM's /invocations puts this in the body's ``model``: a model never authorized
+        b"x-amzn-sagemaker-adapter-identifier",
+        b"x-amzn-sagemaker-adapter-alias",
     }
 )
 _DROP_RESPONSE = frozenset(
