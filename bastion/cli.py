@@ -39,6 +39,24 @@ def _parser() -> argparse.ArgumentParser:
     check = config_commands.add_parser("check", help="validate a config and print it, masked")
     check.add_argument("file", type=Path)
 
+    probe = commands.add_parser(
+        "probe",
+        help="show what a model server leaves open to callers without a key",
+        description="Ask a running vLLM (or any model server) about each of vLLM's routes with "
+        "one GET that cannot act, without a key and, with --key, with one.",
+        epilog="exit status: 0 no inference or control route answers without a key; 1 some do; "
+        "2 bad arguments; 3 the server did not answer",
+    )
+    probe.add_argument("url", help="the server, e.g. http://10.0.0.5:8000")
+    probe.add_argument("--timeout", type=float, default=5.0, help="seconds per request (5)")
+    probe.add_argument("--json", action="store_true", help="print JSON for scripts")
+    probe.add_argument(
+        "--key",
+        metavar="env:NAME|file:PATH",
+        help="also ask with this key, read from an environment variable or a file "
+        "(never the key itself: the command line is visible to every local user)",
+    )
+
     keys = commands.add_parser("keys", help="work with API keys")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     generate = keys_commands.add_parser("generate", help="make a new key and its hash")
@@ -130,6 +148,30 @@ def _keys_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_source(given: str) -> Secret:
+    kind, _, where = given.partition(":")
+    if kind == "env" and where:
+        return Secret(env=where)
+    if kind == "file" and where:
+        return Secret(file=Path(where))
+    raise ConfigError("--key takes env:NAME or file:PATH, never the key itself")
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from bastion.upstream.probe import Target, probe, render_table, to_json
+
+    target = Target.from_url(args.url)
+    if not args.timeout > 0:
+        raise ConfigError("--timeout must be a positive number of seconds")
+    key = _key_source(args.key).resolve() if args.key is not None else None
+    report = probe(target, key=key, timeout=args.timeout)
+    if args.json:
+        sys.stdout.write(json.dumps(to_json(report), indent=2) + "\n")
+    else:
+        sys.stdout.write(render_table(report))
+    return report.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -137,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "config":
             return _config_check(args)
+        if args.command == "probe":
+            return _probe(args)
         if args.command == "keys" and args.keys_command == "generate":
             return _keys_generate(args)
         return run_command(args)

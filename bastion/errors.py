@@ -32,6 +32,7 @@ turns them into an exit code.
         ├── RateLimitError                429     rate_limit_error
         │   └── QuotaExceededError        429     insufficient_quota
         ├── HeadersTooLargeError          431     invalid_request_error
+        ├── WebSocketRefusedError         501     invalid_request_error (server/protocol.py)
         ├── InternalError                 500     server_error          (source: gateway)
         ├── ServiceUnavailableError       503     server_error          (source: gateway)
         │   ├── StoreUnavailableError     503     server_error          (the identity store)

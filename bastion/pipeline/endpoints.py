@@ -10,6 +10,9 @@ percent-escapes are decoded (once), empty and ``.`` segments dropped, ``..`` res
 trailing slash removed. The canonical form is then looked up, and it is what gets forwarded,
 so the upstream always receives exactly the path the decision was made on. A path that
 cannot be canonicalized (non-ASCII, NUL, backslash, an invalid escape) matches nothing.
+
+Which of vLLM's routes are endpoints here, and why each other one is not, is decided in
+``bastion/upstream/vllm_api.py`` (docs/vllm-api.md); a test keeps the two in agreement.
 """
 
 from __future__ import annotations
@@ -121,6 +124,9 @@ DEFAULT_ENDPOINTS: tuple[Endpoint, ...] = (
     _inference("/v1/rerank", "rerank"),
     _inference("/v2/rerank", "rerank"),
     _inference("/invocations", "invocations"),
+    _inference("/generative_scoring", "score"),
+    _inference("/v1/decisions", "decisions"),
+    _inference("/v1/systemone", "decisions"),
     ADMIN_ENDPOINT,
     *(
         _control(p)
@@ -145,6 +151,31 @@ DEFAULT_ENDPOINTS: tuple[Endpoint, ...] = (
             "/start_profile",
             "/stop_profile",
             "/version",
+            "/kv_event_sources",
+            "/tokenizer_info",
+            "/inference/v1/generate",
+            "/v1/chat/completions/render",
+            "/v1/completions/render",
+            "/v1/messages/render",
+            "/v1/responses/render",
+            "/v1/chat/completions/derender",
+            "/v1/completions/derender",
+            "/reset_encoder_cache",
+            "/release_kv_cache_memory",
+            "/checkpoint/prepare",
+            "/checkpoint/restore",
+            "/checkpoint/status",
+            "/v1/fault_tolerance/apply",
+            "/v1/fault_tolerance/status",
+            "/init_weight_transfer_engine",
+            "/shutdown_weight_transfer_engine",
+            "/start_weight_update",
+            "/start_draft_weight_update",
+            "/finish_weight_update",
+            "/update_weight_version",
+            "/weight_info",
+            "/weight_checker",
+            "/get_world_size",
         )
     ),
 )

@@ -61,6 +61,7 @@ _DROP_REQUEST = frozenset(
         b"x-amzn-sagemaker-adapter-identifier",
         b"x-amzn-sagemaker-session-id",
         b"endpoint-load-metrics-format",
+        b"x-amzn-sagemaker-adapter-alias",
     }
 )
 _DROP_RESPONSE = frozenset(

@@ -49,7 +49,7 @@ from bastion.pipeline.admit import Admit
 from bastion.pipeline.authenticate import Authenticate
 from bastion.pipeline.authorize import Authorize
 from bastion.pipeline.context import RequestContext
-from bastion.pipeline.endpoints import EndpointKind, EndpointTable
+from bastion.pipeline.endpoints import Endpoint, EndpointKind, EndpointTable
 from bastion.pipeline.forward import Forward
 from bastion.pipeline.responses import send_error, send_json, send_whole
 from bastion.pipeline.route import ModelEntry, ModelRegistry
@@ -148,14 +148,13 @@ class Gateway:
         if endpoint is None:
             raise NotFoundError()
         ctx.endpoint = endpoint
-        if ctx.method not in endpoint.methods:
-            allow = ", ".join(sorted(endpoint.methods)).encode()
-            raise MethodNotAllowedError(headers=((b"allow", allow),))
         if endpoint.public:
+            _check_method(ctx, endpoint)
             await self._answer_local(ctx)
             return
         await self._authenticate(ctx)
         self._authorize(ctx)
+        _check_method(ctx, endpoint)  # after authorizing: no 405 tells a stranger what exists
         await self._accept.read_body(ctx)
         kind = endpoint.kind
         if kind is not EndpointKind.INFERENCE:
@@ -259,6 +258,12 @@ class Gateway:
             await send_whole(ctx, 200, [(b"content-type", CONTENT_TYPE)], body)
         else:  # pragma: no cover - there is no other local endpoint
             raise NotFoundError()
+
+
+def _check_method(ctx: RequestContext, endpoint: Endpoint) -> None:
+    if ctx.method not in endpoint.methods:
+        allow = ", ".join(sorted(endpoint.methods)).encode()
+        raise MethodNotAllowedError(headers=((b"allow", allow),))
 
 
 def _log_cut(ctx: RequestContext, error: UpstreamError) -> None:

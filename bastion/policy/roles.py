@@ -37,6 +37,7 @@ INFERENCE = frozenset(
         "score",
         "rerank",
         "invocations",
+        "decisions",
     }
 )
 PERMISSIONS = INFERENCE | {"models", "control", "admin", "metrics"}

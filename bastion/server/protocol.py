@@ -31,6 +31,13 @@ class UriTooLongError(GatewayError):
     default_message = "The request target is too long."
 
 
+class WebSocketRefusedError(GatewayError):
+    status = 501
+    type = "invalid_request_error"
+    code = "websocket_not_supported"
+    default_message = "WebSocket endpoints (such as /v1/realtime) are not served by this gateway."
+
+
 class _HeadRefused(Exception):
     """Raised inside a parser callback to stop parsing a head that broke a limit."""
 
@@ -40,6 +47,7 @@ _REASONS = {
     408: b"Request Timeout",
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
 }
 
 
@@ -154,6 +162,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.head_watch.disarm(self)
+        if self.parser.should_upgrade() and any(
+            name == b"upgrade" and b"websocket" in value.lower() for name, value in self.headers
+        ):  # refused on its head, before the application could start on it
+            self._refuse(WebSocketRefusedError())
         cast(dict[str, Any], self.scope)[DOWNSTREAM_SCOPE_KEY] = self.downstream
         super().on_headers_complete()
 

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import uvicorn
 
+from bastion.upstream.vllm_api import GUARDED_PREFIXES
 from tests.support import fake_anthropic
 
 
@@ -53,6 +54,13 @@ class Behaviour:
 
 @dataclass
 class FakeUpstream:
+    api_key: str | None = None
+    """When set, paths under vLLM's guarded prefixes (``/v1``, ``/v2``, ``/inference``,
+    ``/cohere``) need ``Authorization: Bearer`` it, and get vLLM's ``401 {"error":
+    "Unauthorized"}`` without it; every other path stays open, as with vLLM's ``--api-key``."""
+    routes: dict[str, frozenset[str]] | None = None
+    """When set, the only paths that exist, each with its methods: others are 404, other
+    methods 405, checked after the key (vLLM's middleware runs before its router)."""
     seen: list[Seen] = field(default_factory=list)
     """Every request but health checks."""
     health_checks: list[Seen] = field(default_factory=list)
@@ -98,6 +106,10 @@ class FakeUpstream:
             await self._json(send, behaviour.health_status, {})
             return
         self.seen.append(seen)
+        refusal = self._as_vllm_would(seen)
+        if refusal is not None:
+            await self._json(send, *refusal)
+            return
         if behaviour.delay:
             await asyncio.sleep(behaviour.delay)
         payload: dict[str, Any] = {}
@@ -124,6 +136,20 @@ class FakeUpstream:
             for event in events:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
+
+    def _as_vllm_would(self, seen: Seen) -> tuple[int, dict[str, Any]] | None:
+        """vLLM's key middleware, then its router: a refusal, or None to answer."""
+        guarded = self.api_key is not None and seen.path.startswith(GUARDED_PREFIXES)
+        if guarded and seen.headers.get("authorization") != f"Bearer {self.api_key}":
+            return 401, {"error": "Unauthorized"}
+        if self.routes is None:
+            return None
+        methods = self.routes.get(seen.path)
+        if methods is None:
+            return 404, {"detail": "Not Found"}
+        if seen.method not in methods:
+            return 405, {"detail": "Method Not Allowed"}
+        return None
 
     def _answer(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         model = payload.get("model", "fake-model")

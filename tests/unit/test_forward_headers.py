@@ -34,3 +34,14 @@ def test_response_headers_drop_hop_by_hop_and_server() -> None:
         (b"content-type", b"text/event-stream"),
         (b"x-request-id", b"rid"),
     ]
+
+
+def test_request_headers_drop_sagemakers_adapter_choice() -> None:
+    """vLLM's /invocations writes this header into the body's ``model`` (a LoRA adapter):
+    forwarded, it would choose a model the gateway never authorized."""
+    caller = [
+        (b"x-amzn-sagemaker-adapter-identifier", b"someone-elses-lora"),
+        (b"x-amzn-sagemaker-adapter-alias", b"alias"),
+        (b"content-type", b"application/json"),
+    ]
+    assert request_headers(caller, None, None) == [(b"content-type", b"application/json")]
