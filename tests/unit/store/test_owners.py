@@ -159,3 +159,31 @@ def test_without_a_store_nothing_is_written_or_read() -> None:
         await owners.stop()
 
     asyncio.run(run())
+
+
+def test_an_id_written_a_moment_after_the_first_read_is_found(
+    store: Store, calls: StoreCalls
+) -> None:
+    """Created through one replica, asked for through another at once: the other replica's
+    write lands while this one pauses before reading again."""
+
+    class Late(OwnerLedger):
+        reads = 0
+
+        def find(self, response_id: str) -> ResponseOwner | None:
+            self.reads += 1
+            if self.reads == 1:
+                self.write([(response_id, ALICE)])  # lands just after this read
+                return None
+            return super().find(response_id)
+
+    async def run() -> None:
+        ledger = Late(store)
+        owners = ResponseOwners(ResponsesSettings(), ledger, calls)
+        assert await owners.owner("r1") == ALICE
+        assert ledger.reads == 2
+        started = time.monotonic()
+        assert await owners.owner("r2") is None  # never created: read three times
+        assert ledger.reads == 5 and time.monotonic() - started >= 0.05
+
+    asyncio.run(run())
