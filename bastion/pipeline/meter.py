@@ -9,8 +9,10 @@ Token usage comes from the upstream's answer.
 Non-streaming answers carry ``usage`` in their JSON. For streams the gateway asks the upstream
 for it (``stream_options.include_usage``) even when the caller did not, takes the counts from
 the final usage chunk, and, if the caller did not ask, removes that chunk before it reaches
-the caller. A stream cut before its usage arrives is billed for what was relayed: the
-prompt estimate plus one token per content event.
+the caller. A Responses API stream reports it in its terminal event's response
+(``response.completed``), which always reaches the caller. A stream cut before its usage
+arrives is billed for what was relayed: the prompt estimate plus one token per content event
+(chat and completions chunks; Responses events are not counted).
 
 Reading a stream costs time and memory in proportion to its length, however it is cut into
 pieces: each byte is looked at once for an event's end, and a partial event is held as a list
@@ -87,6 +89,17 @@ def _first_end(data: bytes) -> int:
 
 def _content_events(events: bytes) -> int:
     return events.count(b'"choices":[{') + events.count(b'"choices": [{')
+
+
+_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+"""The Responses API's last events: their response object carries the stream's usage."""
+
+
+def _terminal_usage(event: Any) -> tuple[int, int] | None:
+    """Usage from a Responses stream's terminal event (it has no usage-only chunk to drop)."""
+    if isinstance(event, dict) and event.get("type") in _TERMINAL:
+        return usage_of(event.get("response"))
+    return None
 
 
 class UsageTap:
@@ -216,14 +229,19 @@ class UsageTap:
         if b'"usage"' not in event or b'"usage":null' in event or b'"usage": null' in event:
             return event  # OpenAI-style servers say "usage": null in every chunk
         payload = event.strip()
-        if not payload.startswith(b"data:"):
-            return event
+        named = not payload.startswith(b"data:")
+        if named:  # an ``event:`` line first: only a Responses API terminal event is read
+            at = payload.find(b"\ndata:")
+            if at < 0:
+                return event
+            payload = payload[at + 1 :]
         try:
             chunk = orjson.loads(payload[5:])
         except orjson.JSONDecodeError:
             return event
-        found = usage_of(chunk)
+        found = None if named else usage_of(chunk)
         if found is None:
+            self.usage = _terminal_usage(chunk) or self.usage
             return event
         self.usage = found
         if self._strip and isinstance(chunk, dict) and not chunk.get("choices"):

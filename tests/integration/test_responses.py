@@ -166,6 +166,20 @@ def test_a_streamed_create_is_owned_from_its_first_event(
     assert kinds[-1] == "response.completed"
 
 
+def test_a_streamed_create_is_billed_the_usage_of_its_last_event(
+    gateway: GatewayProcess, upstream: FakeUpstream
+) -> None:
+    upstream.behaviour.events = 11  # the fake reports one output token per delta
+    alice, _, _ = _clients(gateway)
+    with alice.responses.create(model="test-model", input="hi", stream=True) as stream:
+        last = list(stream)[-1]
+    assert last.type == "response.completed"  # the event that carries usage still arrives
+    line = next(
+        line for line in gateway.wait_for_log("tokens=5/11").splitlines() if "tokens=5/11" in line
+    )
+    assert '"POST /v1/responses" 200' in line
+
+
 def test_previous_response_id_must_be_the_callers_own(
     gateway: GatewayProcess, upstream: FakeUpstream
 ) -> None:

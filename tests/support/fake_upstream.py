@@ -198,7 +198,9 @@ class FakeUpstream:
             *(("response.output_text.delta", {"item_id": "msg_1", "output_index": 0,
                                               "content_index": 0, "delta": f"tok{i} "})
               for i in range(self.behaviour.events)),
-            ("response.completed", {"response": shown}),
+            ("response.completed", {"response": {**shown, "usage": {
+                **shown["usage"], "output_tokens": self.behaviour.events,
+                "total_tokens": 5 + self.behaviour.events}}}),
         ]  # fmt: skip
         hold = self.behaviour.hold_after_first
         for number, (kind, data) in enumerate(events):
