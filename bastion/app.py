@@ -160,6 +160,7 @@ class Services:
                 audit=self.audit,
                 access_log=access_log,
                 usage=self.usage,
+                owners=self.owners,
                 sync=self.sync,
                 calls=self.store_calls,
                 keys_valid_until=lambda: self.api_keys.store_valid_until,

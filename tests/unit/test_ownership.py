@@ -66,3 +66,14 @@ def test_what_kept_the_response_is_gone_or_down() -> None:
         assert (status, body["error"]["code"]) == (503, "no_healthy_upstream")
 
     asyncio.run(run())
+
+
+def test_contested_and_dropped_owners_are_counted_in_metrics() -> None:
+    settings = parse_settings({"store": {"enabled": False}})
+    services = Services(settings, keys=[], pool=UpstreamPool(settings.upstream))
+    services.owners.remember("r1", ResponseOwner("alice", "m", "127.0.0.1:9"))
+    services.owners.remember("r1", ResponseOwner("bob", "m", "127.0.0.1:9"))
+    assert services.metrics is not None
+    text = services.metrics.render().decode()
+    assert "bastion_response_ids_contested_total 1" in text
+    assert "bastion_response_owners_dropped_total 0" in text
