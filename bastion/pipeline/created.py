@@ -1,12 +1,12 @@
 """The id of a response an upstream creates, read from its answer as it passes.
 
 ``POST /v1/responses`` makes the upstream keep the response under an id of its own choosing;
-only the answer says which. A non-streaming answer is a JSON object whose ``id`` comes first
-(vLLM and OpenAI both write it first: one anchored regex on the head, and a full parse only
-of a whole body that does not start that way). A stream's first event is ``response.created``,
-carrying the response object: its head is held (not the relayed bytes: a copy of its first
-pieces) until that event ends, then read once. Nothing after it is looked at, so the
-per-piece cost of the rest of the stream is one attribute test.
+only the answer says which. A non-streaming answer is a JSON object whose ``id`` usually comes
+first (the response object declares it first): one anchored regex on the head, and a full
+parse only of a whole body that does not start that way. A stream's first event is
+``response.created``, carrying the response object: its head is held (not the relayed bytes:
+a copy of its first pieces) until that event ends, then read once. Nothing after it is looked
+at, so the per-piece cost of the rest of the stream is one attribute test.
 
 When the id is found, its owner is remembered (:class:`~bastion.store.owners.ResponseOwners`)
 at once, before the stream ends, so that a background response can be cancelled or
