@@ -34,6 +34,7 @@ from bastion.pipeline.endpoints import (
 from bastion.pipeline.fields import FieldPolicy
 from bastion.pipeline.forward import Forward
 from bastion.pipeline.gateway import Gateway
+from bastion.pipeline.ownership import Ownership
 from bastion.pipeline.route import ModelRegistry
 from bastion.policy.policy import Policy
 from bastion.settings import (
@@ -45,6 +46,7 @@ from bastion.settings import (
 )
 from bastion.store.audit import AuditTrail
 from bastion.store.calls import StoreCalls
+from bastion.store.owners import OwnerLedger, ResponseOwners
 from bastion.store.store import Store
 from bastion.store.sync import StoreSync
 from bastion.store.usage import Prices, UsageQueue
@@ -137,6 +139,12 @@ class Services:
                 self.usage,
                 settings.usage.retention_days,
             )
+        self.owners = ResponseOwners(
+            settings.responses,
+            OwnerLedger(store) if store is not None else None,
+            self.store_calls,
+        )
+        """Who owns each stored response (shared with the other replicas through the store)."""
         self.metrics = GatewayMetrics(settings.metrics) if settings.metrics.enabled else None
         self._limits = settings.limits
         self._limiter: Limiter | None = None
@@ -152,6 +160,7 @@ class Services:
                 audit=self.audit,
                 access_log=access_log,
                 usage=self.usage,
+                owners=self.owners,
                 sync=self.sync,
                 calls=self.store_calls,
                 keys_valid_until=lambda: self.api_keys.store_valid_until,
@@ -204,16 +213,18 @@ class Services:
         the background work: key synchronization, health checks."""
         if self.sync is not None:
             await self.sync.start()
+        self.owners.start()
         self.health.start()
 
     async def stop(self) -> None:
         """Once serving stopped: flush what is buffered (access log, audit, usage, last-used
-        times) and close the limiter."""
+        times, owners of stored responses) and close the limiter."""
         await self.health.stop()
         if self.access_log is not None:
             self.access_log.flush()
         if self.sync is not None:
             await self.sync.stop()
+        await self.owners.stop()
         if self.store_calls is not None:
             self.store_calls.close()
         if self._limiter is not None:
@@ -256,6 +267,7 @@ def build_gateway(
         authorize=Authorize(policy, FieldPolicy(settings.fields, policy.roles)),
         models=registry,
         forward=Forward(services.pool, settings.upstream),
+        ownership=Ownership(services.owners, registry, settings.upstream.max_sse_event_bytes),
         account=Account(
             settings.logging,
             services.access_log,

@@ -41,6 +41,7 @@ __all__ = [
     "NetworkSettings",
     "PrioritySettings",
     "RedisSettings",
+    "ResponsesSettings",
     "RoleSettings",
     "RoutesSettings",
     "Secret",
@@ -625,6 +626,17 @@ class UsageSettings(_Model):
     currency: str = Field(default="USD", min_length=1, max_length=16)
 
 
+class ResponsesSettings(_Model):
+    """Stored responses (``/v1/responses/{id}``): who owns each (see docs/security.md)."""
+
+    max_owners: int = Field(default=100_000, gt=0)
+    """Owners each replica keeps in memory, the least recently used forgotten first (the
+    store still has them); also the most waiting to be written while the store is away."""
+    retention_days: float = Field(default=30.0, gt=0)
+    """Owners older than this are deleted from the store: their responses are then out of
+    reach through the gateway."""
+
+
 class MetricsSettings(_Model):
     """Prometheus metrics: ``GET /metrics`` on the gateway's port for callers with the
     ``metrics`` permission (administrators have it), and, with ``listen``, on a separate
@@ -677,6 +689,7 @@ class Settings(_Model):
     store: StoreSettings = StoreSettings()
     limits: LimitsSettings = LimitsSettings()
     usage: UsageSettings = UsageSettings()
+    responses: ResponsesSettings = ResponsesSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
 

@@ -23,6 +23,16 @@ class Dropping(Protocol):
         """Items lost because a queue was full or a sink could not be written."""
 
 
+class Owning(Protocol):
+    @property
+    def dropped(self) -> int:
+        """Owners of stored responses never written (the store away too long)."""
+
+    @property
+    def contested(self) -> int:
+        """Response ids an upstream gave to a second principal."""
+
+
 class Blocking(Protocol):
     @property
     def blocks(self) -> int:
@@ -68,6 +78,7 @@ def watch_services(
     audit: Dropping,
     access_log: Dropping | None = None,
     usage: Dropping | None = None,
+    owners: Owning | None = None,
     sync: Syncing | None = None,
     calls: Calling | None = None,
     keys_valid_until: Callable[[], float] | None = None,
@@ -110,6 +121,18 @@ def watch_services(
             "bastion_usage_records_dropped_total",
             "Usage records lost before reaching the store (the queue was full).",
             lambda: usage.dropped,
+        )
+    if owners is not None:
+        watch(
+            "bastion_response_owners_dropped_total",
+            "Owners of stored responses never written to the store (the queue was full): "
+            "other replicas cannot serve those responses.",
+            lambda: owners.dropped,
+        )
+        watch(
+            "bastion_response_ids_contested_total",
+            "Response ids an upstream gave to a second principal (then nobody's).",
+            lambda: owners.contested,
         )
 
 

@@ -16,6 +16,9 @@ if the stream was cut, and releases the concurrency slot.
 
 This phase also sets vLLM's ``priority`` field when priorities are configured, replacing
 whatever the caller sent, and asks streams for their usage.
+
+A request on a stored response (reading, replaying or cancelling it) counts against request
+rates and concurrency, and reserves and bills no tokens: nothing is generated.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from bastion.limits.limiter import Limiter
 from bastion.limits.plan import Planner
 from bastion.observability.instruments import GatewayMetrics
 from bastion.pipeline.context import RequestContext
-from bastion.pipeline.endpoints import Endpoint
+from bastion.pipeline.endpoints import Endpoint, EndpointKind
 from bastion.pipeline.meter import MAX_EVENT_BYTES, Meter, stream_usage_override
 
 __all__ = ["Admit"]
@@ -65,9 +68,11 @@ class Admit:
         priority = self._planner.priority(identity)
         if priority is not None and ctx.json is not None:
             overrides["priority"] = priority
-        completion = self._completion(ctx)
+        # a stored response's request generates nothing: it counts as a request, no tokens
+        generating = ctx.endpoint.kind is EndpointKind.INFERENCE
+        completion = self._completion(ctx) if generating else 0
         buckets = self._planner.plan(identity, model) if self._planner.active else ()
-        prompt = len(ctx.body) // 4 + 1
+        prompt = len(ctx.body) // 4 + 1 if generating else 0
         if buckets:
             metrics = self._metrics
             try:
@@ -82,6 +87,8 @@ class Admit:
                 raise
             if metrics is not None:
                 metrics.limiter_decision("allowed")
+        if not generating:
+            return  # no meter: nothing to bill
         reading = self._account_usage or any(b.limit.counts_tokens for b in buckets)
         stream_options = (
             stream_usage_override(ctx.json)

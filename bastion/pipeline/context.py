@@ -8,11 +8,13 @@ from typing import Any
 from bastion.auth.identity import Identity
 from bastion.errors import GatewayError
 from bastion.limits.limiter import Grant
+from bastion.pipeline.created import CreatedResponse
 from bastion.pipeline.endpoints import Endpoint
 from bastion.pipeline.meter import Meter
 from bastion.policy.networks import Address
 from bastion.policy.roles import Access
 from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream, Receive, Scope, Send
+from bastion.upstream.balancer import Weighted
 
 __all__ = ["RequestContext"]
 
@@ -37,6 +39,7 @@ class RequestContext:
         "content_length",
         "content_type",
         "control_model",
+        "created",
         "downstream",
         "endpoint",
         "error",
@@ -47,6 +50,7 @@ class RequestContext:
         "meter",
         "method",
         "model",
+        "pinned",
         "receive",
         "request_id",
         "response_bytes",
@@ -93,6 +97,11 @@ class RequestContext:
         self.forwarded_for: bytes | None = None
         self.upstream: str | None = None
         """Display name of the upstream the request went to (never its credentials)."""
+        self.pinned: Weighted | None = None
+        """The upstream that must serve the request, not the balancer's pick: the one that
+        keeps the stored response it names (see :mod:`.ownership`)."""
+        self.created: CreatedResponse | None = None
+        """Watches the answer of a create for the id of the response the upstream keeps."""
         self.attempts = 0
         """Upstreams tried (more than 1 when an attempt failed before the response)."""
         self.status = 0

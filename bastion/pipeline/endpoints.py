@@ -13,17 +13,24 @@ cannot be canonicalized (non-ASCII, NUL, backslash, an invalid escape) matches n
 
 Which of vLLM's routes are endpoints here, and why each other one is not, is decided in
 ``bastion/upstream/vllm_api.py`` (docs/vllm-api.md); a test keeps the two in agreement.
+A few entries name an object the upstream keeps: their path has one ``{id}`` segment
+(``/v1/responses/{id}``). It matches a canonical path whose segment there is a safe token,
+1 to 128 of ``[A-Za-z0-9_-]``, and nothing else; the entry then comes back bound to that id
+(:attr:`Endpoint.resource`), its ``path`` still the template (what logs and metrics show),
+its ``target`` the concrete path.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from urllib.parse import unquote_to_bytes
 
 __all__ = [
     "ADMIN_ENDPOINT",
+    "RESOURCE_ID",
     "BodyKind",
     "Endpoint",
     "EndpointKind",
@@ -41,6 +48,9 @@ class EndpointKind(StrEnum):
     """A model server's control endpoint: forwarded only to administrators, and only if enabled."""
     ADMIN = "admin"
     """Bastion's own admin API (``/admin/v1/...``), answered by the gateway."""
+    STORED = "stored"
+    """An object an upstream keeps (a stored response), named in the path: forwarded only
+    for its owner, to the upstream that keeps it (see :mod:`.ownership`)."""
 
 
 class BodyKind(StrEnum):
@@ -65,14 +75,32 @@ class Endpoint:
     anthropic: bool = False
     """Anthropic's Messages API: the key may come in ``x-api-key``, refusals are
     Anthropic-shaped (``{"type": "error", "error": {...}}``)."""
+    stores: bool = False
+    """Its answer may create an object the upstream keeps (``POST /v1/responses``): the
+    object's id is read from the answer and its owner remembered."""
+    resource: str | None = None
+    """For an entry whose path has an ``{id}`` segment: the id this request named (the
+    entry as matched is a copy bound to it)."""
 
     @property
     def target(self) -> bytes:
-        return self.path.encode("ascii")
+        """The path to forward: the canonical path the decision was made on."""
+        if self.resource is None:
+            return self.path.encode("ascii")
+        return self.path.replace(_ID_SEGMENT, self.resource).encode("ascii")
+
+
+_ID_SEGMENT = "{id}"
+RESOURCE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+"""What an id in a path may be: anything else matches no endpoint."""
 
 
 def _inference(path: str, permission: str, body: BodyKind = BodyKind.JSON) -> Endpoint:
     return Endpoint(path, frozenset({"POST"}), EndpointKind.INFERENCE, body, permission)
+
+
+def _stored(path: str, *methods: str) -> Endpoint:
+    return Endpoint(path, frozenset(methods), EndpointKind.STORED, BodyKind.NONE, "responses")
 
 
 def _control(path: str) -> Endpoint:
@@ -102,7 +130,17 @@ DEFAULT_ENDPOINTS: tuple[Endpoint, ...] = (
     _inference("/v1/chat/completions", "chat"),
     _inference("/v1/completions", "completions"),
     _inference("/v1/embeddings", "embeddings"),
-    _inference("/v1/responses", "responses"),
+    Endpoint(
+        "/v1/responses",
+        frozenset({"POST"}),
+        EndpointKind.INFERENCE,
+        BodyKind.JSON,
+        "responses",
+        stores=True,
+    ),
+    _stored("/v1/responses/{id}", "GET", "DELETE"),
+    _stored("/v1/responses/{id}/cancel", "POST"),
+    _stored("/v1/responses/{id}/input_items", "GET"),
     Endpoint("/v1/messages", _POST, EndpointKind.INFERENCE, BodyKind.JSON, "chat", anthropic=True),
     Endpoint(
         "/v1/messages/count_tokens",
@@ -210,13 +248,19 @@ class EndpointTable:
 
     def __init__(self, endpoints: tuple[Endpoint, ...] = DEFAULT_ENDPOINTS) -> None:
         self._by_path: dict[str, Endpoint] = {}
+        templates: list[tuple[int, int, list[str], Endpoint]] = []
         for endpoint in endpoints:
             if endpoint.path in self._by_path:
                 raise ValueError(f"duplicate endpoint {endpoint.path}")
             if canonical_path(endpoint.target) != endpoint.path:
                 raise ValueError(f"endpoint {endpoint.path} is not in canonical form")
             self._by_path[endpoint.path] = endpoint
-        self._by_raw: dict[bytes, Endpoint] = {r.target: r for r in endpoints}
+            if "{" in endpoint.path:
+                templates.append(_template(endpoint))
+        exact = [r for r in endpoints if "{" not in r.path]
+        self._by_raw: dict[bytes, Endpoint] = {r.target: r for r in exact}
+        self._exact = {r.path: r for r in exact}
+        self._templates = tuple(templates)
         self._prefixes = tuple((r.path + "/", r) for r in endpoints if r.prefix)
 
     def __iter__(self) -> Iterator[Endpoint]:
@@ -230,9 +274,36 @@ class EndpointTable:
         path = canonical_path(raw_path)
         if path is None:
             return None
-        endpoint = self._by_path.get(path)
-        if endpoint is None:
-            for start, candidate in self._prefixes:
-                if path.startswith(start):
-                    return candidate
-        return endpoint
+        endpoint = self._exact.get(path)
+        if endpoint is not None:
+            return endpoint
+        if self._templates:
+            endpoint = self._bound(path)
+            if endpoint is not None:
+                return endpoint
+        for start, candidate in self._prefixes:
+            if path.startswith(start):
+                return candidate
+        return None
+
+    def _bound(self, path: str) -> Endpoint | None:
+        """The entry with an ``{id}`` segment that ``path`` fits, bound to its id."""
+        segments = path.split("/")
+        for length, at, literal, endpoint in self._templates:
+            if len(segments) != length or RESOURCE_ID.fullmatch(segments[at]) is None:
+                continue
+            if segments[:at] + segments[at + 1 :] == literal:
+                return replace(endpoint, resource=segments[at])
+        return None
+
+
+def _template(endpoint: Endpoint) -> tuple[int, int, list[str], Endpoint]:
+    """An entry with an ``{id}`` segment: its segment count, where the id is, the other
+    segments."""
+    segments = endpoint.path.split("/")
+    if segments.count(_ID_SEGMENT) != 1 or "{" in endpoint.path.replace(_ID_SEGMENT, ""):
+        raise ValueError(f"endpoint {endpoint.path} must have exactly one {_ID_SEGMENT} segment")
+    if endpoint.prefix:
+        raise ValueError(f"endpoint {endpoint.path} cannot be both a template and a prefix")
+    at = segments.index(_ID_SEGMENT)
+    return len(segments), at, segments[:at] + segments[at + 1 :], endpoint

@@ -17,6 +17,8 @@ import orjson
 from bastion.errors import UpstreamError
 from bastion.limits.limiter import rate_headers
 from bastion.pipeline.context import RequestContext
+from bastion.pipeline.created import CreatedResponse
+from bastion.pipeline.endpoints import BodyKind
 from bastion.pipeline.fields import REMOVE
 from bastion.pipeline.meter import Meter
 from bastion.pipeline.responses import send_whole
@@ -128,7 +130,9 @@ class Forward:
     begun (connection refused or reset, timeout, protocol error, or a 502/503/504 answer) is
     retried on another upstream, up to ``retries`` times and only within ``retry_window``
     seconds of the first attempt; the caller has seen nothing of a failed attempt. Once the
-    response head is on its way to the caller, nothing is retried.
+    response head is on its way to the caller, nothing is retried. A request pinned to an
+    upstream (``ctx.pinned``: it names a response that upstream keeps) goes there or
+    nowhere.
     """
 
     def __init__(self, pool: UpstreamPool, settings: UpstreamClientSettings) -> None:
@@ -144,7 +148,8 @@ class Forward:
             path = path + b"?" + query
         body = _body_for(ctx, entry)
         balancer = entry.balancer
-        member = balancer.pick()
+        pinned = ctx.pinned
+        member = balancer.pick() if pinned is None else balancer.pin(pinned)
         tried: tuple[Upstream, ...] = ()
         first = time.monotonic()
         while True:
@@ -155,6 +160,7 @@ class Forward:
             answer = await self._attempt(ctx, member, trial, path, body)
             retryable = isinstance(answer, UpstreamError) or answer.status in _RETRY_STATUSES
             more = len(tried) < self._retries and time.monotonic() - first < self._window
+            more = more and pinned is None  # only the pinned upstream keeps what it names
             other = balancer.pick_other((*tried, upstream)) if retryable and more else None
             if other is None:
                 if isinstance(answer, UpstreamError):
@@ -224,9 +230,16 @@ class Forward:
         if ctx.grant is not None:
             headers.extend(rate_headers(ctx.grant.info))
         meter = ctx.meter
+        created = ctx.created
+        if created is not None and not created.begin(
+            ctx.upstream or "", response.status, ctx.response_sse
+        ):
+            created = None
         if length is not None and length <= _WHOLE_BODY_LIMIT:
             body = await response.read()
             ctx.time_to_first_byte = time.perf_counter() - ctx.started
+            if created is not None:
+                created.whole(body)
             if meter is not None:
                 body = _metered_whole(meter, body, ctx.response_sse, headers)
             await send_whole(ctx, response.status, headers, body)
@@ -237,7 +250,7 @@ class Forward:
             length = None
         await self._start(ctx, headers)
         downstream = ctx.downstream
-        relayed = _relayed(ctx, meter if metered else None)
+        relayed = _relayed(ctx, meter if metered else None, created)
         try:
             if length is None and downstream is not None:
                 await downstream.splice(response, relayed)
@@ -254,10 +267,13 @@ class Forward:
         await ctx.send({"type": "http.response.start", "status": ctx.status, "headers": headers})
 
 
-def _relayed(ctx: RequestContext, meter: Meter | None) -> Callable[[bytes], bytes]:
-    """What each piece of a relayed body goes through: timing, counting and the meter.
-    Returns what to send on (empty: nothing now). For an event stream it also notes whether
-    what went out stops inside an event, so that an error event can start a new one."""
+def _relayed(
+    ctx: RequestContext, meter: Meter | None, created: CreatedResponse | None
+) -> Callable[[bytes], bytes]:
+    """What each piece of a relayed body goes through: timing, counting, the meter and (for
+    a create) the watch for the created response's id, until it is found. Returns what to
+    send on (empty: nothing now). For an event stream it also notes whether what went out
+    stops inside an event, so that an error event can start a new one."""
     started = ctx.started
     sse = ctx.response_sse
 
@@ -265,6 +281,8 @@ def _relayed(ctx: RequestContext, meter: Meter | None) -> Callable[[bytes], byte
         if ctx.time_to_first_byte is None:
             ctx.time_to_first_byte = time.perf_counter() - started
         ctx.response_bytes += len(piece)
+        if created is not None and created.open:
+            created.feed(piece)
         out = piece if meter is None else meter.feed(piece)
         if sse and out:
             ctx.response_event_open = not out.endswith(_EVENT_ENDS)
@@ -287,6 +305,9 @@ async def _pump(
 def _body_for(ctx: RequestContext, entry: ModelEntry) -> bytes:
     """The body to forward: as received, unless the upstream knows the model by another name
     or the gateway sets fields (``priority``, ``stream_options``)."""
+    assert ctx.endpoint is not None
+    if ctx.endpoint.body is BodyKind.NONE:
+        return b""  # a body the endpoint does not take is not the upstream's to read
     renamed = entry.upstream_model is not None
     if ctx.json is None or not (renamed or ctx.body_overrides):
         return ctx.body

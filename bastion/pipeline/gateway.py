@@ -12,7 +12,8 @@
   body, bounded and parsed once;
 - authenticate (``authenticate.py``): credential -> identity;
 - authorize (``authorize.py``): endpoint, address and model permissions; the model must be
-  one the gateway serves (``route.py``'s registry: otherwise 404);
+  one the gateway serves (``route.py``'s registry: otherwise 404); a stored response only
+  for its owner (``ownership.py``: otherwise 404), on the upstream that keeps it;
 - admit (``admit.py``): rate limits, concurrency, budgets;
 - route (``route.py``, used by ``forward``): the model's balancer picks the upstream, and
   another on a retry;
@@ -51,6 +52,7 @@ from bastion.pipeline.authorize import Authorize
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.endpoints import Endpoint, EndpointKind, EndpointTable
 from bastion.pipeline.forward import Forward
+from bastion.pipeline.ownership import Ownership
 from bastion.pipeline.responses import send_error, send_json, send_whole
 from bastion.pipeline.route import ModelEntry, ModelRegistry
 from bastion.policy.roles import Access
@@ -78,6 +80,7 @@ class Gateway:
         models: ModelRegistry,
         forward: Forward,
         account: Account,
+        ownership: Ownership,
         readiness: ReadinessCheck,
         admin: AdminHandler | None = None,
         admit: Admit | None = None,
@@ -90,6 +93,7 @@ class Gateway:
         self._models = models
         self._forward = forward
         self._account = account
+        self._ownership = ownership
         self._readiness = readiness
         self._admin = admin
         self._admit = admit
@@ -154,10 +158,14 @@ class Gateway:
             return
         await self._authenticate(ctx)
         self._authorize(ctx)
-        _check_method(ctx, endpoint)  # after authorizing: no 405 tells a stranger what exists
-        await self._accept.read_body(ctx)
         kind = endpoint.kind
-        if kind is not EndpointKind.INFERENCE:
+        if kind is not EndpointKind.STORED:
+            _check_method(ctx, endpoint)  # after authorizing: no 405 tells a stranger what exists
+        await self._accept.read_body(ctx)
+        if kind is EndpointKind.STORED:
+            entry = await self._ownership.stored(ctx)  # 404 unless it is the caller's own
+            _check_method(ctx, endpoint)
+        else:
             if kind is EndpointKind.ADMIN:
                 assert self._admin is not None  # the endpoint exists only with it
                 await self._admin(ctx)
@@ -165,13 +173,16 @@ class Gateway:
             if kind is EndpointKind.LOCAL:
                 await self._answer_local(ctx)
                 return
-            ctx.model = ctx.control_model
-        entry = self._models.resolve(ctx)
+            if kind is EndpointKind.CONTROL:
+                ctx.model = ctx.control_model
+            entry = self._models.resolve(ctx)
         self._authorize.model(ctx, entry.name)
         if kind is EndpointKind.INFERENCE:
             self._authorize.body(ctx)
-            if self._admit is not None:
-                await self._admit(ctx, entry.name)
+            if endpoint.stores:
+                await self._ownership.create(ctx, entry)
+        if kind is not EndpointKind.CONTROL and self._admit is not None:
+            await self._admit(ctx, entry.name)
         await self._forward_watching(ctx, entry)
 
     async def _forward_watching(self, ctx: RequestContext, entry: ModelEntry) -> None:

@@ -9,8 +9,11 @@ Token usage comes from the upstream's answer.
 Non-streaming answers carry ``usage`` in their JSON. For streams the gateway asks the upstream
 for it (``stream_options.include_usage``) even when the caller did not, takes the counts from
 the final usage chunk, and, if the caller did not ask, removes that chunk before it reaches
-the caller. A stream cut before its usage arrives is billed for what was relayed: the
-prompt estimate plus one token per content event.
+the caller. Anthropic's streams report the prompt in ``message_start`` and the totals in
+``message_delta``; a Responses API stream reports it in its terminal event's response
+(``response.completed``); both always reach the caller. A stream cut before its usage
+arrives is billed for what was relayed: the prompt estimate plus one token per content event
+(chat and completions chunks, Anthropic content deltas, Responses text deltas).
 
 Reading a stream costs time and memory in proportion to its length, however it is cut into
 pieces: each byte is looked at once for an event's end, and a partial event is held as a list
@@ -266,10 +269,9 @@ class UsageTap:
         if found is None:
             return event
         self.usage = found
+        # OpenAI's usage-only chunk (no event name), which the caller did not ask for
         if self._strip and start == 0 and isinstance(chunk, dict) and chunk.get("choices") == []:
-            return (
-                b""  # OpenAI's usage-only chunk (no event name), which the caller did not ask for
-            )
+            return b""
         return event
 
 

@@ -68,6 +68,10 @@ class ModelRegistry:
         """Every upstream origin some model sends requests to."""
         return {m.upstream.origin for e in self._models.values() for m in e.balancer.members}
 
+    def entry(self, name: str) -> ModelEntry | None:
+        """The entry of a served model by name (None: not served)."""
+        return self._models.get(name)
+
     def resolve(self, ctx: RequestContext) -> ModelEntry:
         """The model entry for the request; a request naming no model gets the only model."""
         if ctx.model is None:

@@ -58,6 +58,7 @@ _RESTART_ONLY: dict[str, tuple[str, ...] | None] = {
     ),
     "limits": ("backend", "redis", "on_backend_failure"),
     "usage": ("enabled", "retention_days", "max_pending"),
+    "responses": None,
     "logging": ("format",),
     "metrics": None,
 }

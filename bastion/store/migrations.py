@@ -50,9 +50,14 @@ def _v2_usage(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.usage_records, schema.usage_hourly])
 
 
+def _v3_response_owners(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.response_owners])
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[Connection], None]], ...] = (
     ("users, teams, api keys, audit log", _v1_initial),
     ("usage records and hourly rollups", _v2_usage),
+    ("owners of stored responses", _v3_response_owners),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

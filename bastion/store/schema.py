@@ -29,6 +29,7 @@ __all__ = [
     "audit_log",
     "metadata",
     "principals",
+    "response_owners",
     "revision",
     "schema_version",
     "team_members",
@@ -166,4 +167,16 @@ usage_hourly = Table(
     Column("completion_tokens", BigInteger, nullable=False),
     Column("latency_ms", Float, nullable=False),
     comment="Rollup by hour (Unix hour number), principal, key, team ('' for none) and model.",
+)
+
+response_owners = Table(
+    "response_owners",
+    metadata,
+    Column("response_id", String(128), primary_key=True),
+    Column("principal", Text, nullable=False),  # whole: a cut name could match another
+    Column("model", Text, nullable=False),
+    Column("upstream", Text, nullable=False),
+    Column("created_at", Float, nullable=False, index=True),
+    comment="Who created each response an upstream stores (principal '': contested, nobody); "
+    "pruned after responses.retention_days.",
 )

@@ -213,6 +213,16 @@ class Balancer:
             raise self._unavailable(now)
         return best
 
+    def pin(self, member: Weighted) -> Weighted:
+        """``member`` itself, for a request only it can serve (it keeps what the request
+        names): NoUpstreamError while it is down or ejected, never another member."""
+        now = time.monotonic()
+        if member.upstream.available(now):
+            return member
+        upstream = member.upstream
+        wait = max(1, math.ceil(upstream.retry_after(now))) if upstream.healthy else 5
+        raise NoUpstreamError(headers=((b"retry-after", str(wait).encode()),))
+
     def pick_other(self, tried: tuple[Upstream, ...]) -> Weighted | None:
         """Like :meth:`pick`, leaving out the upstreams ``tried``; None when none is left."""
         if self._only is not None:

@@ -15,7 +15,6 @@ import pytest
 from bastion.upstream.vllm_api import ROUTES, Decision, Kind
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import GatewayProcess, Keys, base_config, running_gateway
-from tests.unit.test_vllm_api import PENDING
 
 KEY = "vllm-key-for-the-probe-test"
 HTTP_ROUTES = {r.sample_path(): frozenset(r.methods) for r in ROUTES if not r.websocket}
@@ -76,6 +75,8 @@ def test_the_key_opens_the_guarded_routes_and_is_never_printed(
         assert code == 1
         keyed = verdicts(report, "with_key")
         assert keyed.pop("WS /v1/realtime") == "absent"  # past the key: no HTTP route there
+        # past the key, a made-up response id is vLLM's 404, which reads as nothing certain
+        assert keyed.pop("GET /v1/responses/{response_id}") == "unknown"
         assert set(keyed.values()) == {"open"}
         assert KEY not in printed
         sent = [s.headers.get("authorization") for s in vllm.seen + vllm.health_checks]
@@ -148,8 +149,6 @@ def test_through_bastion_every_route_needs_a_key_or_is_absent(
             expected = {"unknown" if route.path == "/static/{path}" else "absent"}
         elif route.path == "/health":
             expected = {"open"}
-        elif route.name in PENDING:  # endpoints added on other branches
-            expected = {"needs key", "absent", "unknown"}
         else:
             expected = {"needs key"}
         assert found[route.name] in expected, route.name
@@ -164,7 +163,11 @@ def test_through_bastion_an_admin_key_opens_what_bastion_serves(
     keyed = verdicts(report, "with_key")
     never = {r.name for r in ROUTES if r.decision is Decision.NEVER} - {"GET /static/{path}"}
     assert {keyed[name] for name in never} == {"absent"}
-    served = [r for r in ROUTES if r.decision is not Decision.NEVER and r.name not in PENDING]
+    # a made-up response id is nobody's: 404 even for an administrator (owner only), for
+    # every method
+    assert keyed.pop("GET /v1/responses/{response_id}") == "unknown"
+    assert keyed.pop("POST /v1/responses/{response_id}/cancel") == "absent"
+    served = [r for r in ROUTES if r.decision is not Decision.NEVER and r.name in keyed]
     assert {r.name: keyed[r.name] for r in served} == {r.name: "open" for r in served}
     # GET routes answered for real; only GET control routes reach the upstream
     assert {s.method for s in upstream.seen} <= {"GET"}

@@ -3,11 +3,18 @@
 It records every request it receives, so tests can assert what did (and did not) reach the
 upstream, and it can be told to be slow, to stream with gaps, or to hold a stream open until
 the test lets it go.
+
+It also emulates vLLM's Responses API with its store on (``VLLM_ENABLE_RESPONSES_API_STORE``):
+``POST /v1/responses`` (``stream``, ``store``, ``background``, ``previous_response_id``),
+``GET /v1/responses/{id}``, ``POST /v1/responses/{id}/cancel``, and, as OpenAI has them,
+``DELETE /v1/responses/{id}`` and ``GET /v1/responses/{id}/input_items``. Like vLLM's, its
+store is this process's memory and has no notion of who asks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 import threading
 import time
@@ -68,6 +75,8 @@ class FakeUpstream:
     disconnects: list[float] = field(default_factory=list)
     stream_finished: list[float] = field(default_factory=list)
     flood_sent: int = 0
+    responses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The stored responses, by id (each upstream has its own, as each vLLM process does)."""
     port: int = 0
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
@@ -117,6 +126,9 @@ class FakeUpstream:
             payload = orjson.loads(body)
         if scope["path"].startswith("/v1/messages"):
             await self._anthropic(scope["path"], payload, send)
+            return
+        if scope["path"].startswith("/v1/responses") and scope["path"] != "/v1/responses/render":
+            await self._responses(scope, payload, send)
             return
         if payload.get("stream"):
             await self._stream(payload, receive, send)
@@ -179,6 +191,72 @@ class FakeUpstream:
                 "usage": usage,
             }
         return {"ok": True, "path": path}
+
+    async def _responses(self, scope: Any, payload: dict[str, Any], send: Any) -> None:
+        """vLLM's Responses API routes, over this upstream's own store."""
+        method, parts = scope["method"], scope["path"].split("/")[3:]
+        if not parts and method == "POST":
+            await self._create_response(payload, send)
+            return
+        stored = self.responses.get(parts[0]) if parts else None
+        if stored is None:
+            error = {"message": "Response not found", "type": "invalid_request_error",
+                     "param": "response_id", "code": 404}  # fmt: skip
+            await self._json(send, 404, {"error": error})
+        elif parts[1:] == [] and method == "GET":
+            await self._json(send, 200, stored)
+        elif parts[1:] == [] and method == "DELETE":
+            del self.responses[parts[0]]
+            await self._json(send, 200, {"id": parts[0], "object": "response", "deleted": True})
+        elif parts[1:] == ["cancel"] and method == "POST":
+            stored["status"] = "cancelled"
+            await self._json(send, 200, stored)
+        elif parts[1:] == ["input_items"] and method == "GET":
+            await self._json(send, 200, {"object": "list", "data": stored["_input"]})
+        else:
+            await self._json(send, 405, {"error": {"message": "Method Not Allowed"}})
+
+    async def _create_response(self, payload: dict[str, Any], send: Any) -> None:
+        previous = payload.get("previous_response_id")
+        if previous is not None and previous not in self.responses:
+            error = {"message": f"Response with id '{previous}' not found.",
+                     "type": "invalid_request_error", "param": "previous_response_id",
+                     "code": 404}  # fmt: skip
+            await self._json(send, 404, {"error": error})
+            return
+        response = _response_object(payload, f"resp_{secrets.token_hex(8)}")
+        if payload.get("store", True):
+            self.responses[response["id"]] = response
+        if not payload.get("stream"):
+            await self._json(send, 200, {k: v for k, v in response.items() if k[0] != "_"})
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        shown = {k: v for k, v in response.items() if k[0] != "_"}
+        events: list[tuple[str, dict[str, Any]]] = [
+            ("response.created", {"response": {**shown, "status": "in_progress", "usage": None}}),
+            ("response.in_progress", {"response": {**shown, "status": "in_progress",
+                                                   "usage": None}}),
+            *(("response.output_text.delta", {"item_id": "msg_1", "output_index": 0,
+                                              "content_index": 0, "delta": f"tok{i} "})
+              for i in range(self.behaviour.events)),
+            ("response.completed", {"response": {**shown, "usage": {
+                **shown["usage"], "output_tokens": self.behaviour.events,
+                "total_tokens": 5 + self.behaviour.events}}}),
+        ]  # fmt: skip
+        hold = self.behaviour.hold_after_first
+        for number, (kind, data) in enumerate(events):
+            event = {**data, "sequence_number": number, "type": kind}
+            text = f"event: {kind}\ndata: ".encode() + orjson.dumps(event) + b"\n\n"
+            await send({"type": "http.response.body", "body": text, "more_body": True})
+            while number == 0 and hold is not None and not hold.is_set():
+                await asyncio.sleep(0.01)
+        await send({"type": "http.response.body", "body": b""})
 
     @staticmethod
     async def _json(send: Any, status: int, data: dict[str, Any]) -> None:
@@ -340,3 +418,30 @@ class FakeUpstream:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(10)
+
+
+def _response_object(payload: dict[str, Any], response_id: str) -> dict[str, Any]:
+    """A completed response object as vLLM writes it (``id`` first); ``_input`` is kept for
+    ``input_items`` and never shown."""
+    text = "Hello from upstream"
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
+               "content": [{"type": "output_text", "text": text, "annotations": []}]}  # fmt: skip
+    usage = {"input_tokens": 5, "output_tokens": 3, "total_tokens": 8,
+             "input_tokens_details": {"cached_tokens": 0},
+             "output_tokens_details": {"reasoning_tokens": 0}}  # fmt: skip
+    background = bool(payload.get("background"))
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": 1,
+        "model": payload.get("model", "fake-model"),
+        "status": "queued" if background else "completed",
+        "background": background,
+        "output": [message],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "previous_response_id": payload.get("previous_response_id"),
+        "usage": usage,
+        "_input": [{"type": "message", "role": "user", "content": payload.get("input")}],
+    }

@@ -512,3 +512,26 @@ def test_billed(
         )
         == expected
     )
+
+
+def responses_event(kind: str, **data: Any) -> bytes:
+    """An event of the Responses API's stream, as vLLM writes it (``event:`` and ``data:``)."""
+    return f"event: {kind}\ndata: ".encode() + orjson.dumps({**data, "type": kind}) + b"\n\n"
+
+
+@pytest.mark.parametrize("strip", [False, True])
+@pytest.mark.parametrize("terminal", ["response.completed", "response.incomplete"])
+def test_a_responses_stream_reports_usage_in_its_terminal_event(strip: bool, terminal: str) -> None:
+    """The Responses API has no usage chunk: the last event's response carries it. Read it,
+    and never drop that event (the gateway's stream_options do not apply to it)."""
+    usage = {"input_tokens": 500, "output_tokens": 400, "total_tokens": 900}
+    stream = b"".join(
+        [
+            responses_event("response.created", response={"id": "r", "usage": None}),
+            *(responses_event("response.output_text.delta", delta="x") for _ in range(3)),
+            responses_event(terminal, response={"id": "r", "usage": usage}),
+        ]
+    )
+    tap = UsageTap(sse=True, strip=strip)
+    assert tap.feed(stream) + tap.end() == stream
+    assert tap.usage == (500, 400)
