@@ -2,8 +2,9 @@
 
 uvicorn calls the application only once a request's head is complete, so the head's limits
 must live in the protocol: how long the head may take to arrive (408, against slow-loris
-clients), how many header lines and bytes it may carry (431) and how long its target may be
-(414). Everything else is uvicorn's. Under mutual TLS it also keeps each connection's
+clients), how many header lines and bytes it may carry (431), how long its target may be
+(414), and that it is a plain request for a path (no CONNECT, no upgrade, no proxy-style
+target). Everything else is uvicorn's. Under mutual TLS it also keeps each connection's
 verified client certificate for the application (``Downstream.peer_certificate``).
 """
 
@@ -15,7 +16,13 @@ from typing import Any, ClassVar, cast
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from bastion.errors import BadRequestError, GatewayError, HeadersTooLargeError, RequestTimeoutError
+from bastion.errors import (
+    BadRequestError,
+    GatewayError,
+    HeadersTooLargeError,
+    MethodNotAllowedError,
+    RequestTimeoutError,
+)
 from bastion.pipeline.responses import error_body
 from bastion.server.downstream import CorkableTransport, DownstreamConnection
 from bastion.settings import HttpSettings
@@ -37,6 +44,7 @@ class _HeadRefused(Exception):
 
 _REASONS = {
     400: b"Bad Request",
+    405: b"Method Not Allowed",
     408: b"Request Timeout",
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
@@ -122,7 +130,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self._refusal is None:
                 raise
             self._send_refusal(self._refusal)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade:  # refused in on_headers_complete; kept as a net
             self._send_refusal(BadRequestError("Protocol upgrades are not supported."))
         except httptools.HttpParserError:
             self._send_refusal(BadRequestError("Invalid HTTP request."))
@@ -154,6 +162,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.head_watch.disarm(self)
+        if self.parser.should_upgrade():  # CONNECT, or "Connection: upgrade" with "Upgrade"
+            self._refuse(_upgrade_refusal(self.parser.get_method()))
+        if self.url[:1] != b"/":  # absolute-form, asterisk-form: not a request for a path
+            self._refuse(BadRequestError(_NOT_A_PATH, code="invalid_target"))
         cast(dict[str, Any], self.scope)[DOWNSTREAM_SCOPE_KEY] = self.downstream
         super().on_headers_complete()
 
@@ -180,6 +192,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             + body
         )
         self.transport.close()
+
+
+_NOT_A_PATH = "The request target must be a path: this gateway is not a proxy."
+
+
+def _upgrade_refusal(method: bytes) -> GatewayError:
+    if method == b"CONNECT":
+        return MethodNotAllowedError("CONNECT is not supported: this gateway is not a proxy.")
+    return BadRequestError("Protocol upgrades are not supported.")
 
 
 def protocol_class(
