@@ -151,6 +151,9 @@ class HttpSettings(_Model):
     request_head_timeout: float = Field(default=10.0, gt=0)
     request_body_timeout: float = Field(default=30.0, gt=0)
     keep_alive_timeout: float = Field(default=5.0, gt=0)
+    write_timeout: float = Field(default=60.0, gt=0)
+    """Longest time the caller may leave the gateway's writes unread (its connection's send
+    buffer full); then the connection is dropped and its upstream request closed."""
 
 
 class HealthCheckSettings(_Model):

@@ -14,7 +14,7 @@ from typing import Protocol
 from bastion.observability.instruments import GatewayMetrics
 from bastion.upstream.balancer import UpstreamSet
 
-__all__ = ["watch_reloads", "watch_services"]
+__all__ = ["watch_connections", "watch_reloads", "watch_services"]
 
 
 class Dropping(Protocol):
@@ -57,6 +57,12 @@ class Reloading(Protocol):
     @property
     def refused(self) -> int:
         """Configuration reloads refused."""
+
+
+class Connecting(Protocol):
+    @property
+    def write_timeouts(self) -> int:
+        """Connections dropped: the caller left the gateway's writes unread too long."""
 
 
 def watch_services(
@@ -124,6 +130,15 @@ def watch_reloads(metrics: GatewayMetrics, reloader: Reloading) -> None:
         "bastion_config_reload_failures_total",
         "Configuration reloads refused (the running configuration stayed).",
         lambda: reloader.refused,
+    )
+
+
+def watch_connections(metrics: GatewayMetrics, connections: Connecting) -> None:
+    """Register the server's counts of connections it closed."""
+    metrics.watch_count(
+        "bastion_write_timeouts_total",
+        "Connections dropped because the caller read nothing for http.write_timeout.",
+        lambda: connections.write_timeouts,
     )
 
 

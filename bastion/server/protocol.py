@@ -1,16 +1,19 @@
-"""The HTTP/1.1 server protocol: uvicorn's httptools protocol with limits on the request head.
+"""The HTTP/1.1 server protocol: uvicorn's httptools protocol with limits on the connection and
+the request head.
 
 uvicorn calls the application only once a request's head is complete, so the head's limits
 must live in the protocol: how long the head may take to arrive (408, against slow-loris
 clients), how many header lines and bytes it may carry (431), how long its target may be
 (414), and that it is a plain request for a path (no CONNECT, no upgrade, no proxy-style
-target). Everything else is uvicorn's. Under mutual TLS it also keeps each connection's
-verified client certificate for the application (``Downstream.peer_certificate``).
+target). The connection's limit lives here too: how long a caller may leave the gateway's
+writes unread. Everything else is uvicorn's. Under mutual TLS it also keeps each
+connection's verified client certificate for the application (``Downstream.peer_certificate``).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
 import httptools
@@ -28,7 +31,7 @@ from bastion.server.downstream import CorkableTransport, DownstreamConnection
 from bastion.settings import HttpSettings
 from bastion.types import DOWNSTREAM_SCOPE_KEY
 
-__all__ = ["GuardedHttpToolsProtocol", "protocol_class"]
+__all__ = ["ConnectionCounts", "GuardedHttpToolsProtocol", "protocol_class"]
 
 
 class UriTooLongError(GatewayError):
@@ -51,17 +54,20 @@ _REASONS = {
 }
 
 
-class _HeadWatch:
-    """The request-head deadline of every connection, enforced by one sweeping timer.
+class _DeadlineWatch:
+    """One kind of deadline for every connection, enforced by one sweeping timer.
 
     A timer per request (armed at the head's first byte, cancelled when it is complete) cost
     more than the rest of the protocol's own work; a dict entry costs next to nothing. A
-    deadline is noticed at most ``tick`` late.
+    deadline is noticed at most ``tick`` late; ``expire`` is called for each connection
+    whose deadline passed, and ``expired`` counts them.
     """
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, expire: Callable[[GuardedHttpToolsProtocol], None]) -> None:
         self.timeout = timeout
         self.tick = min(0.25, timeout / 4)
+        self.expire = expire
+        self.expired = 0
         self.waiting: dict[GuardedHttpToolsProtocol, float] = {}
         self._timer: asyncio.TimerHandle | None = None
 
@@ -77,15 +83,25 @@ class _HeadWatch:
         now = loop.time()
         for conn in [c for c, deadline in self.waiting.items() if deadline <= now]:
             del self.waiting[conn]
-            conn.on_head_timeout()
+            self.expired += 1
+            self.expire(conn)
         self._timer = loop.call_later(self.tick, self._sweep, loop) if self.waiting else None
+
+
+def _head_watch(limits: HttpSettings) -> _DeadlineWatch:
+    return _DeadlineWatch(limits.request_head_timeout, lambda conn: conn.on_head_timeout())
+
+
+def _write_watch(limits: HttpSettings) -> _DeadlineWatch:
+    return _DeadlineWatch(limits.write_timeout, lambda conn: conn.on_write_timeout())
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """One instance per connection; the class carries the limits (see :func:`protocol_class`)."""
 
     limits: ClassVar[HttpSettings] = HttpSettings()
-    head_watch: ClassVar[_HeadWatch] = _HeadWatch(HttpSettings().request_head_timeout)
+    head_watch: ClassVar[_DeadlineWatch] = _head_watch(limits)
+    write_watch: ClassVar[_DeadlineWatch] = _write_watch(limits)
     peer_certificates: ClassVar[bool] = False
     """Keep the client certificate of each connection (only TLS with a client CA has one)."""
 
@@ -106,16 +122,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.head_watch.disarm(self)
+        self.write_watch.disarm(self)
         super().connection_lost(exc)
         if self.downstream is not None:
             self.downstream.lost()
 
     def pause_writing(self) -> None:
         super().pause_writing()
+        self.write_watch.arm(self, self.loop)
         if self.downstream is not None:
             self.downstream.pause_writing()
 
     def resume_writing(self) -> None:
+        self.write_watch.disarm(self)
         super().resume_writing()
         if self.downstream is not None:
             self.downstream.resume_writing()
@@ -182,6 +201,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refusal = RequestTimeoutError()
         self._send_refusal(self._refusal)
 
+    def on_write_timeout(self) -> None:
+        """Called by the write watch when the caller has taken none of the gateway's writes
+        for ``http.write_timeout``: the connection is dropped, which ends its request as a
+        disconnect does (the upstream request is closed)."""
+        self.transport.abort()
+
     def _send_refusal(self, error: GatewayError) -> None:
         body = error_body(error)
         head = b"HTTP/1.1 %d %s\r\n" % (error.status, _REASONS.get(error.status, b"Error"))
@@ -203,6 +228,17 @@ def _upgrade_refusal(method: bytes) -> GatewayError:
     return BadRequestError("Protocol upgrades are not supported.")
 
 
+class ConnectionCounts:
+    """What the server's connections count, for metrics read at scrape time."""
+
+    def __init__(self, protocol: type[GuardedHttpToolsProtocol]) -> None:
+        self._protocol = protocol
+
+    @property
+    def write_timeouts(self) -> int:
+        return self._protocol.write_watch.expired
+
+
 def protocol_class(
     limits: HttpSettings, *, peer_certificates: bool = False
 ) -> type[GuardedHttpToolsProtocol]:
@@ -210,7 +246,8 @@ def protocol_class(
     ``peer_certificates`` when connections are TLS with verified client certificates."""
     attributes = {
         "limits": limits,
-        "head_watch": _HeadWatch(limits.request_head_timeout),
+        "head_watch": _head_watch(limits),
+        "write_watch": _write_watch(limits),
         "peer_certificates": peer_certificates,
     }
     return type("BastionHttpProtocol", (GuardedHttpToolsProtocol,), attributes)
