@@ -61,6 +61,10 @@ class Reloading(Protocol):
 
 class Connecting(Protocol):
     @property
+    def refused_connections(self) -> int:
+        """Connections closed at once: their address held http.max_connections_per_address."""
+
+    @property
     def write_timeouts(self) -> int:
         """Connections dropped: the caller left the gateway's writes unread too long."""
 
@@ -135,6 +139,12 @@ def watch_reloads(metrics: GatewayMetrics, reloader: Reloading) -> None:
 
 def watch_connections(metrics: GatewayMetrics, connections: Connecting) -> None:
     """Register the server's counts of connections it closed."""
+    metrics.watch_count(
+        "bastion_connections_refused_total",
+        "Connections closed at once because their address already held "
+        "http.max_connections_per_address.",
+        lambda: connections.refused_connections,
+    )
     metrics.watch_count(
         "bastion_write_timeouts_total",
         "Connections dropped because the caller read nothing for http.write_timeout.",

@@ -146,12 +146,11 @@ async def serve(
         sock = bind(settings.server.host, settings.server.port)
         tls = settings.server.tls
         url = _url(sock, https=tls is not None)
-        config = _uvicorn_config(settings, switch, _protocol(settings, services))
-        config.load()
         if tls is not None:
             certificates = CertificateReloader(tls)
-            config.ssl = certificates.context  # used by uvicorn's create_server for our socket
             await certificates.start()
+        config = _uvicorn_config(settings, switch, _protocol(settings, services, certificates))
+        config.load()
         server = _Server(config)
         log.info("Bastion listening on %s serving %s", url, ", ".join(m.name for m in models))
         if welcome is not None:
@@ -242,9 +241,17 @@ def _engine_model(engine: ManagedEngine) -> ModelSettings:
     return ModelSettings(name=engine.served_name, upstreams=(target,))
 
 
-def _protocol(settings: Settings, services: Services) -> type[GuardedHttpToolsProtocol]:
-    """The connections' protocol class; its counts are metrics."""
-    protocol = protocol_class(settings.http, peer_certificates=_verifies_clients(settings))
+def _protocol(
+    settings: Settings, services: Services, certificates: CertificateReloader | None
+) -> type[GuardedHttpToolsProtocol]:
+    """The connections' protocol class; under TLS it does the handshake itself (uvicorn is
+    given no TLS context), so that the handshake counts against the request head's deadline
+    and the per-address bound applies before it."""
+    protocol = protocol_class(
+        settings.http,
+        tls=certificates.context if certificates is not None else None,
+        peer_certificates=_verifies_clients(settings),
+    )
     if services.metrics is not None:
         watch_connections(services.metrics, ConnectionCounts(protocol))
     return protocol
