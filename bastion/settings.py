@@ -150,8 +150,17 @@ class HttpSettings(_Model):
     max_headers: int = Field(default=100, gt=0)
     max_url_bytes: int = Field(default=8 * 1024, gt=0)
     request_head_timeout: float = Field(default=10.0, gt=0)
+    """From the connection's opening (TLS handshake included) or the first byte of a later
+    request, to the end of the request head."""
     request_body_timeout: float = Field(default=30.0, gt=0)
     keep_alive_timeout: float = Field(default=5.0, gt=0)
+    write_timeout: float = Field(default=60.0, gt=0)
+    """Longest time the caller may leave the gateway's writes unread (its connection's send
+    buffer full); then the connection is dropped and its upstream request closed."""
+    max_connections_per_address: int | None = Field(default=None, gt=0)
+    """Concurrent connections one client address may hold, counted from accept (before any
+    TLS handshake); one more is closed at once. Off by default: behind a load balancer or
+    NAT every caller has the same address."""
 
 
 class HealthCheckSettings(_Model):

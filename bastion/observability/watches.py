@@ -14,7 +14,7 @@ from typing import Protocol
 from bastion.observability.instruments import GatewayMetrics
 from bastion.upstream.balancer import UpstreamSet
 
-__all__ = ["watch_reloads", "watch_services"]
+__all__ = ["watch_connections", "watch_reloads", "watch_services"]
 
 
 class Dropping(Protocol):
@@ -67,6 +67,16 @@ class Reloading(Protocol):
     @property
     def refused(self) -> int:
         """Configuration reloads refused."""
+
+
+class Connecting(Protocol):
+    @property
+    def refused_connections(self) -> int:
+        """Connections closed at once: their address held http.max_connections_per_address."""
+
+    @property
+    def write_timeouts(self) -> int:
+        """Connections dropped: the caller left the gateway's writes unread too long."""
 
 
 def watch_services(
@@ -147,6 +157,21 @@ def watch_reloads(metrics: GatewayMetrics, reloader: Reloading) -> None:
         "bastion_config_reload_failures_total",
         "Configuration reloads refused (the running configuration stayed).",
         lambda: reloader.refused,
+    )
+
+
+def watch_connections(metrics: GatewayMetrics, connections: Connecting) -> None:
+    """Register the server's counts of connections it closed."""
+    metrics.watch_count(
+        "bastion_connections_refused_total",
+        "Connections closed at once because their address already held "
+        "http.max_connections_per_address.",
+        lambda: connections.refused_connections,
+    )
+    metrics.watch_count(
+        "bastion_write_timeouts_total",
+        "Connections dropped because the caller read nothing for http.write_timeout.",
+        lambda: connections.write_timeouts,
     )
 
 

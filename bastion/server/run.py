@@ -22,8 +22,8 @@ from bastion.auth.apikeys import ApiKeyRecord
 from bastion.errors import ConfigError
 from bastion.observability.access_log import AccessLogWriter, format_json, format_text
 from bastion.observability.listener import MetricsListener
-from bastion.observability.watches import watch_reloads
-from bastion.server.protocol import protocol_class
+from bastion.observability.watches import watch_connections, watch_reloads
+from bastion.server.protocol import ConnectionCounts, GuardedHttpToolsProtocol, protocol_class
 from bastion.server.reload import GatewaySwitch, Reloader
 from bastion.server.startup import Welcome, open_store, startup_keys
 from bastion.server.tls import CertificateReloader
@@ -146,12 +146,11 @@ async def serve(
         sock = bind(settings.server.host, settings.server.port)
         tls = settings.server.tls
         url = _url(sock, https=tls is not None)
-        config = _uvicorn_config(settings, switch)
-        config.load()
         if tls is not None:
             certificates = CertificateReloader(tls)
-            config.ssl = certificates.context  # used by uvicorn's create_server for our socket
             await certificates.start()
+        config = _uvicorn_config(settings, switch, _protocol(settings, services, certificates))
+        config.load()
         server = _Server(config)
         log.info("Bastion listening on %s serving %s", url, ", ".join(m.name for m in models))
         if welcome is not None:
@@ -242,10 +241,28 @@ def _engine_model(engine: ManagedEngine) -> ModelSettings:
     return ModelSettings(name=engine.served_name, upstreams=(target,))
 
 
-def _uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
+def _protocol(
+    settings: Settings, services: Services, certificates: CertificateReloader | None
+) -> type[GuardedHttpToolsProtocol]:
+    """The connections' protocol class; under TLS it does the handshake itself (uvicorn is
+    given no TLS context), so that the handshake counts against the request head's deadline
+    and the per-address bound applies before it."""
+    protocol = protocol_class(
+        settings.http,
+        tls=certificates.context if certificates is not None else None,
+        peer_certificates=_verifies_clients(settings),
+    )
+    if services.metrics is not None:
+        watch_connections(services.metrics, ConnectionCounts(protocol))
+    return protocol
+
+
+def _uvicorn_config(
+    settings: Settings, app: object, protocol: type[GuardedHttpToolsProtocol]
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
-        http=protocol_class(settings.http, peer_certificates=_verifies_clients(settings)),
+        http=protocol,
         ws="none",
         lifespan="off",
         interface="asgi3",

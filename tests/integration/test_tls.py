@@ -20,7 +20,7 @@ import trustme
 from tests.integration.conftest import UPSTREAM_KEY
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import GatewayProcess, Keys, base_config, running_gateway
-from tests.support.tls import client_context, common_name, write_leaf
+from tests.support.tls import client_context, common_name, server_files, write_leaf
 
 KEYS = Keys()
 
@@ -30,17 +30,6 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-def _files(ca: trustme.CA, where: Path) -> tuple[Path, Path, Path]:
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    cert, key, ca_file = where / "cert.pem", where / "key.pem", where / "ca.pem"
-    server.cert_chain_pems[0].write_to_path(str(cert))
-    for extra in server.cert_chain_pems[1:]:
-        extra.write_to_path(str(cert), append=True)
-    server.private_key_pem.write_to_path(str(key))
-    ca.cert_pem.write_to_path(str(ca_file))
-    return cert, key, ca_file
-
-
 def _gateway(
     upstream: FakeUpstream,
     ca: trustme.CA,
@@ -48,7 +37,7 @@ def _gateway(
     auth: dict[str, Any] | None = None,
     **tls: object,
 ) -> Iterator[tuple[GatewayProcess, Path]]:
-    cert, key, ca_file = _files(ca, where)
+    cert, key, ca_file = server_files(ca, where)
     config = base_config(upstream.url, KEYS)
     config["server"]["tls"] = {"certificate": str(cert), "key": str(key), **tls}
     config["auth"].update(auth or {})
@@ -152,7 +141,7 @@ def test_key_exchange_groups_can_be_set_for_the_process_with_openssl_conf(
     assert _handshake(default, _offering(ca_file, tls13, group="X448")) == "TLSv1.3"
     conf = tmp_path / "openssl.cnf"
     conf.write_text(_documented_openssl_conf())
-    cert, key, ca_file = _files(ca, tmp_path)
+    cert, key, ca_file = server_files(ca, tmp_path)
     config = base_config(upstream.url, KEYS)
     config["server"].update(state_dir=str(tmp_path), tls={"certificate": str(cert),
                                                           "key": str(key)})  # fmt: skip

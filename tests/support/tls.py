@@ -10,6 +10,19 @@ from typing import Any
 import trustme
 
 
+def server_files(ca: trustme.CA, where: Path) -> tuple[Path, Path, Path]:
+    """A certificate for 127.0.0.1 and localhost issued by ``ca``, its key and the CA's
+    certificate, written in ``where``."""
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key, ca_file = where / "cert.pem", where / "key.pem", where / "ca.pem"
+    server.cert_chain_pems[0].write_to_path(str(cert))
+    for extra in server.cert_chain_pems[1:]:
+        extra.write_to_path(str(cert), append=True)
+    server.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    return cert, key, ca_file
+
+
 def write_leaf(leaf: trustme.LeafCert, cert: Path, key: Path) -> None:
     """Write a certificate chain and its key the way an operator replaces them: each file
     written aside, then renamed over the old one."""
