@@ -10,6 +10,7 @@ from bastion.app import Services, build_gateway
 from bastion.auth.apikeys import ApiKeyRecord, generate_key, hash_key
 from bastion.settings import ModelSettings, UpstreamTarget, parse_settings
 from bastion.upstream.client import UpstreamPool
+from tests.support.asgi import post_scope
 
 
 async def test_disconnect_via_receive_closes_the_upstream_request() -> None:
@@ -45,15 +46,7 @@ async def test_disconnect_via_receive_closes_the_upstream_request() -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/v1/completions",
-        "raw_path": b"/v1/completions",
-        "query_string": b"",
-        "headers": [(b"authorization", b"Bearer " + key.encode())],
-        "client": ("127.0.0.1", 1),
-    }
+    scope = post_scope("/v1/completions", key)
     started = time.monotonic()
     async with asyncio.timeout(5):
         await gateway(scope, receive, send)

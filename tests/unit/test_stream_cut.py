@@ -17,6 +17,7 @@ from bastion.app import Services, build_gateway
 from bastion.auth.apikeys import ApiKeyRecord, generate_key, hash_key
 from bastion.settings import ModelSettings, UpstreamTarget, parse_settings
 from bastion.upstream.client import UpstreamPool
+from tests.support.asgi import post_scope
 
 EVENT = b'data: {"choices":[{"index":0,"text":"a"}]}\n\n'
 
@@ -55,15 +56,7 @@ async def run_cut_stream(sent_before_cut: bytes) -> list[dict[str, Any]]:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/v1/completions",
-        "raw_path": b"/v1/completions",
-        "query_string": b"",
-        "headers": [(b"authorization", b"Bearer " + key.encode()), (b"x-request-id", b"cut-7")],
-        "client": ("127.0.0.1", 1),
-    }
+    scope = post_scope("/v1/completions", key, (b"x-request-id", b"cut-7"))
     try:
         async with asyncio.timeout(5):
             await gateway(scope, receive, send)
