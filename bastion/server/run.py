@@ -8,6 +8,7 @@ import gc
 import logging
 import math
 import resource
+import shlex
 import signal
 import socket
 import sys
@@ -298,6 +299,7 @@ def _print_welcome(out: TextIO, url: str, model: str, welcome: Welcome) -> None:
         out.flush()
         return
     key = welcome.new_key
+    python = shlex.quote(sys.executable)  # the interpreter that has the openai package
     out.write(
         f"""
 Bastion is serving {model} at {url}
@@ -314,7 +316,7 @@ Try it:
       -d '{{"model": "{model}", "max_tokens": 32,
            "messages": [{{"role": "user", "content": "Hello!"}}]}}'
 
-    python - <<'PY'
+    {python} - <<'PY'
     from openai import OpenAI
     client = OpenAI(base_url="{url}/v1", api_key="{key}")
     reply = client.chat.completions.create(

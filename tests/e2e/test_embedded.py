@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,3 +109,18 @@ def test_engine_is_reachable_only_through_the_gateway(embedded: tuple[GatewayPro
     assert "0.0.0.0" not in gateway.logs
     host, _ = gateway.host_port
     assert host == "127.0.0.1"
+
+
+def test_the_printed_openai_snippet_works_as_printed(embedded: tuple[GatewayProcess, str]) -> None:
+    """The welcome message's Python lines, cut from the output and run by a shell as a user
+    would paste them: the interpreter they name has the openai package."""
+    process, _ = embedded
+    lines = process.logs.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.endswith(" - <<'PY'"))
+    end = next(i for i in range(start, len(lines)) if lines[i].strip() == "PY")
+    snippet = textwrap.dedent("\n".join(lines[start : end + 1])) + "\n"
+    done = subprocess.run(
+        ["bash", "-c", snippet], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
