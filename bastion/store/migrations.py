@@ -8,9 +8,10 @@ A database newer than this code (a later version applied by an upgraded replica)
 rather than used: an old gateway must not write into a shape it does not know.
 
 Adding a migration: append a function to ``MIGRATIONS`` that brings the previous version to
-the new shape with explicit DDL, and change :mod:`bastion.store.schema` to match.
-Migration 1 creates the tables from :mod:`bastion.store.schema` as they were first
-released; when the schema changes, copy the first shape in here instead of editing it.
+the new shape with explicit DDL (new tables: frozen in :mod:`bastion.store.frozen`), and
+change :mod:`bastion.store.schema` to match. A migration never builds from the current
+schema: a fresh install runs every migration in turn, so each must create exactly what it
+created when it was released.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from sqlalchemy import Connection, func, insert, select, text
 
 from bastion.errors import ConfigError
-from bastion.store import schema
+from bastion.store import frozen, schema
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate"]
 
@@ -32,26 +33,16 @@ _LOCK_ID = 0x62617374  # "bast": the advisory lock all Bastion replicas agree on
 
 
 def _v1_initial(conn: Connection) -> None:
-    schema.metadata.create_all(
-        conn,
-        tables=[
-            schema.revision,
-            schema.principals,
-            schema.teams,
-            schema.team_members,
-            schema.api_keys,
-            schema.audit_log,
-        ],
-    )
+    frozen.V1.create_all(conn)
     conn.execute(insert(schema.revision).values(id=1, revision=1))
 
 
 def _v2_usage(conn: Connection) -> None:
-    schema.metadata.create_all(conn, tables=[schema.usage_records, schema.usage_hourly])
+    frozen.V2.create_all(conn)
 
 
 def _v3_response_owners(conn: Connection) -> None:
-    schema.metadata.create_all(conn, tables=[schema.response_owners])
+    frozen.V3.create_all(conn)
 
 
 MIGRATIONS: tuple[tuple[str, Callable[[Connection], None]], ...] = (
