@@ -52,16 +52,18 @@ class Account:
         status = 499 if ctx.client_disconnected and not ctx.response_done else ctx.status
         endpoint = ctx.endpoint
         meter = ctx.meter
+        elapsed_ms = ctx.elapsed_ms()  # one clock reading for every sink
         tokens = ctx.billed_tokens() if meter is not None and meter.reading else None
         if self._usage is not None and endpoint is not None and endpoint.kind is _INFERENCE:
-            self._usage.add(_usage_record(ctx, status, tokens or ctx.billed_tokens()))
+            record = _usage_record(ctx, status, tokens or ctx.billed_tokens(), elapsed_ms)
+            self._usage.add(record)
         identity = ctx.identity
         if self._metrics is not None:
             self._metrics.request(
                 endpoint.path if endpoint is not None else "unmatched",
                 ctx.model,
                 status,
-                ctx.elapsed_ms() / 1000.0,
+                elapsed_ms / 1000.0,
                 identity.teams if identity is not None else (),
                 tokens,
                 ctx.time_to_first_byte if ctx.response_sse else None,
@@ -83,7 +85,7 @@ class Account:
                 ctx.model,
                 identity.principal if identity is not None else None,
                 ctx.upstream,
-                round(ctx.elapsed_ms(), 2),
+                round(elapsed_ms, 2),
                 None if ttfb is None else round(ttfb * 1000, 2),
                 error.code if error is not None else None,
                 ctx.response_bytes,
@@ -92,7 +94,9 @@ class Account:
         )
 
 
-def _usage_record(ctx: RequestContext, status: int, tokens: tuple[int, int]) -> UsageRecord:
+def _usage_record(
+    ctx: RequestContext, status: int, tokens: tuple[int, int], elapsed_ms: float
+) -> UsageRecord:
     identity = ctx.identity
     ttfb = ctx.time_to_first_byte
     teams: tuple[str, ...] = ()
@@ -103,7 +107,7 @@ def _usage_record(ctx: RequestContext, status: int, tokens: tuple[int, int]) -> 
     return UsageRecord(
         time.time(), ctx.request_id, who, credential, teams, ctx.model or "-",
         ctx.endpoint.permission if ctx.endpoint is not None else "-", status, tokens[0], tokens[1],
-        round(ctx.elapsed_ms(), 2), None if ttfb is None else round(ttfb * 1000, 2),
+        round(elapsed_ms, 2), None if ttfb is None else round(ttfb * 1000, 2),
     )  # fmt: skip
 
 
