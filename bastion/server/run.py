@@ -116,7 +116,6 @@ async def serve(
             settings,
             keys=keys,
             pool=pool,
-            engine_alive=engine.is_running if engine else None,
             access_log=AccessLogWriter(
                 sys.stderr.buffer,
                 format=format_json if settings.logging.format == "json" else format_text,
