@@ -26,6 +26,7 @@ from bastion.errors import ConfigError
 from bastion.observability.access_log import AccessLogWriter, format_json, format_text
 from bastion.observability.listener import MetricsListener
 from bastion.observability.watches import watch_connections, watch_reloads
+from bastion.server import notify
 from bastion.server.protocol import ConnectionCounts, GuardedHttpToolsProtocol, protocol_class
 from bastion.server.reload import GatewaySwitch, Reloader
 from bastion.server.startup import Welcome, open_store, startup_keys
@@ -157,6 +158,7 @@ async def serve(
 
         def started() -> None:  # accepting, and SIGTERM handled: say so
             log.info("Bastion listening on %s serving %s", url, serving)
+            notify.ready(f"serving {serving} on {url}")
             if welcome is not None:
                 _print_welcome(out, url, models[0].name, welcome)
             if on_ready is not None:
@@ -259,6 +261,7 @@ class _Server(uvicorn.Server):
 def _on_drain(services: Services) -> Callable[[], None]:
     def drain() -> None:
         services.draining = True
+        notify.stopping("draining: not ready, finishing what is in flight")
 
     return drain
 
