@@ -147,6 +147,8 @@ def test_sigterm_turns_ready_off_and_serves_on_for_the_drain_delay(
             assert _status(gateway.url + "/health") == 200
             assert _status(gateway.url + "/v1/models", keys.user) == 200
             assert _chat(gateway.url, keys.user) == 200
+            gateway.proc.send_signal(signal.SIGHUP)  # stopping: a reload would undo nothing
+            gateway.wait_for_log("SIGHUP while draining: ignored")
             assert time.monotonic() - signalled < 3.5, "too slow to check within the delay"
             refused = _wait_refused(host, port, timeout=10)
             assert refused - signalled >= 3.9  # the listener stayed open for the delay
