@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from bastion.admin.api import AdminApi
 from bastion.admin.reloading import ReloadHandle
@@ -35,6 +35,7 @@ from bastion.pipeline.fields import FieldPolicy
 from bastion.pipeline.forward import Forward
 from bastion.pipeline.gateway import Gateway
 from bastion.pipeline.ownership import Ownership
+from bastion.pipeline.readiness import Readiness
 from bastion.pipeline.route import ModelRegistry
 from bastion.policy.policy import Policy
 from bastion.settings import (
@@ -52,7 +53,7 @@ from bastion.store.sync import StoreSync
 from bastion.store.usage import Prices, UsageQueue
 from bastion.upstream.balancer import UpstreamSet
 from bastion.upstream.client import UpstreamPool
-from bastion.upstream.health import HealthChecker, Readiness
+from bastion.upstream.health import HealthChecker
 
 __all__ = ["Services", "authenticators", "build_endpoints", "build_gateway"]
 
@@ -109,12 +110,12 @@ class Services:
         pool: UpstreamPool,
         access_log: AccessLogWriter | None = None,
         store: Store | None = None,
-        engine_alive: Callable[[], bool] | None = None,
     ) -> None:
         self.pool = pool
         self.access_log = access_log
         self.store = store
-        self.engine_alive = engine_alive
+        self.draining = False
+        """Set by the server on SIGTERM or SIGINT: ``/ready`` answers 503 from then on."""
         self.upstreams = UpstreamSet(settings.upstream.ejection)
         self.health = HealthChecker(pool, self.upstreams, settings.upstream.health)
         self.api_keys = ApiKeyAuthenticator(keys)
@@ -171,6 +172,21 @@ class Services:
         if self._limiter is None:
             self._limiter = build_limiter(self._limits)
         return self._limiter
+
+    def store_state(self) -> str:
+        """``ok``, ``unreachable`` (store calls are failing) or ``off``."""
+        if self.store_calls is None:
+            return "off"
+        return "unreachable" if self.store_calls.outage.ongoing else "ok"
+
+    def limits_state(self) -> dict[str, str]:
+        """The limiter's backend, and whether it answers (Redis: what happens when not)."""
+        limits = self._limits
+        failing = bool(getattr(self._limiter, "failing", False))
+        state = {"backend": limits.backend, "state": "failing" if failing else "ok"}
+        if limits.backend == "redis":
+            state["on_backend_failure"] = limits.on_backend_failure
+        return state
 
     def htpasswd(self, settings: HtpasswdSettings) -> HtpasswdAuthenticator:
         """The htpasswd authenticator, kept (with its cache) while its settings stay."""
@@ -249,12 +265,7 @@ def build_gateway(
         service = AdminService(store, policy, Prices.of(settings.usage))
         admin = AdminApi(service, services.sync, reload, calls=services.store_calls)
     registry = ModelRegistry(models, services.upstreams, settings.upstream.health.path)
-    health = settings.upstream.health
-    readiness = Readiness(
-        (entry.balancer for entry in registry.entries()),
-        checked=health.enabled,
-        extra=services.engine_alive,
-    )
+    readiness = Readiness(registry, services, checked=settings.upstream.health.enabled)
     return Gateway(
         endpoints=build_endpoints(settings, admin=admin is not None),
         acceptor=Acceptor(settings.http),

@@ -137,8 +137,12 @@ class ServerSettings(_Model):
     state_dir: Path | None = None
     """Where Bastion keeps its own state (bootstrap admin key, assembled model files)."""
     tls: TlsSettings | None = None
+    drain_delay: float = Field(default=0.0, ge=0)
+    """On SIGTERM or SIGINT: ``/ready`` answers 503 at once, and the gateway goes on
+    accepting and serving for this long before it drains, so that load balancers and
+    Kubernetes' endpoints controller take it out first. A second signal ends the delay."""
     drain_timeout: float = Field(default=30.0, ge=0)
-    """On SIGTERM or SIGINT: stop accepting, let requests and streams in flight finish for
+    """After the drain delay: stop accepting, let requests and streams in flight finish for
     up to this long, then close what is left. Managed engines stop after the drain."""
 
 

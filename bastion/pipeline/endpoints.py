@@ -30,6 +30,8 @@ from urllib.parse import unquote_to_bytes
 
 __all__ = [
     "ADMIN_ENDPOINT",
+    "READY_ENDPOINT",
+    "READY_VERBOSE",
     "RESOURCE_ID",
     "BodyKind",
     "Endpoint",
@@ -122,9 +124,15 @@ ADMIN_ENDPOINT = Endpoint(
 METRICS_ENDPOINT = Endpoint("/bastion/metrics", _GET, EndpointKind.LOCAL, BodyKind.NONE, "metrics")
 """Bastion's own Prometheus metrics (vLLM's are ``/metrics``, a control endpoint)."""
 
+READY_ENDPOINT = Endpoint("/ready", _GET, EndpointKind.LOCAL, BodyKind.NONE, "health", public=True)
+
+READY_VERBOSE = Endpoint("/ready", _GET, EndpointKind.LOCAL, BodyKind.NONE, "metrics")
+"""``/ready?verbose``: never matched on its own; a verbose ``/ready`` becomes it, and so needs
+the ``metrics`` permission (it names the models, as the metrics do)."""
+
 DEFAULT_ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/health", _GET, EndpointKind.LOCAL, BodyKind.NONE, "health", public=True),
-    Endpoint("/ready", _GET, EndpointKind.LOCAL, BodyKind.NONE, "health", public=True),
+    READY_ENDPOINT,
     Endpoint("/v1/models", _GET, EndpointKind.LOCAL, BodyKind.NONE, "models"),
     METRICS_ENDPOINT,
     _inference("/v1/chat/completions", "chat"),

@@ -39,7 +39,6 @@ from bastion.errors import (
     InternalError,
     MethodNotAllowedError,
     NotFoundError,
-    ServiceUnavailableError,
     UpstreamError,
 )
 from bastion.observability.instruments import GatewayMetrics
@@ -50,9 +49,16 @@ from bastion.pipeline.admit import Admit
 from bastion.pipeline.authenticate import Authenticate
 from bastion.pipeline.authorize import Authorize
 from bastion.pipeline.context import RequestContext
-from bastion.pipeline.endpoints import Endpoint, EndpointKind, EndpointTable
+from bastion.pipeline.endpoints import (
+    READY_ENDPOINT,
+    READY_VERBOSE,
+    Endpoint,
+    EndpointKind,
+    EndpointTable,
+)
 from bastion.pipeline.forward import Forward
 from bastion.pipeline.ownership import Ownership
+from bastion.pipeline.readiness import DRAINING, READY, Readiness, verbose_asked
 from bastion.pipeline.responses import send_error, send_json, send_whole
 from bastion.pipeline.route import ModelEntry, ModelRegistry
 from bastion.policy.roles import Access
@@ -62,7 +68,6 @@ __all__ = ["Gateway"]
 
 log = logging.getLogger("bastion")
 
-ReadinessCheck = Callable[[], Awaitable[bool]]
 AdminHandler = Callable[[RequestContext], Awaitable[None]]
 """Answers a request on an admin route (the admin API, built by the layer above)."""
 
@@ -81,7 +86,7 @@ class Gateway:
         forward: Forward,
         account: Account,
         ownership: Ownership,
-        readiness: ReadinessCheck,
+        readiness: Readiness,
         admin: AdminHandler | None = None,
         admit: Admit | None = None,
         metrics: GatewayMetrics | None = None,
@@ -152,6 +157,8 @@ class Gateway:
         if endpoint is None:
             raise NotFoundError()
         ctx.endpoint = endpoint
+        if endpoint is READY_ENDPOINT and verbose_asked(ctx.scope.get("query_string", b"")):
+            endpoint = ctx.endpoint = READY_VERBOSE  # it names the models: a credential, then
         if endpoint.public:
             _check_method(ctx, endpoint)
             await self._answer_local(ctx)
@@ -259,9 +266,7 @@ class Gateway:
         if path == "/health":
             await send_json(ctx, 200, b'{"status":"ok"}')
         elif path == "/ready":
-            if not await self._readiness():
-                raise ServiceUnavailableError("Not ready.")
-            await send_json(ctx, 200, b'{"status":"ready"}')
+            await self._answer_ready(ctx, verbose=not ctx.endpoint.public)
         elif path == "/v1/models":
             await send_json(ctx, 200, self._models_listing(ctx))
         elif path == "/bastion/metrics" and self._metrics is not None:
@@ -269,6 +274,13 @@ class Gateway:
             await send_whole(ctx, 200, [(b"content-type", CONTENT_TYPE)], body)
         else:  # pragma: no cover - there is no other local endpoint
             raise NotFoundError()
+
+    async def _answer_ready(self, ctx: RequestContext, *, verbose: bool) -> None:
+        """200 while this process serves, 503 once it drains; whatever upstreams say."""
+        readiness = self._readiness
+        ready = readiness.ready
+        body = readiness.report() if verbose else READY if ready else DRAINING
+        await send_json(ctx, 200 if ready else 503, body)
 
 
 def _check_method(ctx: RequestContext, endpoint: Endpoint) -> None:

@@ -26,6 +26,7 @@ from bastion.app import Services, build_gateway
 from bastion.auth.apikeys import ApiKeyRecord
 from bastion.errors import BastionError
 from bastion.pipeline.gateway import Gateway
+from bastion.server import notify
 from bastion.settings import ModelSettings, Settings
 from bastion.types import Receive, Scope, Send
 
@@ -165,7 +166,12 @@ class Reloader:
         return ReloadReport(self.source, tuple(m.name for m in models), restart)
 
     def on_signal(self) -> None:
-        """SIGHUP: reload in the background and say in the log how it went."""
+        """SIGHUP: reload in the background and say in the log (and to systemd) how it
+        went. Ignored once the gateway drains: it is stopping."""
+        if self._services.draining:
+            log.warning("SIGHUP while draining: ignored")
+            return
+        notify.reloading()
         asyncio.get_running_loop().create_task(self._reload_logged(), name="bastion-reload")
 
     async def _reload_logged(self) -> None:
@@ -173,10 +179,13 @@ class Reloader:
             report = await self.reload()
         except BastionError as exc:
             log.error("configuration reload refused, the running one stays: %s", exc)
+            notify.ready("reload refused, the running configuration stays (see the log)")
             return
         except Exception:
             log.exception("configuration reload failed, the running one stays")
+            notify.ready("reload failed, the running configuration stays (see the log)")
             return
+        notify.ready(f"configuration reloaded: serving {', '.join(report.models)}")
         log.info(
             "configuration reloaded from %s: serving %s",
             report.source,

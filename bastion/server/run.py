@@ -12,7 +12,9 @@ import shlex
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Generator
+from types import FrameType
 from typing import TextIO
 
 import uvicorn
@@ -24,6 +26,7 @@ from bastion.errors import ConfigError
 from bastion.observability.access_log import AccessLogWriter, format_json, format_text
 from bastion.observability.listener import MetricsListener
 from bastion.observability.watches import watch_connections, watch_reloads
+from bastion.server import notify
 from bastion.server.protocol import ConnectionCounts, GuardedHttpToolsProtocol, protocol_class
 from bastion.server.reload import GatewaySwitch, Reloader
 from bastion.server.startup import Welcome, open_store, startup_keys
@@ -116,7 +119,6 @@ async def serve(
             settings,
             keys=keys,
             pool=pool,
-            engine_alive=engine.is_running if engine else None,
             access_log=AccessLogWriter(
                 sys.stderr.buffer,
                 format=format_json if settings.logging.format == "json" else format_text,
@@ -152,12 +154,17 @@ async def serve(
             await certificates.start()
         config = _uvicorn_config(settings, switch, _protocol(settings, services, certificates))
         config.load()
-        server = _Server(config)
-        log.info("Bastion listening on %s serving %s", url, ", ".join(m.name for m in models))
-        if welcome is not None:
-            _print_welcome(out, url, models[0].name, welcome)
-        if on_ready is not None:
-            on_ready(url)
+        serving = ", ".join(m.name for m in models)
+
+        def started() -> None:  # accepting, and SIGTERM handled: say so
+            log.info("Bastion listening on %s serving %s", url, serving)
+            notify.ready(f"serving {serving} on {url}")
+            if welcome is not None:
+                _print_welcome(out, url, models[0].name, welcome)
+            if on_ready is not None:
+                on_ready(url)
+
+        server = _Server(config, settings.server.drain_delay, _on_drain(services), started)
         _tune_gc()
         await server.serve(sockets=[sock])
     finally:
@@ -176,15 +183,70 @@ async def serve(
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, except that a SIGTERM or SIGINT ends :func:`serve` normally.
+    """uvicorn's server, with Bastion's own start (on_started) and stop (a drain delay).
+
+    ``on_started`` runs once it accepts connections and handles those signals. The first
+    SIGTERM or SIGINT calls ``on_drain`` (``/ready`` turns 503), and the server goes on
+    accepting and serving for ``drain_delay`` seconds, so that load balancers take the
+    gateway out before it stops listening; a second signal ends the delay. Then uvicorn
+    drains: it closes the listener and lets what is in flight finish.
 
     uvicorn re-raises the signal it caught once it has shut down, which kills the process
     before the caller's clean-up runs: the last access-log lines, audit events and last-used
     times would be lost and the store left unclosed. Bastion finishes its clean-up instead.
     """
 
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        drain_delay: float,
+        on_drain: Callable[[], None],
+        on_started: Callable[[], None],
+    ) -> None:
+        super().__init__(config)
+        self._drain_delay = drain_delay
+        self._on_drain = on_drain
+        self._on_started = on_started
+        self._drain_began: float | None = None  # monotonic time of the first signal
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler: flags only, and the rest scheduled on the loop (logging here
+        # could re-enter a stream the interrupted code was writing to).
+        if self._drain_began is None:
+            self._drain_began = time.monotonic()
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._draining, sig)
+            if self._drain_delay > 0:
+                self._captured_signals.append(sig)
+                return
+        elif not self.should_exit and self._loop is not None:
+            self._loop.call_soon_threadsafe(log.info, "second signal: drain delay cut short")
+        super().handle_exit(sig, frame)
+
+    def _draining(self, sig: int) -> None:
+        self._on_drain()
+        delay = self._drain_delay
+        name = signal.Signals(sig).name
+        if delay > 0 and not self.should_exit:
+            log.info("%s: not ready; still serving for %g s before draining", name, delay)
+        else:
+            log.info("%s: not ready; draining", name)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self._on_started()
+
+    async def on_tick(self, counter: int) -> bool:
+        began = self._drain_began
+        if began is not None and time.monotonic() - began >= self._drain_delay:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
+        self._loop = asyncio.get_running_loop()
         with super().capture_signals():
             try:
                 yield
@@ -194,6 +256,14 @@ class _Server(uvicorn.Server):
                     names = ", ".join(signal.Signals(n).name for n in captured)
                     log.info("stopping (%s): clean-up done by Bastion", names)
                     captured.clear()
+
+
+def _on_drain(services: Services) -> Callable[[], None]:
+    def drain() -> None:
+        services.draining = True
+        notify.stopping("draining: not ready, finishing what is in flight")
+
+    return drain
 
 
 def _tune_gc() -> None:

@@ -264,12 +264,13 @@ class Balancer:
         credit[best] -= total
         return self._members[best]
 
-    def any_available(self, *, checked: bool = False) -> bool:
-        """Could a request be served now? With ``checked``, only upstreams whose health
-        check has answered count."""
-        now = time.monotonic()
-        return any(
-            m.upstream.available(now) and (m.upstream.checked or not checked) for m in self._members
+    def count_available(self, now: float, *, checked: bool = False) -> int:
+        """How many members could take a request at ``now`` (monotonic)? With ``checked``,
+        only upstreams whose health check has answered count."""
+        return sum(
+            1
+            for m in self._members
+            if m.upstream.available(now) and (m.upstream.checked or not checked)
         )
 
     def _unavailable(self, now: float) -> NoUpstreamError:

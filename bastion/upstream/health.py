@@ -1,4 +1,4 @@
-"""Upstream health: active checks, and readiness (can every model be served?)."""
+"""Upstream health: active checks (the per-model view for operators is ``/ready?verbose``)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
 
 from bastion.errors import UpstreamError
 from bastion.settings import HealthCheckSettings
-from bastion.upstream.balancer import Balancer, Upstream, UpstreamSet
+from bastion.upstream.balancer import Upstream, UpstreamSet
 from bastion.upstream.client import UpstreamPool
-from bastion.upstream.origin import Origin
 
-__all__ = ["HealthChecker", "Readiness"]
+__all__ = ["HealthChecker"]
 
 log = logging.getLogger("bastion.upstream")
 
@@ -92,61 +90,3 @@ class HealthChecker:
         except (UpstreamError, TimeoutError):
             return False
         return response.status == 200
-
-
-class Readiness:
-    """Answers ``/ready``: at least one upstream of every model can take a request.
-
-    With active health checks on, that is what the checks last said; with them off, a TCP
-    connection to each upstream is tried, at most once per ``ttl`` seconds, so that
-    ``/ready`` (which needs no credential) cannot make the gateway hammer its upstreams.
-    """
-
-    def __init__(
-        self,
-        balancers: Iterable[Balancer],
-        *,
-        checked: bool,
-        timeout: float = 1.0,
-        ttl: float = 1.0,
-        extra: Callable[[], bool] | None = None,
-    ) -> None:
-        self._balancers = tuple(balancers)
-        self._checked = checked
-        self._timeout = timeout
-        self._ttl = ttl
-        self._extra = extra
-        self._checked_at = -1e9
-        self._ready = False
-        self._lock = asyncio.Lock()
-
-    async def __call__(self) -> bool:
-        if self._extra is not None and not self._extra():
-            return False
-        if self._checked:
-            return all(b.any_available(checked=True) for b in self._balancers)
-        if time.monotonic() - self._checked_at < self._ttl:
-            return self._ready
-        async with self._lock:
-            if time.monotonic() - self._checked_at >= self._ttl:
-                self._ready = await self._connect_all()
-                self._checked_at = time.monotonic()
-        return self._ready
-
-    async def _connect_all(self) -> bool:
-        models = [tuple(m.upstream.origin for m in b.members) for b in self._balancers]
-        distinct = list({origin for origins in models for origin in origins})
-        answers = await asyncio.gather(*map(self._reachable, distinct))
-        results = dict(zip(distinct, answers, strict=True))
-        return all(any(results[o] for o in origins) for origins in models)
-
-    async def _reachable(self, origin: Origin) -> bool:
-        try:
-            async with asyncio.timeout(self._timeout):
-                _, writer = await asyncio.open_connection(origin.host, origin.port)
-        except (OSError, TimeoutError):
-            return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True

@@ -252,11 +252,28 @@ def test_health_needs_no_credential_and_reveals_nothing(gateway: GatewayProcess)
     assert answer.endswith(b'{"status":"ok"}')
 
 
-def test_ready_reports_upstreams_reachable(gateway: GatewayProcess) -> None:
-    # one of the configured models (down-model) has no reachable upstream
+def test_ready_is_about_the_gateway_not_one_models_upstreams(gateway: GatewayProcess) -> None:
+    # one of the configured models (down-model) has no reachable upstream: the gateway still
+    # serves the others, so it stays in its load balancer
     answer = raw_request(gateway, b"GET /ready HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
-    assert status_of(answer) == 503
-    assert b"127.0.0.1" not in answer
+    assert status_of(answer) == 200
+    assert answer.endswith(b'{"status":"ready"}')
+
+
+def test_verbose_ready_needs_a_credential_and_shows_no_address(
+    gateway: GatewayProcess, keys: Keys
+) -> None:
+    head = b"GET /ready?verbose HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+    anonymous = raw_request(gateway, head + b"\r\n")
+    assert status_of(anonymous) == 401
+    assert b"down-model" not in anonymous
+    user = raw_request(gateway, head + f"Authorization: Bearer {keys.user}\r\n\r\n".encode())
+    assert status_of(user) == 403  # the metrics permission is needed
+    admin = raw_request(gateway, head + f"Authorization: Bearer {keys.admin}\r\n\r\n".encode())
+    assert status_of(admin) == 200
+    body = admin.split(b"\r\n\r\n", 1)[1]
+    assert b'"down-model":{"healthy":0,"total":1}' in body
+    assert b"127.0.0.1" not in body
 
 
 def test_models_are_listed_from_the_config(

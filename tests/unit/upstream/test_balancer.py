@@ -653,38 +653,41 @@ def test_an_unhealthy_upstream_is_not_available_even_when_due_for_a_trial() -> N
     assert not up.available(up.ejected_until + 1.0)
 
 
-# -- any_available ----------------------------------------------------------------------------
+# -- count_available --------------------------------------------------------------------------
 
 
-def test_any_available_without_checked_counts_unchecked_upstreams(clock: Clock) -> None:
+def test_count_available_without_checked_counts_unchecked_upstreams(clock: Clock) -> None:
     a, b = upstream(8001), upstream(8002)
     bal = balancer(a, b)
-    assert bal.any_available()
-    assert not bal.any_available(checked=True)
+    assert bal.count_available(clock.now) == 2
+    assert bal.count_available(clock.now, checked=True) == 0
 
 
-def test_any_available_checked_needs_a_checked_available_upstream(clock: Clock) -> None:
+def test_count_available_checked_counts_checked_available_upstreams(clock: Clock) -> None:
     a, b = upstream(8001), upstream(8002)
     bal = balancer(a, b)
     a.check_failed(1)
-    assert bal.any_available()  # b has not been checked but may take requests
-    assert not bal.any_available(checked=True)
+    assert bal.count_available(clock.now) == 1  # b has not been checked but may take requests
+    assert bal.count_available(clock.now, checked=True) == 0
     b.check_passed(1)
-    assert bal.any_available(checked=True)
+    assert bal.count_available(clock.now, checked=True) == 1
+    a.check_passed(1)
+    assert bal.count_available(clock.now, checked=True) == 2
     eject(b, clock.now)
-    assert not bal.any_available(checked=True)
-    assert not bal.any_available()
+    assert bal.count_available(clock.now, checked=True) == 1
+    assert bal.count_available(clock.now) == 1
     clock.advance(5.0)  # due for a trial
-    assert bal.any_available(checked=True)
+    assert bal.count_available(clock.now, checked=True) == 2
 
 
-def test_any_available_ignores_weight_zero_members(clock: Clock) -> None:
+def test_count_available_ignores_weight_zero_members(clock: Clock) -> None:
     drained, a = upstream(8000), upstream(8001)
     bal = balancer(drained, a, weights=(0, 1))
     drained.check_passed(1)
     a.check_failed(1)
-    assert not bal.any_available()
-    assert not bal.any_available(checked=True)
+    assert bal.count_available(clock.now) == 0
+    assert bal.count_available(clock.now, checked=True) == 0
+    assert len(bal.members) == 1
 
 
 # -- the set of upstreams ---------------------------------------------------------------------

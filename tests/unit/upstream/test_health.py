@@ -1,4 +1,4 @@
-"""Active health checks and readiness against a tiny real HTTP server on 127.0.0.1, port 0.
+"""Active health checks against a tiny real HTTP server on 127.0.0.1, port 0.
 
 Rounds of checks are driven by calling ``check_all`` directly; only the background task's
 tests let it run on its own, and they poll for what it did rather than sleep.
@@ -9,17 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
 
 from bastion.settings import EjectionSettings, HealthCheckSettings, UpstreamClientSettings
-from bastion.upstream import health as health_module
-from bastion.upstream.balancer import Balancer, Upstream, UpstreamSet, Weighted
+from bastion.upstream.balancer import Upstream, UpstreamSet
 from bastion.upstream.client import UpstreamPool
-from bastion.upstream.health import HealthChecker, Readiness
+from bastion.upstream.health import HealthChecker
 from bastion.upstream.origin import Origin
 
 TASK_NAME = "bastion-health-checks"
@@ -133,10 +131,6 @@ def add(
     authorization: bytes | None = None,
 ) -> Upstream:
     return upstreams.get(origin, health_path=health_path, authorization=authorization)
-
-
-def balancer(*ups: Upstream) -> Balancer:
-    return Balancer(Weighted(u, 1, None, True) for u in ups)
 
 
 def health_tasks() -> list[asyncio.Task[object]]:
@@ -346,94 +340,3 @@ async def test_disabled_checks_never_start_a_task(server: HealthServer, pool: Up
     await asyncio.sleep(0)
     assert server.seen == []
     await checker.stop()
-
-
-# -- Readiness --------------------------------------------------------------------------------
-
-
-async def test_checked_readiness_follows_the_balancers() -> None:
-    upstreams = UpstreamSet(EjectionSettings())
-    a = add(upstreams, Origin.from_url("http://127.0.0.1:8001"))
-    b = add(upstreams, Origin.from_url("http://127.0.0.1:8002"))
-    c = add(upstreams, Origin.from_url("http://127.0.0.1:8003"))
-    ready = Readiness([balancer(a, b), balancer(c)], checked=True)
-    assert not await ready()  # nothing has answered a check yet
-    a.check_passed(1)
-    assert not await ready()  # the second model has no checked upstream
-    c.check_passed(1)
-    assert await ready()
-    a.check_failed(1)
-    assert not await ready()
-    b.check_passed(1)
-    assert await ready()
-    now = time.monotonic()  # the balancer's clock
-    for _ in range(c.ejection.failures):
-        c.begin(now)
-        c.failed(now, 0)
-    assert c.ejected
-    assert not await ready()
-
-
-async def test_extra_condition_must_hold_too() -> None:
-    upstreams = UpstreamSet(EjectionSettings())
-    up = add(upstreams, Origin.from_url("http://127.0.0.1:8001"))
-    up.check_passed(1)
-    extra = [False]
-    ready = Readiness([balancer(up)], checked=True, extra=lambda: extra[0])
-    assert not await ready()
-    extra[0] = True
-    assert await ready()
-
-
-async def test_unchecked_readiness_connects(server: HealthServer) -> None:
-    upstreams = UpstreamSet(EjectionSettings())
-    up = add(upstreams, server.origin)
-    up.check_failed(1)  # what checks say does not matter without them
-    ready = Readiness([balancer(up)], checked=False, ttl=0.0)
-    assert await ready()
-    assert server.seen == []  # a TCP connection only, no request
-
-
-async def test_unchecked_readiness_on_a_closed_port_is_false() -> None:
-    upstreams = UpstreamSet(EjectionSettings())
-    up = add(upstreams, Origin.from_url(f"http://127.0.0.1:{closed_port()}"))
-    ready = Readiness([balancer(up)], checked=False, ttl=0.0, timeout=1.0)
-    assert not await ready()
-
-
-async def test_unchecked_readiness_needs_one_reachable_upstream_per_model(
-    server: HealthServer,
-) -> None:
-    upstreams = UpstreamSet(EjectionSettings())
-    up = add(upstreams, server.origin)
-    down = add(upstreams, Origin.from_url(f"http://127.0.0.1:{closed_port()}"))
-    assert await Readiness([balancer(up, down)], checked=False, ttl=0.0)()
-    assert not await Readiness([balancer(up, down), balancer(down)], checked=False, ttl=0.0)()
-
-
-async def test_unchecked_readiness_is_remembered_for_its_ttl(
-    server: HealthServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    class Clock:
-        now = 100.0
-
-        def monotonic(self) -> float:
-            return self.now
-
-    clock = Clock()
-    monkeypatch.setattr(health_module, "time", clock)
-    upstreams = UpstreamSet(EjectionSettings())
-    up = add(upstreams, server.origin)
-    ready = Readiness([balancer(up)], checked=False, ttl=5.0)
-    assert await ready()
-    await server.close()
-    clock.now += 4.9
-    assert await ready()  # not asked again within the ttl
-    clock.now += 0.1
-    assert not await ready()
-
-
-async def test_unchecked_readiness_with_extra() -> None:
-    ready = Readiness([], checked=False, extra=lambda: False)
-    assert not await ready()
-    assert await Readiness([], checked=False, extra=lambda: True)()
