@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path, nargs="?", help="YAML config file (default: none)")
     check.add_argument("--host", help="as serve's --host")
     check.add_argument("--port", type=int, help="as serve's --port")
+    config_commands.add_parser(
+        "schema",
+        help="print the config file's JSON Schema (for editors)",
+        description="Print the JSON Schema (draft 2020-12) of the config file; "
+        "docs/configuration.md says how to point an editor at it.",
+    )
 
     probe = commands.add_parser(
         "probe",
@@ -186,6 +192,13 @@ def _shown(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _config_schema() -> int:
+    from bastion.schema import config_schema
+
+    sys.stdout.write(json.dumps(config_schema(), indent=2, ensure_ascii=False) + "\n")
+    return 0
+
+
 def _keys_generate(args: argparse.Namespace) -> int:
     key = generate_key()
     digest = hash_key(key)
@@ -232,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "config" and args.config_command == "schema":
+            return _config_schema()
         if args.command == "config":
             return _config_check(args)
         if args.command == "probe":

@@ -165,3 +165,10 @@ def test_config_check_refuses_an_unknown_variable(
     assert captured.out == ""
     message = "BASTION_LIMITS__PER_KEY__RPM: no setting limits.per_key.rpm"
     assert captured.err == f"bastion: error: {message}\n"
+
+
+def test_config_schema_prints_the_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    from bastion.schema import config_schema
+
+    assert main(["config", "schema"]) == 0
+    assert json.loads(capsys.readouterr().out) == config_schema()
