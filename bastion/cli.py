@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ from bastion.admin.cli import add_commands, run_command
 from bastion.auth.apikeys import display_prefix, generate_key, hash_key
 from bastion.errors import BastionError, ConfigError
 from bastion.policy.policy import Policy
-from bastion.settings import Secret, Settings, load_settings
+from bastion.settings import Secret, Settings
+from bastion.sources import KeyPath, Sourced, dotted, load_sourced
 
 __all__ = ["main"]
 
@@ -36,8 +39,24 @@ def _parser() -> argparse.ArgumentParser:
 
     config = commands.add_parser("config", help="work with config files")
     config_commands = config.add_subparsers(dest="config_command", required=True)
-    check = config_commands.add_parser("check", help="validate a config and print it, masked")
-    check.add_argument("file", type=Path)
+    check = config_commands.add_parser(
+        "check",
+        help="validate a config and print it, masked, with where each value came from",
+        description="Validate the configuration serve would run with (the file, BASTION_* "
+        "environment variables and the flags given here), read every secret it names, and "
+        "print the settings given with their origins, then the whole effective configuration "
+        "(secrets masked).",
+        epilog="exit status: 0 valid; 2 invalid (the error names the setting and its origin)",
+    )
+    check.add_argument("file", type=Path, nargs="?", help="YAML config file (default: none)")
+    check.add_argument("--host", help="as serve's --host")
+    check.add_argument("--port", type=int, help="as serve's --port")
+    config_commands.add_parser(
+        "schema",
+        help="print the config file's JSON Schema (for editors)",
+        description="Print the JSON Schema (draft 2020-12) of the config file; "
+        "docs/configuration.md says how to point an editor at it.",
+    )
 
     probe = commands.add_parser(
         "probe",
@@ -67,29 +86,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _with_overrides(settings: Settings, host: str | None, port: int | None) -> Settings:
-    server: dict[str, Any] = {}
+def _flags(host: str | None, port: int | None) -> dict[str, tuple[KeyPath, Any]]:
+    flags: dict[str, tuple[KeyPath, Any]] = {}
     if host is not None:
-        server["host"] = host
+        flags["--host"] = (("server", "host"), host)
     if port is not None:
-        server["port"] = port
-    if not server:
-        return settings
-    data = settings.model_dump(mode="python", exclude_unset=True)
-    data["server"] = {**data.get("server", {}), **server}
-    return Settings.model_validate(data)
+        flags["--port"] = (("server", "port"), port)
+    return flags
 
 
 def _serve(args: argparse.Namespace) -> int:
     from bastion.server.run import run
 
-    def load() -> Settings:
-        return _with_overrides(load_settings(args.config), args.host, args.port)
+    flags = _flags(args.host, args.port)
 
-    settings = load()
+    def load() -> Sourced:
+        # the environment is read again at each reload, as at start
+        return load_sourced(args.config, os.environ, flags)
+
+    sourced = load()
     with contextlib.suppress(KeyboardInterrupt):
-        run(settings, load=load, source=str(args.config or "built-in defaults"))
+        run(sourced.settings, load=lambda: load().settings, source=sourced.description)
     return 0
+
+
+_URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/:@]*):[^/@]*@")
 
 
 def _masked(value: Any) -> Any:
@@ -99,6 +120,8 @@ def _masked(value: Any) -> Any:
         return {k: ("sha256:***" if k == "hash" else _masked(v)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_masked(v) for v in value]
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1:***@", value)  # postgresql://user:***@host/db
     return value
 
 
@@ -122,12 +145,57 @@ def _check_secrets(settings: Settings) -> None:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    settings = load_settings(args.file)
+    sourced = load_sourced(args.file, os.environ, _flags(args.host, args.port))
+    settings = sourced.settings
     _check_secrets(settings)
     Policy(settings)  # roles, permissions and networks named in the file must exist
     effective = _masked(settings.model_dump(mode="json", exclude_none=True))
-    sys.stdout.write(f"# {args.file}: valid\n")
+    sys.stdout.write(f"# {sourced.description}: valid\n")
+    sys.stdout.write(_origins(sourced))
     sys.stdout.write(yaml.safe_dump(effective, sort_keys=False))
+    return 0
+
+
+def _origins(sourced: Sourced) -> str:
+    """Comment lines: each setting given, its value (masked) and where it came from; then
+    how many were left at their defaults."""
+    settings = sourced.settings
+    given = list(_leaves(_masked(settings.model_dump(mode="json", exclude_unset=True))))
+    total = len(list(_leaves(_masked(settings.model_dump(mode="json")))))
+    rows = [
+        (dotted(path), _shown(value), str(sourced.origin_of(path) or "unknown"))
+        for path, value in given
+    ]
+    defaults = max(total - len(rows), 0)
+    head = f"# {len(rows)} setting{'s' if len(rows) != 1 else ''} given"
+    lines = [f"{head}, {defaults} at {'their defaults' if defaults != 1 else 'its default'}:"]
+    width = max((len(r[0]) for r in rows), default=0)
+    value_width = min(max((len(r[1]) for r in rows), default=0), 32)
+    lines += [f"#   {p:<{width}}  {v:<{value_width}}  {o}" for p, v, o in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _leaves(value: Any, at: KeyPath = ()) -> Iterator[tuple[KeyPath, Any]]:
+    """Each setting in a dump: a section's keys and a list of sections' entries are
+    followed; a list of values, an empty section or a masked secret is one setting."""
+    if isinstance(value, dict) and (value or not at):
+        for key, item in value.items():
+            yield from _leaves(item, (*at, key))
+    elif isinstance(value, list) and any(isinstance(v, dict) for v in value):
+        for index, item in enumerate(value):
+            yield from _leaves(item, (*at, index))
+    else:
+        yield at, value
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _config_schema() -> int:
+    from bastion.schema import config_schema
+
+    sys.stdout.write(json.dumps(config_schema(), indent=2, ensure_ascii=False) + "\n")
     return 0
 
 
@@ -177,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "config" and args.config_command == "schema":
+            return _config_schema()
         if args.command == "config":
             return _config_check(args)
         if args.command == "probe":

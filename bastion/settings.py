@@ -1,5 +1,6 @@
-"""The one settings object: loaded from YAML, validated, frozen; unknown keys are rejected.
+"""The one settings object: validated, frozen; unknown keys are rejected.
 
+``bastion.sources`` reads it from the YAML file and ``BASTION_*`` environment variables.
 Configuration flows from here through constructors; nothing below reads the environment,
 except :class:`Secret` resolution, which happens once, at load time.
 """
@@ -7,11 +8,11 @@ except :class:`Secret` resolution, which happens once, at load time.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -54,7 +55,7 @@ __all__ = [
     "UpstreamTarget",
     "UsageSettings",
     "default_state_dir",
-    "load_settings",
+    "parse_settings",
 ]
 
 MiB = 1024 * 1024
@@ -757,19 +758,38 @@ def default_state_dir() -> Path:
     return Path(base) / "bastion"
 
 
-def _describe(error: ValidationError) -> str:
+_MESSAGES = {
+    "extra_forbidden": "unknown setting",
+    "tuple_type": "should be a list",
+    "dict_type": "should be a mapping",
+    "model_type": "should be a mapping",
+}
+"""Pydantic's words for what a YAML file (or a JSON value) calls otherwise."""
+
+
+def _describe(error: ValidationError, origin: Callable[[tuple[int | str, ...]], str] | None) -> str:
     lines = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown setting"
-        lines.append(f"{where}: {message}")
+        message = _MESSAGES.get(item["type"], item["msg"])
+        if item["type"] == "model_type" and item.get("ctx", {}).get("class_name") == "Secret":
+            message = "should be a secret: {env: NAME}, {file: PATH} or {value: ...}"
+        line = f"{where}: {message}"
+        lines.append(line if origin is None else f"{origin(item['loc'])}: {line}")
     return "; ".join(lines)
 
 
-def parse_settings(data: Any, source: str = "config") -> Settings:
-    """Validate a mapping (as read from YAML) into :class:`Settings`."""
+def parse_settings(
+    data: Any,
+    source: str = "config",
+    *,
+    origin: Callable[[tuple[int | str, ...]], str] | None = None,
+) -> Settings:
+    """Validate a mapping (as read from YAML) into :class:`Settings`.
+
+    An error names ``source``, or, with ``origin``, what ``origin`` says of each bad
+    setting's location (``bastion.yaml:12``, ``BASTION_SERVER__PORT``); ``bastion.sources``
+    reads the file and the environment."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -777,19 +797,5 @@ def parse_settings(data: Any, source: str = "config") -> Settings:
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {_describe(exc)}") from None
-
-
-def load_settings(path: Path | None) -> Settings:
-    """Read and validate a YAML config file; ``None`` gives the defaults."""
-    if path is None:
-        return Settings()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_settings(data, str(path))
+        described = _describe(exc, origin)
+        raise ConfigError(described if origin else f"{source}: {described}") from None

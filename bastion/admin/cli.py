@@ -39,7 +39,8 @@ from bastion.admin.service import AdminService, Caller
 from bastion.admin.shapes import ListOf
 from bastion.errors import BadRequestError, ConfigError, RemoteError
 from bastion.policy.policy import Policy
-from bastion.settings import Settings, load_settings
+from bastion.settings import Settings
+from bastion.sources import load_settings
 from bastion.state import StateDir
 from bastion.store.store import Store, database_url
 from bastion.store.usage import Prices
@@ -410,7 +411,7 @@ def run_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
 def _backend(args: argparse.Namespace) -> _Local | _Remote:
     url = args.url or os.environ.get("BASTION_URL")
     if url is None:
-        return _Local(load_settings(args.config))
+        return _Local(load_settings(args.config, os.environ))
     if args.key_file is not None:
         try:
             key = args.key_file.read_text(encoding="utf-8").strip()

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from bastion.errors import ConfigError, EngineError
 from bastion.settings import EngineSettings
+from bastion.sources import PREFIX
 
 __all__ = [
     "EngineStartError",
@@ -141,9 +142,10 @@ def build_environment(
     vLLM reads ``VLLM_API_KEY``. llama_cpp.server reads all its settings from the environment
     (pydantic-settings, names matched without regard to case) and lets ``HOST``, ``PORT`` and
     ``CONFIG_FILE`` override its command line, so inherited ones are replaced or removed: a
-    ``HOST=0.0.0.0`` in the gateway's environment must not publish the engine.
+    ``HOST=0.0.0.0`` in the gateway's environment must not publish the engine. ``BASTION_*``
+    variables are the gateway's settings (a database URL, upstream keys): the engine gets none.
     """
-    environment = dict(base)
+    environment = {k: v for k, v in base.items() if not k.upper().startswith(PREFIX)}
     if settings.kind == "vllm":
         environment["VLLM_API_KEY"] = api_key
     else:

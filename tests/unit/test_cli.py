@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,72 @@ def test_config_check_resolves_the_store_and_redis_secrets(
     )
     assert main(["config", "check", str(path)]) == 0
     assert "hunter2" not in capsys.readouterr().out
+
+
+def _comments(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("#")]
+
+
+def test_config_check_says_where_each_value_came_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "bastion.yaml"
+    written = ["server:", "  host: 10.0.0.1", "models:", "  - name: m", "    upstreams:"]
+    path.write_text("\n".join([*written, "      - url: http://h:1", ""]))
+    monkeypatch.setenv("BASTION_SERVER__PORT", "8081")
+    monkeypatch.setenv("BASTION_MODELS__0__UPSTREAMS__0__API_KEY", "sk-env-secret")
+    monkeypatch.setenv("BASTION_STORE__URL", "postgresql://bastion:db-password@db/bastion")
+    assert main(["config", "check", str(path), "--host", "0.0.0.0"]) == 0
+    out = capsys.readouterr().out
+    assert "sk-env-secret" not in out
+    assert "db-password" not in out
+    lines = _comments(out)
+    assert lines[0] == f"# {path} and 3 BASTION_* variables: valid"
+    rows = {line.split()[1]: line.split()[2:] for line in lines[2:]}
+    assert rows == {
+        "server.host": ["0.0.0.0", "flag", "--host"],
+        "server.port": ["8081", "env", "BASTION_SERVER__PORT"],
+        "models.0.name": ["m", "file", f"{path}:4"],
+        "models.0.upstreams.0.url": ["http://h:1", "file", f"{path}:6"],
+        "models.0.upstreams.0.api_key": ["***", "env", "BASTION_MODELS__0__UPSTREAMS__0__API_KEY"],
+        "store.url": ["postgresql://bastion:***@db/bastion", "env", "BASTION_STORE__URL"],
+    }
+    given, defaults = (int(n) for n in re.findall(r"\d+", lines[1]))
+    assert given == 6
+    assert lines[1] == f"# 6 settings given, {defaults} at their defaults:"
+    assert defaults > 90
+    effective = yaml.safe_load(out)  # still the effective configuration, as YAML
+    assert effective["server"] == {"host": "0.0.0.0", "port": 8081, "drain_timeout": 30.0}
+    assert effective["store"]["url"] == "postgresql://bastion:***@db/bastion"
+
+
+def test_config_check_without_a_file_checks_the_environment(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["config", "check"]) == 0
+    out = capsys.readouterr().out
+    assert _comments(out)[:2][0] == "# built-in defaults: valid"
+    assert _comments(out)[1].startswith("# 0 settings given, ")
+    monkeypatch.setenv("BASTION_ENGINE__KIND", "none")
+    assert main(["config", "check"]) == 0
+    lines = _comments(capsys.readouterr().out)
+    assert lines[0] == "# the environment (1 BASTION_* variable): valid"
+    assert lines[2].split() == ["#", "engine.kind", "none", "env", "BASTION_ENGINE__KIND"]
+
+
+def test_config_check_refuses_an_unknown_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BASTION_LIMITS__PER_KEY__RPM", "60")
+    assert main(["config", "check"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    message = "BASTION_LIMITS__PER_KEY__RPM: no setting limits.per_key.rpm"
+    assert captured.err == f"bastion: error: {message}\n"
+
+
+def test_config_schema_prints_the_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    from bastion.schema import config_schema
+
+    assert main(["config", "schema"]) == 0
+    assert json.loads(capsys.readouterr().out) == config_schema()

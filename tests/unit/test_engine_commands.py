@@ -100,6 +100,20 @@ def test_llama_environment_cannot_be_overridden_by_inherited_variables() -> None
     assert base["HOST"] == "0.0.0.0"  # the caller's mapping is left alone
 
 
+@pytest.mark.parametrize("kind", ["llama_cpp", "vllm"])
+def test_the_engine_gets_none_of_the_gateways_settings(kind: str) -> None:
+    base = {
+        "PATH": "/bin",
+        "BASTION_STORE__URL": "postgresql://bastion:db-password@db/bastion",
+        "bastion_models__0__upstreams__0__api_key": "sk-upstream",
+        "BASTION_API_KEY": "bst_admin",
+    }
+    settings = EngineSettings(kind=kind, model="m")  # type: ignore[arg-type]
+    environment = build_environment(settings, api_key=KEY, port=1, base=base)
+    assert [n for n in environment if n.upper().startswith("BASTION_")] == []
+    assert environment["PATH"] == "/bin"
+
+
 def test_kind_none_has_no_command() -> None:
     with pytest.raises(ConfigError, match=r"engine\.kind"):
         build_command(EngineSettings(kind="none"), python="python", model_path="m", port=1)

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from bastion.errors import ConfigError
-from bastion.settings import Secret, load_settings, parse_settings
+from bastion.settings import Secret, parse_settings
+from bastion.sources import load_settings
 
 GOOD_HASH = "sha256:" + "ab" * 32
 
