@@ -138,7 +138,9 @@ def test_config_check_says_where_each_value_came_from(
     assert lines[1] == f"# 6 settings given, {defaults} at their defaults:"
     assert defaults > 90
     effective = yaml.safe_load(out)  # still the effective configuration, as YAML
-    assert effective["server"] == {"host": "0.0.0.0", "port": 8081, "drain_timeout": 30.0}
+    assert effective["server"]["host"] == "0.0.0.0"
+    assert effective["server"]["port"] == 8081
+    assert effective["server"]["drain_timeout"] == 30.0
     assert effective["store"]["url"] == "postgresql://bastion:***@db/bastion"
 
 
