@@ -53,7 +53,6 @@ GEN_AI_OPERATIONS: Mapping[str, str] = MappingProxyType(
 )
 """``gen_ai.operation.name`` of the routes that are generative AI operations (the conventions'
 well-known values; the Responses API is ``chat``). Other routes have no ``gen_ai_*`` series."""
-_OPERATIONS = dict(GEN_AI_OPERATIONS)  # a plain dict: the lookup is made per request
 
 # Bucket boundaries the GenAI semantic conventions recommend for each instrument.
 REQUEST_DURATION_BUCKETS: tuple[float, ...] = (
@@ -82,6 +81,18 @@ _GEN_AI = (
 )
 
 
+class _Series:
+    """The label values of one operation on one model, made once (not per request)."""
+
+    __slots__ = ("base", "input", "ok", "output")
+
+    def __init__(self, base: tuple[str, str, str, str]) -> None:
+        self.base = base
+        self.ok = (*base, "")
+        self.input = (*base, "input")
+        self.output = (*base, "output")
+
+
 class GatewayMetrics:
     """Every metric of one gateway process; survives configuration reloads.
 
@@ -93,9 +104,11 @@ class GatewayMetrics:
         self._teams_on = settings.team_label
         self._max_teams = settings.max_teams
         self._teams: set[str] = set()
-        self._models: dict[str, tuple[str, str]] = {}
-        """Each configured model -> (its name, the name its upstreams know it by)."""
+        self._models: frozenset[str] = frozenset()
         self._provider = provider
+        self._gen_ai: dict[str, dict[str, _Series]] = {}
+        """route -> model -> its GenAI label values; the model ``""`` stands for any model
+        that is not configured."""
         self._available: Callable[[], LabeledValues] = lambda: ()
         team = ("team",) if self._teams_on else ()
         self._requests = r.counter(
@@ -173,7 +186,15 @@ class GatewayMetrics:
         ``gen_ai_response_model``); ``available`` counts, at scrape time, the upstreams of
         each model that can take a request (``((model,), count)`` pairs)."""
         renamed = served or {}
-        self._models = {name: (name, renamed.get(name, name)) for name in names}
+        self._models = frozenset(names)
+        provider = self._provider
+        self._gen_ai = {
+            route: {
+                name: _Series((operation, provider, name, renamed.get(name, name)))
+                for name in (*self._models, "")
+            }
+            for route, operation in GEN_AI_OPERATIONS.items()
+        }
         if available is not None:
             self._available = available
 
@@ -193,8 +214,7 @@ class GatewayMetrics:
         (prompt, completion) tokens when usage was read, ``stream_ttfb`` the time to the
         first byte of a streamed response, ``error`` the gateway's error code when the
         request ended in one."""
-        known = self._models.get(model or "")
-        label = "-" if known is None else known[0]
+        label = model if model is not None and model in self._models else "-"
         code = _CODES.get(status // 100, "none")
         self._duration.observe((route, label, code), seconds)
         team = self._team(teams) if self._teams_on else None
@@ -207,18 +227,21 @@ class GatewayMetrics:
             else:
                 self._tokens.inc((label, "input", team), prompt)
                 self._tokens.inc((label, "output", team), completion)
-        operation = _OPERATIONS.get(route)
-        if operation is not None:
-            # A model that is not configured is no gen_ai_request_model at all (empty).
-            base = (operation, self._provider, *(known or ("", "")))
-            if error is None and status >= 400:
-                error = str(status)  # the upstream's own error answer, or 499: the caller left
-            self._operations.observe((*base, error or ""), seconds)
-            self._generation(base, status, seconds, tokens, stream_ttfb, content_events)
+        by_model = self._gen_ai.get(route)
+        if by_model is not None:
+            series = by_model.get(model or "") or by_model[""]
+            if error is not None:
+                key = (*series.base, error)
+            elif status >= 400:  # the upstream's own error answer, or 499: the caller left
+                key = (*series.base, str(status))
+            else:
+                key = series.ok
+            self._operations.observe(key, seconds)
+            self._generation(series, status, seconds, tokens, stream_ttfb, content_events)
 
     def _generation(
         self,
-        base: tuple[str, str, str, str],
+        series: _Series,
         status: int,
         seconds: float,
         tokens: tuple[int, int] | None,
@@ -230,14 +253,14 @@ class GatewayMetrics:
         if tokens is not None:
             prompt, completion = tokens
             if prompt:
-                self._usage.observe((*base, "input"), prompt)
+                self._usage.observe(series.input, prompt)
             if completion:
-                self._usage.observe((*base, "output"), completion)
+                self._usage.observe(series.output, completion)
         if stream_ttfb is not None and status == 200:
-            self._ttft.observe(base, stream_ttfb)
+            self._ttft.observe(series.base, stream_ttfb)
             generated = completion or content_events
             if generated > 1:
-                self._tpot.observe(base, max(0.0, seconds - stream_ttfb) / (generated - 1))
+                self._tpot.observe(series.base, max(0.0, seconds - stream_ttfb) / (generated - 1))
 
     def set_draining(self, draining: bool) -> None:
         """Whether the gateway is draining (``bastion_draining``): set when a shutdown
