@@ -22,7 +22,7 @@ from bastion.auth.apikeys import generate_key, hash_key
 from tests.integration.conftest import UPSTREAM_KEY, closed_port
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import Keys, base_config, running_gateway
-from tests.support.monitoring import names_read
+from tests.support.monitoring import names_read, promtool
 from tests.support.tls import server_files
 
 KEYS = Keys()
@@ -189,3 +189,8 @@ def test_the_certificate_expiry_and_draining_are_exported(scraped: Scrape) -> No
     ((_, expiry),) = scraped.values("bastion_tls_certificate_expiry_timestamp_seconds")
     assert expiry == scraped.certificate_expiry
     assert scraped.values("bastion_draining") == [({}, 0.0)]
+
+
+def test_the_scrape_passes_promtools_lint(scraped: Scrape) -> None:
+    done = promtool("check", "metrics", stdin=scraped.text)
+    assert done.returncode == 0, done.stdout + done.stderr

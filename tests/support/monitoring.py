@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,21 @@ _KEYWORDS = frozenset(
     {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "inf", "nan"}
 )
 _LABEL_VALUES = re.compile(r"^\s*label_values\((.*),\s*\w+\s*\)\s*$", re.DOTALL)
+
+
+def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run Prometheus's ``promtool`` in deploy/prometheus/."""
+    found = shutil.which("promtool")
+    assert found, "promtool is missing: scripts/setup --test installs it (Debian: prometheus)"
+    return subprocess.run(
+        [found, *args],
+        cwd=RULES.parent,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def metric_names(expr: str) -> set[str]:

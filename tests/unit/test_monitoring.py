@@ -7,8 +7,6 @@ gateway in tests/integration/test_monitoring.py.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from typing import Any
 
 import pytest
@@ -21,19 +19,12 @@ from tests.support.monitoring import (
     dashboard_expressions,
     metric_names,
     panels,
+    promtool,
     rule_expressions,
     rules,
 )
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-
-
-def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    found = shutil.which("promtool")
-    assert found, "promtool is missing: scripts/setup --test installs it (Debian: prometheus)"
-    return subprocess.run(
-        [found, *args], cwd=RULES.parent, capture_output=True, text=True, timeout=60
-    )
 
 
 # -- alert rules ------------------------------------------------------------------------------
