@@ -106,7 +106,7 @@ class GatewayMetrics:
         self._teams: set[str] = set()
         self._models: frozenset[str] = frozenset()
         self._provider = provider
-        self._gen_ai: dict[str, dict[str, _Series]] = {}
+        self._gen_ai: dict[str, dict[str, _Series]]
         """route -> model -> its GenAI label values; the model ``""`` stands for any model
         that is not configured."""
         self._available: Callable[[], LabeledValues] = lambda: ()
@@ -172,6 +172,7 @@ class GatewayMetrics:
             ("model",),
             lambda: self._available(),
         )
+        self.set_models(())
 
     # -- the request path ---------------------------------------------------------------
 

@@ -353,6 +353,12 @@ def test_an_operation_on_a_model_that_is_not_configured_names_no_model() -> None
     }
 
 
+def test_operations_are_counted_before_the_models_are_known() -> None:
+    metrics = GatewayMetrics(MetricsSettings())
+    record(metrics, context())
+    assert histogram_counts(metrics, OPERATIONS) == {gen_ai("", error_type=""): 1.0}
+
+
 def test_token_usage_is_a_histogram_per_operation_and_type() -> None:
     metrics = gateway_metrics()
     record(metrics, context(usage=(12, 34)))
