@@ -146,7 +146,11 @@ class Services:
             self.store_calls,
         )
         """Who owns each stored response (shared with the other replicas through the store)."""
-        self.metrics = GatewayMetrics(settings.metrics) if settings.metrics.enabled else None
+        self.metrics = (
+            GatewayMetrics(settings.metrics, _provider(settings))
+            if settings.metrics.enabled
+            else None
+        )
         self._limits = settings.limits
         self._limiter: Limiter | None = None
         self._guard: tuple[BruteForceSettings, FailureGuard] | None = None
@@ -221,7 +225,12 @@ class Services:
     def adopt(self, gateway: Gateway) -> None:
         """``gateway`` now serves: label its models, check only its upstreams."""
         if self.metrics is not None:
-            self.metrics.set_models(gateway.models.names)
+            entries = gateway.models.entries()
+            self.metrics.set_models(
+                [e.name for e in entries],
+                {e.name: e.upstream_model for e in entries if e.upstream_model},
+                lambda: [((e.name,), e.balancer.available_count()) for e in entries],
+            )
         self.upstreams.retain(gateway.models.origins())
 
     async def start(self) -> None:
@@ -245,6 +254,12 @@ class Services:
             self.store_calls.close()
         if self._limiter is not None:
             await self._limiter.aclose()
+
+
+def _provider(settings: Settings) -> str:
+    """The ``gen_ai.provider.name`` of the metrics: the managed engine's kind, or vLLM, which
+    Bastion's upstreams are (the value is not one of the conventions' well-known ones)."""
+    return settings.engine.kind if settings.uses_engine else "vllm"
 
 
 def build_gateway(

@@ -39,8 +39,6 @@ from typing import TypeVar
 __all__ = [
     "CONTENT_TYPE",
     "DEFAULT_BUCKETS",
-    "TOKEN_LATENCY_BUCKETS",
-    "TTFT_BUCKETS",
     "Counter",
     "CounterFunction",
     "Gauge",
@@ -56,18 +54,6 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 )  # fmt: skip
 """Request latency in seconds: from a cached answer to a long generation."""
-
-TOKEN_LATENCY_BUCKETS: tuple[float, ...] = (
-    0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075,
-    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5,
-)  # fmt: skip
-"""Time per output token in seconds."""
-
-TTFT_BUCKETS: tuple[float, ...] = (
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
-    1.0, 1.5, 2.5, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0,
-)  # fmt: skip
-"""Time to first token in seconds (queueing and prefill)."""
 
 Labels = tuple[str, ...]
 LabeledValues = Iterable[tuple[Labels, float]]

@@ -14,7 +14,7 @@ from typing import Protocol
 from bastion.observability.instruments import GatewayMetrics
 from bastion.upstream.balancer import UpstreamSet
 
-__all__ = ["watch_connections", "watch_reloads", "watch_services"]
+__all__ = ["watch_certificate", "watch_connections", "watch_reloads", "watch_services"]
 
 
 class Dropping(Protocol):
@@ -172,6 +172,22 @@ def watch_connections(metrics: GatewayMetrics, connections: Connecting) -> None:
         "bastion_write_timeouts_total",
         "Connections dropped because the caller read nothing for http.write_timeout.",
         lambda: connections.write_timeouts,
+    )
+
+
+class Certified(Protocol):
+    @property
+    def not_after(self) -> float:
+        """When the certificate in use expires (Unix time)."""
+
+
+def watch_certificate(metrics: GatewayMetrics, certificates: Certified) -> None:
+    """Register when the gateway's TLS certificate expires (it moves when the files are
+    reloaded)."""
+    metrics.watch_gauge(
+        "bastion_tls_certificate_expiry_timestamp_seconds",
+        "When the TLS certificate the gateway serves expires, in seconds since the epoch.",
+        lambda: certificates.not_after,
     )
 
 

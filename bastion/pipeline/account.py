@@ -68,6 +68,7 @@ class Account:
                 tokens,
                 ctx.time_to_first_byte if ctx.response_sse else None,
                 meter.content_events if meter is not None else 0,
+                None if error is None else error.code or type(error).__name__,
             )
         writer = self._writer
         if writer is None:

@@ -25,7 +25,7 @@ from bastion.auth.apikeys import ApiKeyRecord
 from bastion.errors import ConfigError
 from bastion.observability.access_log import AccessLogWriter, format_json, format_text
 from bastion.observability.listener import MetricsListener
-from bastion.observability.watches import watch_connections, watch_reloads
+from bastion.observability.watches import watch_certificate, watch_connections, watch_reloads
 from bastion.server import notify
 from bastion.server.protocol import ConnectionCounts, GuardedHttpToolsProtocol, protocol_class
 from bastion.server.reload import GatewaySwitch, Reloader
@@ -151,6 +151,8 @@ async def serve(
         url = _url(sock, https=tls is not None)
         if tls is not None:
             certificates = CertificateReloader(tls)
+            if services.metrics is not None:
+                watch_certificate(services.metrics, certificates)
             await certificates.start()
         config = _uvicorn_config(settings, switch, _protocol(settings, services, certificates))
         config.load()
@@ -261,6 +263,8 @@ class _Server(uvicorn.Server):
 def _on_drain(services: Services) -> Callable[[], None]:
     def drain() -> None:
         services.draining = True
+        if services.metrics is not None:
+            services.metrics.set_draining(True)
         notify.stopping("draining: not ready, finishing what is in flight")
 
     return drain

@@ -190,6 +190,8 @@ class CertificateReloader:
         self._task: asyncio.Task[None] | None = None
         self.reloads = 0
         """How many times new files were put in use."""
+        self.not_after = leaf.not_valid_after_utc.timestamp()
+        """When the certificate in use expires (Unix time)."""
         log.info("TLS certificate in use: %s", _describe(leaf))
 
     def _select(
@@ -223,6 +225,7 @@ class CertificateReloader:
         self._loaded = seen
         self._failure = None
         self.reloads += 1
+        self.not_after = leaf.not_valid_after_utc.timestamp()
         log.info("TLS certificate reloaded: now serving %s", _describe(leaf))
         if leaf.not_valid_after_utc <= datetime.now(UTC):
             log.warning("the TLS certificate in %s has expired", self._settings.certificate)

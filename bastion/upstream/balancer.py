@@ -273,6 +273,11 @@ class Balancer:
             if m.upstream.available(now) and (m.upstream.checked or not checked)
         )
 
+    def available_count(self) -> int:
+        """How many members could take a request now (a metric, read at scrape time)."""
+        now = time.monotonic()
+        return sum(1 for m in self._members if m.upstream.available(now))
+
     def _unavailable(self, now: float) -> NoUpstreamError:
         waits = [m.upstream.retry_after(now) for m in self._members if m.upstream.healthy]
         wait = max(1, math.ceil(min(waits))) if waits else 5

@@ -106,7 +106,12 @@ def test_tokens_and_stream_timings(scraped: tuple[GatewayProcess, str, int]) -> 
     assert (
         samples[("bastion_tokens_total", _labels(model="test-model", type="output"))] == 3 * 3 + 3
     )
-    ttft = _labels(model="test-model")
+    ttft = _labels(
+        gen_ai_operation_name="chat",
+        gen_ai_provider_name="vllm",
+        gen_ai_request_model="test-model",
+        gen_ai_response_model="test-model",
+    )
     assert samples[("gen_ai_server_time_to_first_token_seconds_count", ttft)] == 1  # the stream
     assert samples[("gen_ai_server_time_per_output_token_seconds_count", ttft)] == 1
     assert samples[("gen_ai_server_time_to_first_token_seconds_sum", ttft)] > 0

@@ -80,6 +80,14 @@ def _status(url: str, key: str | None = None) -> int:
         return error.code
 
 
+def _metrics(url: str, key: str) -> str:
+    request = urllib.request.Request(
+        url + "/bastion/metrics", headers={"Authorization": f"Bearer {key}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return str(response.read().decode())
+
+
 def _open_stream(gateway: GatewayProcess, key: str) -> tuple[socket.socket, bytes]:
     """A chat stream that has received its first event (the upstream then holds it)."""
     stream = socket.create_connection(gateway.host_port, timeout=10)
@@ -147,6 +155,7 @@ def test_sigterm_turns_ready_off_and_serves_on_for_the_drain_delay(
             assert _status(gateway.url + "/health") == 200
             assert _status(gateway.url + "/v1/models", keys.user) == 200
             assert _chat(gateway.url, keys.user) == 200
+            assert "\nbastion_draining 1.0\n" in _metrics(gateway.url, keys.admin)
             gateway.proc.send_signal(signal.SIGHUP)  # stopping: a reload would undo nothing
             gateway.wait_for_log("SIGHUP while draining: ignored")
             assert time.monotonic() - signalled < 3.5, "too slow to check within the delay"

@@ -7,14 +7,18 @@ import asyncio
 import logging
 import ssl
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import trustme
+from prometheus_client.parser import text_string_to_metric_families
 
 from bastion.errors import ConfigError
+from bastion.observability.instruments import GatewayMetrics
+from bastion.observability.watches import watch_certificate
 from bastion.server.tls import CertificateReloader, server_context
-from bastion.settings import TlsSettings
+from bastion.settings import MetricsSettings, TlsSettings
 from tests.support.tls import client_context, common_name, handshake, negotiated, write_leaf
 
 
@@ -178,6 +182,32 @@ def test_changed_files_are_served_to_new_handshakes(
         served_name(reloader, ca)
     assert not reloader.check()
     assert reloader.reloads == 1
+
+
+def test_the_expiry_of_the_certificate_in_use_is_a_metric(
+    served: tuple[trustme.CA, TlsSettings],
+) -> None:
+    ca, settings = served
+    first = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
+    write_leaf(ca.issue_cert("127.0.0.1", not_after=first), settings.certificate, settings.key)
+    reloader = CertificateReloader(settings)
+    metrics = GatewayMetrics(MetricsSettings())
+    watch_certificate(metrics, reloader)
+    name = "bastion_tls_certificate_expiry_timestamp_seconds"
+
+    def expiry() -> float:
+        return next(
+            s.value
+            for f in text_string_to_metric_families(metrics.render().decode())
+            for s in f.samples
+            if s.name == name
+        )
+
+    assert expiry() == first.timestamp()
+    renewed = datetime(2032, 1, 2, 3, 4, 5, tzinfo=UTC)
+    write_leaf(ca.issue_cert("127.0.0.1", not_after=renewed), settings.certificate, settings.key)
+    assert reloader.check()
+    assert expiry() == renewed.timestamp()
 
 
 def test_files_that_cannot_be_loaded_keep_the_old_certificate_until_fixed(

@@ -14,10 +14,16 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from bastion.auth.identity import Identity
-from bastion.errors import ConfigError
-from bastion.observability.instruments import GatewayMetrics
+from bastion.errors import ConfigError, GatewayError, RateLimitError, UpstreamConnectError
+from bastion.observability.instruments import (
+    REQUEST_DURATION_BUCKETS,
+    TOKEN_BUCKETS,
+    TPOT_BUCKETS,
+    TTFT_BUCKETS,
+    GatewayMetrics,
+)
 from bastion.observability.listener import MetricsListener
-from bastion.observability.metrics import CONTENT_TYPE, TOKEN_LATENCY_BUCKETS, TTFT_BUCKETS
+from bastion.observability.metrics import CONTENT_TYPE
 from bastion.pipeline.account import Account
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.endpoints import DEFAULT_ENDPOINTS
@@ -32,6 +38,8 @@ EMBEDDINGS = "/v1/embeddings"
 MODELS = ("llama", "qwen")
 TTFT = "gen_ai_server_time_to_first_token_seconds"
 TPOT = "gen_ai_server_time_per_output_token_seconds"
+OPERATIONS = "gen_ai_server_request_duration_seconds"
+USAGE = "gen_ai_client_token_usage"
 WAIT = 5.0
 
 # Names that identify a caller: none may ever be a label value.
@@ -62,6 +70,7 @@ def context(
     ttfb: float | None = None,
     elapsed: float | None = None,
     who: Identity | None = None,
+    error: GatewayError | None = None,
 ) -> RequestContext:
     """A finished request as ``account`` sees it."""
     scope = {"type": "http", "method": "POST", "path": path or "/nowhere", "headers": []}
@@ -75,6 +84,7 @@ def context(
     ctx.response_sse = sse
     ctx.time_to_first_byte = ttfb
     ctx.identity = who
+    ctx.error = error
     if elapsed is not None:
         ctx.started = time.perf_counter() - elapsed
     return ctx
@@ -107,6 +117,19 @@ def values(metrics: GatewayMetrics, family: str, sample: str | None = None) -> d
 
 def labels(**pairs: str) -> frozenset[tuple[str, str]]:
     return frozenset(pairs.items())
+
+
+def gen_ai(
+    model: str = "llama", operation: str = "chat", served: str | None = None, **more: str
+) -> frozenset[tuple[str, str]]:
+    """The labels of a GenAI series: the semantic conventions' attributes."""
+    return labels(
+        gen_ai_operation_name=operation,
+        gen_ai_provider_name="vllm",
+        gen_ai_request_model=model,
+        gen_ai_response_model=model if served is None else served,
+        **more,
+    )
 
 
 def histogram_counts(metrics: GatewayMetrics, family: str) -> dict[Any, float]:
@@ -236,15 +259,15 @@ def test_time_to_first_token_and_per_output_token_for_a_streamed_200() -> None:
     fams = families(metrics)
     assert fams[TTFT].type == "histogram"
     assert fams[TPOT].type == "histogram"
-    assert histogram_counts(metrics, TTFT) == {labels(model="llama"): 1.0}
-    assert values(metrics, TTFT, TTFT + "_sum") == {labels(model="llama"): 0.5}
-    assert histogram_counts(metrics, TPOT) == {labels(model="llama"): 1.0}
+    assert histogram_counts(metrics, TTFT) == {gen_ai(): 1.0}
+    assert values(metrics, TTFT, TTFT + "_sum") == {gen_ai(): 0.5}
+    assert histogram_counts(metrics, TPOT) == {gen_ai(): 1.0}
     (tpot,) = values(metrics, TPOT, TPOT + "_sum").values()
     assert tpot == pytest.approx((2.0 - 0.5) / 3, abs=0.05)  # 4 tokens, 3 gaps
     buckets = {s.labels["le"] for s in fams[TTFT].samples if s.name == TTFT + "_bucket"}
     assert len(buckets) == len(TTFT_BUCKETS) + 1
     buckets = {s.labels["le"] for s in fams[TPOT].samples if s.name == TPOT + "_bucket"}
-    assert len(buckets) == len(TOKEN_LATENCY_BUCKETS) + 1
+    assert len(buckets) == len(TPOT_BUCKETS) + 1
 
 
 def test_time_per_output_token_counts_content_events_without_usage() -> None:
@@ -277,15 +300,167 @@ def test_no_generation_timings_unless_a_streamed_200(ctx: RequestContext) -> Non
 def test_a_single_output_token_has_no_time_per_token() -> None:
     metrics = gateway_metrics()
     record(metrics, context(sse=True, ttfb=0.3, elapsed=0.5, usage=(5, 1)))
-    assert histogram_counts(metrics, TTFT) == {labels(model="llama"): 1.0}
+    assert histogram_counts(metrics, TTFT) == {gen_ai(): 1.0}
     assert histogram_counts(metrics, TPOT) == {}
 
 
-def test_generation_timings_of_an_unknown_model_are_a_dash() -> None:
+def test_generation_timings_of_an_unknown_model_name_no_model() -> None:
     metrics = gateway_metrics()
     record(metrics, context(model="free-text", sse=True, ttfb=0.1, elapsed=0.4, usage=(1, 4)))
-    assert histogram_counts(metrics, TTFT) == {labels(model="-"): 1.0}
-    assert histogram_counts(metrics, TPOT) == {labels(model="-"): 1.0}
+    assert histogram_counts(metrics, TTFT) == {gen_ai(""): 1.0}
+    assert histogram_counts(metrics, TPOT) == {gen_ai(""): 1.0}
+
+
+# -- generative AI operations under the OpenTelemetry semantic conventions ---------------------
+
+
+def test_generative_operations_are_timed_with_their_error_type() -> None:
+    metrics = gateway_metrics()
+    record(metrics, context(status=200, elapsed=0.3))
+    record(metrics, context(status=429, error=RateLimitError("slow down")))
+    record(metrics, context(status=502, error=UpstreamConnectError()))
+    record(metrics, context(status=400))  # the upstream's own refusal, relayed
+    gone = context(status=200)
+    gone.client_disconnected = True
+    record(metrics, gone)
+    record(metrics, context("/v1/messages"))
+    record(metrics, context("/v1/responses"))
+    record(metrics, context("/v1/completions", model="qwen"))
+    record(metrics, context(EMBEDDINGS, model="qwen"))
+    for other in ("/v1/models", "/tokenize", "/v1/audio/transcriptions", None):
+        record(metrics, context(other))  # not a generative operation: no gen_ai series
+    assert histogram_counts(metrics, OPERATIONS) == {
+        gen_ai(error_type=""): 3.0,
+        gen_ai(error_type="rate_limit_exceeded"): 1.0,
+        gen_ai(error_type="upstream_unreachable"): 1.0,
+        gen_ai(error_type="400"): 1.0,
+        gen_ai(error_type="499"): 1.0,
+        gen_ai("qwen", "text_completion", error_type=""): 1.0,
+        gen_ai("qwen", "embeddings", error_type=""): 1.0,
+    }
+    sums = values(metrics, OPERATIONS, OPERATIONS + "_sum")
+    assert sums[gen_ai(error_type="")] == pytest.approx(0.3, abs=0.05)
+    assert sum(values(metrics, "bastion_requests").values()) == 13  # every route still counts
+
+
+def test_an_operation_on_a_model_that_is_not_configured_names_no_model() -> None:
+    metrics = gateway_metrics()
+    record(metrics, context(model="gpt-4o-mini-from-the-caller", status=404))
+    record(metrics, context(model=None, status=401))
+    assert histogram_counts(metrics, OPERATIONS) == {
+        gen_ai("", error_type="404"): 1.0,
+        gen_ai("", error_type="401"): 1.0,
+    }
+
+
+def test_operations_are_counted_before_the_models_are_known() -> None:
+    metrics = GatewayMetrics(MetricsSettings())
+    record(metrics, context())
+    assert histogram_counts(metrics, OPERATIONS) == {gen_ai("", error_type=""): 1.0}
+
+
+def test_token_usage_is_a_histogram_per_operation_and_type() -> None:
+    metrics = gateway_metrics()
+    record(metrics, context(usage=(12, 34)))
+    record(metrics, context(usage=(3, 5)))
+    record(metrics, context(EMBEDDINGS, model="qwen", usage=(100, 0)))  # no output tokens
+    fams = families(metrics)
+    assert fams[USAGE].type == "histogram"
+    assert histogram_counts(metrics, USAGE) == {
+        gen_ai(gen_ai_token_type="input"): 2.0,
+        gen_ai(gen_ai_token_type="output"): 2.0,
+        gen_ai("qwen", "embeddings", gen_ai_token_type="input"): 1.0,
+    }
+    assert values(metrics, USAGE, USAGE + "_sum") == {
+        gen_ai(gen_ai_token_type="input"): 15.0,
+        gen_ai(gen_ai_token_type="output"): 39.0,
+        gen_ai("qwen", "embeddings", gen_ai_token_type="input"): 100.0,
+    }
+    output = {
+        s.labels["le"]: s.value
+        for s in fams[USAGE].samples
+        if s.name == USAGE + "_bucket" and s.labels["gen_ai_token_type"] == "output"
+    }
+    assert (output["4.0"], output["16.0"], output["64.0"], output["+Inf"]) == (0, 1, 2, 2)
+
+
+def test_no_team_label_on_the_generative_series() -> None:
+    metrics = gateway_metrics(team_label=True)
+    record(metrics, context(who=identity(0, "red"), usage=(1, 2), sse=True, ttfb=0.1))
+    for family in (OPERATIONS, USAGE, TTFT):
+        for key in histogram_counts(metrics, family):
+            assert "team" not in dict(key)
+    assert {dict(k)["team"] for k in values(metrics, "bastion_tokens")} == {"red"}
+
+
+def test_the_response_model_is_the_name_the_upstreams_know() -> None:
+    metrics = GatewayMetrics(MetricsSettings(), provider="llama_cpp")
+    metrics.set_models(MODELS, {"llama": "meta-llama/Llama-3.1-8B-Instruct"})
+    record(metrics, context(status=200))
+    record(metrics, context(model="qwen"))
+    (first, second) = histogram_counts(metrics, OPERATIONS)
+    assert dict(first) == {
+        "gen_ai_operation_name": "chat",
+        "gen_ai_provider_name": "llama_cpp",
+        "gen_ai_request_model": "llama",
+        "gen_ai_response_model": "meta-llama/Llama-3.1-8B-Instruct",
+        "error_type": "",
+    }
+    assert dict(second)["gen_ai_response_model"] == "qwen"
+
+
+def test_bucket_boundaries_are_those_of_the_semantic_conventions() -> None:
+    assert REQUEST_DURATION_BUCKETS == (
+        0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+    )  # fmt: skip
+    assert TTFT_BUCKETS == (
+        0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    )  # fmt: skip
+    assert TPOT_BUCKETS == (
+        0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+    )  # fmt: skip
+    assert TOKEN_BUCKETS == (
+        1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216,
+        67108864,
+    )  # fmt: skip
+    metrics = gateway_metrics()
+    record(metrics, context(usage=(1, 1), sse=True, ttfb=0.1, elapsed=0.2))
+    fams = families(metrics)
+    for family, bounds in (
+        (OPERATIONS, REQUEST_DURATION_BUCKETS),
+        (TTFT, TTFT_BUCKETS),
+        (USAGE, TOKEN_BUCKETS),
+    ):
+        rendered = [s.labels["le"] for s in fams[family].samples if s.name == family + "_bucket"]
+        assert rendered[: len(bounds) + 1] == [repr(float(b)) for b in bounds] + ["+Inf"]
+
+
+# -- the gateway's own state ------------------------------------------------------------------
+
+
+def test_draining_is_a_gauge_at_0_until_set() -> None:
+    metrics = gateway_metrics()
+    assert families(metrics)["bastion_draining"].type == "gauge"
+    assert values(metrics, "bastion_draining") == {labels(): 0.0}
+    metrics.set_draining(True)
+    assert values(metrics, "bastion_draining") == {labels(): 1.0}
+    metrics.set_draining(False)
+    assert values(metrics, "bastion_draining") == {labels(): 0.0}
+
+
+def test_available_upstreams_per_model_are_read_at_each_scrape() -> None:
+    metrics = gateway_metrics()
+    assert values(metrics, "bastion_model_upstreams_available") == {}
+    counts = {"llama": 2, "qwen": 0}
+    metrics.set_models(MODELS, available=lambda: [((m,), n) for m, n in counts.items()])
+    assert values(metrics, "bastion_model_upstreams_available") == {
+        labels(model="llama"): 2.0,
+        labels(model="qwen"): 0.0,
+    }
+    counts["qwen"] = 1
+    assert values(metrics, "bastion_model_upstreams_available")[labels(model="qwen")] == 1.0
+    metrics.set_models(["mistral"], available=lambda: [(("mistral",), 3)])  # a reload
+    assert values(metrics, "bastion_model_upstreams_available") == {labels(model="mistral"): 3.0}
 
 
 # -- teams ------------------------------------------------------------------------------------

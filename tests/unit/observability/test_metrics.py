@@ -12,8 +12,6 @@ from prometheus_client.samples import Sample
 from bastion.observability.metrics import (
     CONTENT_TYPE,
     DEFAULT_BUCKETS,
-    TOKEN_LATENCY_BUCKETS,
-    TTFT_BUCKETS,
     Registry,
 )
 
@@ -227,14 +225,10 @@ def test_bad_buckets_are_refused(buckets: tuple[float, ...]) -> None:
         Registry().histogram("bastion_z_seconds", "Z.", buckets=buckets)
 
 
-def test_bucket_constants_increase_and_span_their_ranges() -> None:
-    for buckets in (DEFAULT_BUCKETS, TOKEN_LATENCY_BUCKETS, TTFT_BUCKETS):
-        assert list(buckets) == sorted(set(buckets))
+def test_default_buckets_span_a_cached_answer_to_a_long_generation() -> None:
     assert DEFAULT_BUCKETS == (
         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
     )  # fmt: skip
-    assert (TOKEN_LATENCY_BUCKETS[0], TOKEN_LATENCY_BUCKETS[-1]) == (0.001, 2.5)
-    assert (TTFT_BUCKETS[0], TTFT_BUCKETS[-1]) == (0.01, 60.0)
 
 
 # -- gauge functions --------------------------------------------------------------------------

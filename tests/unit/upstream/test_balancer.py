@@ -266,6 +266,21 @@ def test_a_single_member_that_is_down_raises_no_upstream(clock: Clock) -> None:
     assert retry_after(caught.value) == 5
 
 
+def test_available_count_leaves_out_unhealthy_ejected_and_unweighted_members(
+    clock: Clock,
+) -> None:
+    a, b, c, idle = upstream(8001), upstream(8002), upstream(8003), upstream(8004)
+    bal = balancer(a, b, c, idle, weights=(1, 1, 1, 0))
+    assert bal.available_count() == 3  # weight 0 takes no request
+    b.check_failed(1)
+    eject(c, clock.now)
+    assert bal.available_count() == 1
+    clock.advance(EJECTION.duration)
+    assert bal.available_count() == 2  # c is due for a trial request
+    b.check_passed(1)
+    assert bal.available_count() == 3
+
+
 @pytest.mark.parametrize(
     ("elapsed", "expected"),
     [(0.0, 5), (0.6, 5), (1.0, 4), (1.4, 4), (3.0, 2), (4.0, 1), (4.7, 1), (4.99, 1)],
