@@ -7,21 +7,23 @@ rotated key's secret appears once, in the response that created it.
 
 Every operation is declared once, in :data:`OPERATIONS` (see :mod:`bastion.admin.operations`):
 its method and path, its parameters, its answer and its handler. The CLI performs the same
-operations by building the same requests, sent to a gateway or handed to :meth:`AdminApi.handle`
-in-process.
+operations by building the same requests, sent to a gateway (:mod:`bastion.admin.client`) or
+handed to :meth:`AdminApi.handle` in-process; the API's OpenAPI document is made from the same
+table (:func:`description`, served as ``GET /admin/v1/openapi.json``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from bastion.admin import shapes
+from bastion.admin import openapi, shapes
 from bastion.admin.operations import (
     PREFIX,
     Choice,
@@ -56,7 +58,7 @@ from bastion.store.store import KINDS
 from bastion.store.sync import StoreSync
 from bastion.store.usage import GROUPS, UsageQuery
 
-__all__ = ["OPERATIONS", "PREFIX", "ROUTER", "AdminApi", "Call"]
+__all__ = ["OPERATIONS", "PREFIX", "ROUTER", "AdminApi", "Call", "description"]
 
 _NO_STORE = ((b"cache-control", b"no-store"),)
 
@@ -179,6 +181,10 @@ async def _reload_config(call: Call) -> dict[str, Any]:
     return report.public()
 
 
+async def _openapi(call: Call) -> dict[str, Any]:
+    return description()
+
+
 # -- the table -----------------------------------------------------------------------------------
 
 _NAME = Text(128)
@@ -245,7 +251,7 @@ OPERATIONS: tuple[Operation[Call], ...] = (
         params=(
             query("user", _NAME, doc="only this user's keys"),
             query("include_revoked", Flag(), default=False, doc="revoked keys too"),
-        ), returns=shapes.ListOf[shapes.Key]),
+        ), returns=shapes.ListOf[shapes.Key], errors=(404,)),
     _Op("keys.create", "POST", "/keys", _create_key, "Issue a key to a user (shown once)",
         params=(
             body("user", _NAME, required=True),
@@ -255,7 +261,7 @@ OPERATIONS: tuple[Operation[Call], ...] = (
             body("networks", Strings(), doc="only from these networks (CIDR)"),
             body("expires_at", _TIME, doc="a Unix time"),
             body("expires_in", Number(0, _LAST_TIME), doc="seconds from now"),
-        ), returns=shapes.IssuedKey, status=201, writes=True),
+        ), returns=shapes.IssuedKey, status=201, errors=(404,), writes=True),
     _Op("keys.show", "GET", "/keys/{id}",
         lambda c: c.service.key(c.args["id"]).public(time.time()),
         "One key, with when it was last used", params=(_KEY,), returns=shapes.Key),
@@ -286,11 +292,20 @@ OPERATIONS: tuple[Operation[Call], ...] = (
             query("model", Text(200)),
         ), returns=shapes.ListOf[shapes.UsageRow]),
     _Op("reload", "POST", "/reload", _reload_config, "Re-read the config file and apply it",
-        returns=shapes.Reloaded, blocking=False),
+        returns=shapes.Reloaded, errors=(404, 422), blocking=False),
+    _Op("openapi", "GET", "/openapi.json", _openapi,
+        "This API described: its OpenAPI 3.1 document", returns=shapes.OpenApiDocument,
+        blocking=False),
 )
 # fmt: on
 
 ROUTER = Router(OPERATIONS)
+
+
+@functools.cache
+def description() -> dict[str, Any]:
+    """The OpenAPI document of :data:`OPERATIONS` (made once; treat it as read-only)."""
+    return openapi.document(OPERATIONS)
 
 
 class AdminApi:
