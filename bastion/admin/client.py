@@ -31,12 +31,11 @@ __all__ = ["AdminClient", "Answer"]
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """An admin API response: its status, ``content-type``, ``cache-control`` and parsed JSON
-    body (an error, too, is JSON: ``{"error": {...}}``)."""
+    """An admin API response: its status, headers (names in lower case) and parsed JSON body
+    (an error, too, is JSON: ``{"error": {...}}``)."""
 
     status: int
-    content_type: str
-    cache_control: str
+    headers: dict[str, str]
     body: Any
 
 
@@ -86,7 +85,7 @@ def _answer(status: int, reason: str, headers: Any, content: bytes) -> Answer:
         body = json.loads(content or b"null")
     except ValueError:  # not Bastion's answer: a proxy's error page, say
         raise RemoteError(f"{status}: {reason}") from None
-    return Answer(status, headers.get("content-type", ""), headers.get("cache-control", ""), body)
+    return Answer(status, {name.lower(): value for name, value in headers.items()}, body)
 
 
 def _message(answer: Answer) -> str:
