@@ -54,7 +54,7 @@ from bastion.pipeline.context import RequestContext
 from bastion.pipeline.responses import send_json
 from bastion.store.calls import StoreCalls
 from bastion.store.records import Actor, AuditQuery, StoredKey
-from bastion.store.store import KINDS
+from bastion.store.store import KINDS, NAME_PATTERN, NAME_RULE
 from bastion.store.sync import StoreSync
 from bastion.store.usage import GROUPS, UsageQuery
 
@@ -188,6 +188,7 @@ async def _openapi(call: Call) -> dict[str, Any]:
 # -- the table -----------------------------------------------------------------------------------
 
 _NAME = Text(128)
+_NEW_NAME = Text(128, NAME_PATTERN, NAME_RULE)
 _ROLE = Text(64)
 _DESCRIPTION = Text(500)
 _KEY_ID = Text(64)
@@ -208,7 +209,7 @@ OPERATIONS: tuple[Operation[Call], ...] = (
         "All users and service accounts", returns=shapes.ListOf[shapes.User]),
     _Op("users.create", "POST", "/users", _create_user, "Create a user or service account",
         params=(
-            body("name", _NAME, required=True),
+            body("name", _NEW_NAME, required=True),
             body("role", _ROLE, default="user"),
             body("kind", Choice(KINDS), default="user", doc="user (a person) or service"),
             body("description", _DESCRIPTION, default=""),
@@ -233,7 +234,9 @@ OPERATIONS: tuple[Operation[Call], ...] = (
             c.caller, c.args["name"], description=c.args["description"]
         ).public(),
         "Create a team",
-        params=(body("name", _NAME, required=True), body("description", _DESCRIPTION, default="")),
+        params=(
+            body("name", _NEW_NAME, required=True), body("description", _DESCRIPTION, default="")
+        ),
         returns=shapes.Team, status=201, writes=True),
     _Op("teams.show", "GET", "/teams/{name}", lambda c: c.service.team(c.args["name"]).public(),
         "One team", params=(_TEAM_NAME,), returns=shapes.Team),
@@ -255,7 +258,7 @@ OPERATIONS: tuple[Operation[Call], ...] = (
     _Op("keys.create", "POST", "/keys", _create_key, "Issue a key to a user (shown once)",
         params=(
             body("user", _NAME, required=True),
-            body("name", _NAME, default="default"),
+            body("name", _NEW_NAME, default="default"),
             body("models", Strings(), doc="only these models (names or globs)"),
             body("routes", Strings(), doc="only these permissions"),
             body("networks", Strings(), doc="only from these networks (CIDR)"),

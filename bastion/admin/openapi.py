@@ -223,6 +223,8 @@ def _parameter(param: Param) -> dict[str, Any]:
         schema["default"] = _json_default(param)
     described: dict[str, Any] = {"name": param.name, "in": param.where}
     described["required"] = param.required
+    if param.where == "query":
+        described["allowEmptyValue"] = True  # given empty, it is not given: the default applies
     if param.doc:
         described["description"] = param.doc
     described["schema"] = schema

@@ -104,12 +104,20 @@ def _text(value: Any, name: str, max_length: int) -> str:
 @dataclass(frozen=True, slots=True)
 class Text(Kind):
     max_length: int
+    pattern: str | None = None
+    """A regular expression the whole text must match (one Python and JSON Schema read alike)."""
+    rule: str = ""
+    """The pattern in words, for the refusal."""
 
     def from_json(self, value: Any, name: str) -> str:
-        return _text(value, name, self.max_length)
+        text = _text(value, name, self.max_length)
+        if self.pattern is not None and re.fullmatch(self.pattern, text) is None:
+            raise BadRequestError(f"'{name}' is {self.rule}.", param=name)
+        return text
 
     def schema(self) -> dict[str, Any]:
-        return {"type": "string", "maxLength": self.max_length, "pattern": _NO_NUL}
+        pattern = _NO_NUL if self.pattern is None else f"^(?:{self.pattern})$"
+        return {"type": "string", "maxLength": self.max_length, "pattern": pattern}
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,10 @@ import yaml
 
 from bastion.admin.api import OPERATIONS, ROUTER, description
 from bastion.admin.client import AdminClient, Answer
+from bastion.admin.openapi import render
 from bastion.admin.operations import REFUSALS, Request
+from bastion.cli import main
+from bastion.errors import RemoteError
 from tests.support.admin import STORES
 from tests.support.clients import openai_client
 from tests.support.databases import reset_postgres
@@ -92,10 +95,23 @@ def test_the_gateway_serves_the_generated_document(setup: Setup, check: Conforma
     assert json.loads(committed.read_text()) == served
 
 
+def test_bastion_openapi_prints_what_a_gateway_serves(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BASTION_API_KEY", KEYS.admin)
+    assert main(["openapi", "--url", setup.gateway.url]) == 0
+    assert capsys.readouterr().out == render(description())
+    monkeypatch.setenv("BASTION_API_KEY", KEYS.user)
+    assert main(["openapi", "--url", setup.gateway.url]) == 2
+    assert "403: " in capsys.readouterr().err
+
+
 def test_only_administrators_read_the_document(setup: Setup, check: Conformance) -> None:
     request = ROUTER.by_name["openapi"].request({})
     as_user = AdminClient(setup.gateway.url, KEYS.user)
     assert check.send(403, request, as_user)["error"]["type"] == "permission_error"
+    with pytest.raises(RemoteError, match=r"^403: "):
+        as_user.call("openapi")
     anonymous = AdminClient(setup.gateway.url, "")
     assert check.send(401, request, anonymous)["error"]["type"] == "authentication_error"
 
