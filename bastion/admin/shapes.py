@@ -44,7 +44,9 @@ class ListOf(TypedDict, Generic[T]):
 @with_config(_CLOSED)
 class Whoami(TypedDict):
     principal: str | None
+    """None only for the local operator (the CLI on the store itself)."""
     credential: str
+    """The id of the credential in use (a key's id, ``cli`` for the local operator)."""
 
 
 @with_config(_CLOSED)
@@ -54,6 +56,7 @@ class Role(TypedDict):
     routes: list[str]
     models: list[str]
     networks: list[str] | None
+    """None: from any network."""
 
 
 @with_config(_CLOSED)
@@ -94,16 +97,21 @@ class Key(TypedDict):
     user: str
     name: str
     prefix: str
+    """The key's first characters (``bst_Ab3d``), to recognise it."""
     state: Literal["active", "expired", "revoked"]
     models: list[str] | None
+    """The key is limited to these models (None: its owner's)."""
     routes: list[str] | None
+    """The key is limited to these permissions (None: its owner's)."""
     networks: list[str] | None
+    """The key is limited to these networks (None: its owner's)."""
     created_at: float
     created_by: str
     expires_at: float | None
     revoked_at: float | None
     last_used_at: float | None
     rotated_from: str | None
+    """The id of the key this one replaced (``keys.rotate``)."""
 
 
 @with_config(_CLOSED)
@@ -135,6 +143,7 @@ class UsageRow(TypedDict):
     columns only when prices are configured."""
 
     period: NotRequired[int]
+    """The start of the hour or day (absent for ``period=all``)."""
     user: NotRequired[str]
     key: NotRequired[str]
     team: NotRequired[str]
