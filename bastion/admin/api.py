@@ -7,21 +7,23 @@ rotated key's secret appears once, in the response that created it.
 
 Every operation is declared once, in :data:`OPERATIONS` (see :mod:`bastion.admin.operations`):
 its method and path, its parameters, its answer and its handler. The CLI performs the same
-operations by building the same requests, sent to a gateway or handed to :meth:`AdminApi.handle`
-in-process.
+operations by building the same requests, sent to a gateway (:mod:`bastion.admin.client`) or
+handed to :meth:`AdminApi.handle` in-process; the API's OpenAPI document is made from the same
+table (:func:`description`, served as ``GET /admin/v1/openapi.json``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from bastion.admin import shapes
+from bastion.admin import openapi, shapes
 from bastion.admin.operations import (
     PREFIX,
     Choice,
@@ -52,11 +54,11 @@ from bastion.pipeline.context import RequestContext
 from bastion.pipeline.responses import send_json
 from bastion.store.calls import StoreCalls
 from bastion.store.records import Actor, AuditQuery, StoredKey
-from bastion.store.store import KINDS
+from bastion.store.store import KINDS, NAME_PATTERN, NAME_RULE
 from bastion.store.sync import StoreSync
 from bastion.store.usage import GROUPS, UsageQuery
 
-__all__ = ["OPERATIONS", "PREFIX", "ROUTER", "AdminApi", "Call"]
+__all__ = ["OPERATIONS", "PREFIX", "ROUTER", "AdminApi", "Call", "description"]
 
 _NO_STORE = ((b"cache-control", b"no-store"),)
 
@@ -179,9 +181,14 @@ async def _reload_config(call: Call) -> dict[str, Any]:
     return report.public()
 
 
+async def _openapi(call: Call) -> dict[str, Any]:
+    return description()
+
+
 # -- the table -----------------------------------------------------------------------------------
 
 _NAME = Text(128)
+_NEW_NAME = Text(128, NAME_PATTERN, NAME_RULE)
 _ROLE = Text(64)
 _DESCRIPTION = Text(500)
 _KEY_ID = Text(64)
@@ -202,7 +209,7 @@ OPERATIONS: tuple[Operation[Call], ...] = (
         "All users and service accounts", returns=shapes.ListOf[shapes.User]),
     _Op("users.create", "POST", "/users", _create_user, "Create a user or service account",
         params=(
-            body("name", _NAME, required=True),
+            body("name", _NEW_NAME, required=True),
             body("role", _ROLE, default="user"),
             body("kind", Choice(KINDS), default="user", doc="user (a person) or service"),
             body("description", _DESCRIPTION, default=""),
@@ -227,7 +234,9 @@ OPERATIONS: tuple[Operation[Call], ...] = (
             c.caller, c.args["name"], description=c.args["description"]
         ).public(),
         "Create a team",
-        params=(body("name", _NAME, required=True), body("description", _DESCRIPTION, default="")),
+        params=(
+            body("name", _NEW_NAME, required=True), body("description", _DESCRIPTION, default="")
+        ),
         returns=shapes.Team, status=201, writes=True),
     _Op("teams.show", "GET", "/teams/{name}", lambda c: c.service.team(c.args["name"]).public(),
         "One team", params=(_TEAM_NAME,), returns=shapes.Team),
@@ -245,17 +254,17 @@ OPERATIONS: tuple[Operation[Call], ...] = (
         params=(
             query("user", _NAME, doc="only this user's keys"),
             query("include_revoked", Flag(), default=False, doc="revoked keys too"),
-        ), returns=shapes.ListOf[shapes.Key]),
+        ), returns=shapes.ListOf[shapes.Key], errors=(404,)),
     _Op("keys.create", "POST", "/keys", _create_key, "Issue a key to a user (shown once)",
         params=(
             body("user", _NAME, required=True),
-            body("name", _NAME, default="default"),
+            body("name", _NEW_NAME, default="default"),
             body("models", Strings(), doc="only these models (names or globs)"),
             body("routes", Strings(), doc="only these permissions"),
             body("networks", Strings(), doc="only from these networks (CIDR)"),
             body("expires_at", _TIME, doc="a Unix time"),
             body("expires_in", Number(0, _LAST_TIME), doc="seconds from now"),
-        ), returns=shapes.IssuedKey, status=201, writes=True),
+        ), returns=shapes.IssuedKey, status=201, errors=(404,), writes=True),
     _Op("keys.show", "GET", "/keys/{id}",
         lambda c: c.service.key(c.args["id"]).public(time.time()),
         "One key, with when it was last used", params=(_KEY,), returns=shapes.Key),
@@ -286,11 +295,20 @@ OPERATIONS: tuple[Operation[Call], ...] = (
             query("model", Text(200)),
         ), returns=shapes.ListOf[shapes.UsageRow]),
     _Op("reload", "POST", "/reload", _reload_config, "Re-read the config file and apply it",
-        returns=shapes.Reloaded, blocking=False),
+        returns=shapes.Reloaded, errors=(404, 422), blocking=False),
+    _Op("openapi", "GET", "/openapi.json", _openapi,
+        "This API described: its OpenAPI 3.1 document", returns=shapes.OpenApiDocument,
+        blocking=False),
 )
 # fmt: on
 
 ROUTER = Router(OPERATIONS)
+
+
+@functools.cache
+def description() -> dict[str, Any]:
+    """The OpenAPI document of :data:`OPERATIONS` (made once; treat it as read-only)."""
+    return openapi.document(OPERATIONS)
 
 
 class AdminApi:

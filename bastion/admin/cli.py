@@ -1,4 +1,5 @@
-"""``bastion users|teams|roles|keys|audit``: the admin operations from a terminal.
+"""``bastion users|teams|roles|keys|audit|usage|reload|openapi``: the admin operations from a
+terminal.
 
 Two ways to reach the store, the same commands and output either way:
 
@@ -11,8 +12,11 @@ Two ways to reach the store, the same commands and output either way:
 
 Either way a command becomes one admin API request (the operation of the same name in
 :data:`bastion.admin.api.OPERATIONS`, its parameters read from the options of the same names):
-remote, it is sent; local, it is handed to the admin API in-process. Output is a table for
-people, or ``--json`` for scripts.
+remote, it is sent (:class:`~bastion.admin.client.AdminClient`); local, it is handed to the
+admin API in-process. Output is a table for people, or ``--json`` for scripts.
+
+``bastion openapi`` prints the admin API's OpenAPI document: made from the code, or with
+``--url`` the one a running gateway serves.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, get_origin
 
-from bastion.admin.api import ROUTER, AdminApi
+from bastion.admin import openapi
+from bastion.admin.api import ROUTER, AdminApi, description
 from bastion.admin.client import AdminClient
 from bastion.admin.operations import Operation, Request
 from bastion.admin.service import AdminService, Caller
@@ -47,7 +52,7 @@ from bastion.store.usage import Prices
 
 __all__ = ["COMMANDS", "add_commands", "parse_duration", "run_command"]
 
-COMMANDS = ("users", "teams", "roles", "keys", "audit", "usage", "reload")
+COMMANDS = ("users", "teams", "roles", "keys", "audit", "usage", "reload", "openapi")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -157,6 +162,9 @@ def add_commands(commands: Any, key_commands: Any) -> None:
     usage.add_argument("--csv", action="store_true", help="print CSV")
 
     _sub(commands, "reload", "make a running gateway re-read its config file (needs --url)")
+    described = commands.add_parser("openapi", help="print the admin API's OpenAPI document")
+    described.add_argument("--url", help="a running gateway's URL: print the document it serves")
+    described.add_argument("--key-file", type=Path, help="file holding the admin key (with --url)")
 
     key_create = _sub(key_commands, "create", "issue a key to a user (shown once)")
     key_create.add_argument("--user", required=True)
@@ -232,8 +240,8 @@ class _Local:
 class _Remote:
     """The same requests sent to a running gateway's admin API."""
 
-    def __init__(self, url: str, key: str) -> None:
-        self._client = AdminClient(url, key)
+    def __init__(self, client: AdminClient) -> None:
+        self._client = client
 
     def close(self) -> None:
         pass
@@ -385,6 +393,10 @@ def run_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run one of :data:`COMMANDS` (or ``keys create|list|show|revoke|rotate``)."""
     out = sys.stdout if out is None else out  # looked up now, not when the module was imported
     kind = args.command
+    if kind == "openapi":  # only with --url: BASTION_URL must not change a generated file
+        described = description() if args.url is None else _remote(args.url, args).call(kind)
+        out.write(openapi.render(described))
+        return 0
     op = (
         kind
         if kind in ("audit", "usage", "reload")
@@ -412,6 +424,12 @@ def _backend(args: argparse.Namespace) -> _Local | _Remote:
     url = args.url or os.environ.get("BASTION_URL")
     if url is None:
         return _Local(load_settings(args.config, os.environ))
+    return _Remote(_remote(url, args))
+
+
+def _remote(url: str, args: argparse.Namespace) -> AdminClient:
+    """The client of the gateway at ``url``, with the admin key from ``--key-file`` or
+    ``BASTION_API_KEY``."""
     if args.key_file is not None:
         try:
             key = args.key_file.read_text(encoding="utf-8").strip()
@@ -421,4 +439,4 @@ def _backend(args: argparse.Namespace) -> _Local | _Remote:
         key = os.environ.get("BASTION_API_KEY", "")
     if not key:
         raise RemoteError("give the admin key in BASTION_API_KEY or with --key-file")
-    return _Remote(url, key)
+    return AdminClient(url, key)

@@ -10,8 +10,9 @@ That one declaration drives:
 - the CLI: :meth:`Operation.request` turns the values of a command line into the very HTTP
   request the API parses, which the CLI either sends to a gateway or hands to the API
   in-process, so the local and remote commands cannot drift apart;
-- a machine-readable description: each :class:`Kind` gives its JSON Schema and each answer's
-  shape is a ``TypedDict`` of :mod:`bastion.admin.shapes`.
+- the OpenAPI document (:mod:`bastion.admin.openapi`): each :class:`Kind` gives its JSON
+  Schema, each answer's shape is a ``TypedDict`` of :mod:`bastion.admin.shapes`, and
+  :attr:`Operation.refusals` lists the error statuses it may answer.
 
 A parameter's kind checks and converts its values: from JSON (a body field), from text (a path
 segment or a query parameter) and back to text (the CLI writing a query string). The checks are
@@ -36,6 +37,7 @@ from bastion.pipeline.endpoints import canonical_path
 
 __all__ = [
     "PREFIX",
+    "REFUSALS",
     "Choice",
     "Choices",
     "Flag",
@@ -54,6 +56,14 @@ __all__ = [
 ]
 
 PREFIX = "/admin/v1"
+REFUSALS = (400, 401, 403, 408, 413, 429, 503)
+"""What any admin request may be refused with, whatever its operation: a body that is not a
+JSON object or a bad parameter (400), no or an unknown credential (401), no ``admin``
+permission or an operation wider than the caller (403), a body too slow (408) or too large
+(413), an address blocked after failed logins (429), a store or identity provider that is
+away (503)."""
+_NO_NUL = "^[^\\x00]*$"
+"""The JSON Schema pattern of text without a NUL character."""
 
 C = TypeVar("C")
 Where = Literal["path", "query", "body"]
@@ -94,12 +104,20 @@ def _text(value: Any, name: str, max_length: int) -> str:
 @dataclass(frozen=True, slots=True)
 class Text(Kind):
     max_length: int
+    pattern: str | None = None
+    """A regular expression the whole text must match (one Python and JSON Schema read alike)."""
+    rule: str = ""
+    """The pattern in words, for the refusal."""
 
     def from_json(self, value: Any, name: str) -> str:
-        return _text(value, name, self.max_length)
+        text = _text(value, name, self.max_length)
+        if self.pattern is not None and re.fullmatch(self.pattern, text) is None:
+            raise BadRequestError(f"'{name}' is {self.rule}.", param=name)
+        return text
 
     def schema(self) -> dict[str, Any]:
-        return {"type": "string", "maxLength": self.max_length}
+        pattern = _NO_NUL if self.pattern is None else f"^(?:{self.pattern})$"
+        return {"type": "string", "maxLength": self.max_length, "pattern": pattern}
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +236,7 @@ class Strings(Kind):
         return value
 
     def schema(self) -> dict[str, Any]:
-        item = {"type": "string", "maxLength": self.max_length}
+        item = {"type": "string", "minLength": 1, "maxLength": self.max_length, "pattern": _NO_NUL}
         return {"type": "array", "items": item, "maxItems": self.max_items}
 
 
@@ -245,8 +263,12 @@ class Choices(Kind):
         return value if isinstance(value, str) else ",".join(value)
 
     def schema(self) -> dict[str, Any]:
-        pattern = f"^({'|'.join(self.values)})(,({'|'.join(self.values)}))*$"
-        return {"type": "string", "pattern": pattern}
+        words = "|".join(self.values)
+        return {
+            "type": "string",
+            "pattern": f"^({words})(,({words}))*$",
+            "description": f"one or more of {', '.join(self.values)}, comma-separated, each once",
+        }
 
 
 # -- parameters and operations ------------------------------------------------------------------
@@ -317,6 +339,9 @@ class Operation(Generic[C]):
     returns: Any = None
     """The answer's shape: a ``TypedDict`` of :mod:`bastion.admin.shapes`."""
     status: int = 200
+    errors: tuple[int, ...] = ()
+    """Error statuses of its own, beyond those :attr:`refusals` implies (404 for an object
+    named in the body or the query, 422)."""
     permission: str = "admin"
     writes: bool = False
     """It changes the store: the gateway reloads its keys at once."""
@@ -325,6 +350,18 @@ class Operation(Generic[C]):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "segments", tuple(s for s in self.path.split("/") if s))
+
+    @property
+    def refusals(self) -> tuple[int, ...]:
+        """The error statuses it may answer, in order: those of every request
+        (:data:`REFUSALS`), 404 when its path names an object, 409 when it writes (the
+        store refuses what conflicts with what exists), and its own :attr:`errors`."""
+        found = set(REFUSALS) | set(self.errors)
+        if any(p.where == "path" for p in self.params):
+            found.add(404)
+        if self.writes:
+            found.add(409)
+        return tuple(sorted(found))
 
     def arguments(
         self, in_path: Mapping[str, str], in_query: Mapping[str, str], in_body: Mapping[str, Any]

@@ -1,23 +1,28 @@
 """The shapes of the admin API's answers, one ``TypedDict`` each.
 
 Each operation of :data:`bastion.admin.api.OPERATIONS` names the shape it answers with; these
-are what an OpenAPI description of the API shows (pydantic's ``TypeAdapter`` turns a
-``TypedDict`` into JSON Schema), and a test checks every operation's real answer against its
-shape. Times are Unix times in seconds.
+are the schemas of the OpenAPI document (:mod:`bastion.admin.openapi`: pydantic's
+``TypeAdapter`` turns a ``TypedDict`` into JSON Schema), and tests check every operation's real
+answers against them. Every shape is closed: an answer has exactly the fields named here
+(``NotRequired`` ones may be absent). Times are Unix times in seconds.
 """
 
 from __future__ import annotations
 
 from typing import Any, Generic, Literal, NotRequired, TypeVar
 
+from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict  # what pydantic needs before Python 3.12
 
 __all__ = [
     "AuditEvent",
     "Deleted",
+    "Error",
+    "ErrorDetail",
     "IssuedKey",
     "Key",
     "ListOf",
+    "OpenApiDocument",
     "Reloaded",
     "Role",
     "Team",
@@ -27,26 +32,34 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_CLOSED = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
+@with_config(_CLOSED)
 class ListOf(TypedDict, Generic[T]):
     object: Literal["list"]
     data: list[T]
 
 
+@with_config(_CLOSED)
 class Whoami(TypedDict):
     principal: str | None
+    """None only for the local operator (the CLI on the store itself)."""
     credential: str
+    """The id of the credential in use (a key's id, ``cli`` for the local operator)."""
 
 
+@with_config(_CLOSED)
 class Role(TypedDict):
     name: str
     builtin: bool
     routes: list[str]
     models: list[str]
     networks: list[str] | None
+    """None: from any network."""
 
 
+@with_config(_CLOSED)
 class User(TypedDict):
     id: str
     name: str
@@ -60,6 +73,7 @@ class User(TypedDict):
     created_by: str
 
 
+@with_config(_CLOSED)
 class Team(TypedDict):
     id: str
     name: str
@@ -69,11 +83,13 @@ class Team(TypedDict):
     created_by: str
 
 
+@with_config(_CLOSED)
 class Deleted(TypedDict):
     name: str
     deleted: Literal[True]
 
 
+@with_config(_CLOSED)
 class Key(TypedDict):
     """A key as lists show it: never the key itself, only its first characters."""
 
@@ -81,18 +97,24 @@ class Key(TypedDict):
     user: str
     name: str
     prefix: str
+    """The key's first characters (``bst_Ab3d``), to recognise it."""
     state: Literal["active", "expired", "revoked"]
     models: list[str] | None
+    """The key is limited to these models (None: its owner's)."""
     routes: list[str] | None
+    """The key is limited to these permissions (None: its owner's)."""
     networks: list[str] | None
+    """The key is limited to these networks (None: its owner's)."""
     created_at: float
     created_by: str
     expires_at: float | None
     revoked_at: float | None
     last_used_at: float | None
     rotated_from: str | None
+    """The id of the key this one replaced (``keys.rotate``)."""
 
 
+@with_config(_CLOSED)
 class IssuedKey(TypedDict):
     """A key just created or rotated: ``secret`` is shown this once."""
 
@@ -100,6 +122,7 @@ class IssuedKey(TypedDict):
     secret: str
 
 
+@with_config(_CLOSED)
 class AuditEvent(TypedDict):
     id: int
     at: float
@@ -114,11 +137,13 @@ class AuditEvent(TypedDict):
     detail: dict[str, Any] | None
 
 
+@with_config(_CLOSED)
 class UsageRow(TypedDict):
     """One row of a usage report: the groups asked for (``by``), then the totals; the cost
     columns only when prices are configured."""
 
     period: NotRequired[int]
+    """The start of the hour or day (absent for ``period=all``)."""
     user: NotRequired[str]
     key: NotRequired[str]
     team: NotRequired[str]
@@ -134,8 +159,40 @@ class UsageRow(TypedDict):
     unpriced_tokens: NotRequired[int]
 
 
+@with_config(_CLOSED)
 class Reloaded(TypedDict):
     status: Literal["reloaded"]
     source: str
     models: list[str]
     restart_required: list[str]
+
+
+@with_config(_CLOSED)
+class ErrorDetail(TypedDict):
+    message: str
+    type: str
+    """``invalid_request_error``, ``authentication_error``, ``permission_error``,
+    ``rate_limit_error`` or ``server_error``."""
+    param: str | None
+    """The parameter that was refused, if one was."""
+    code: str | None
+
+
+@with_config(_CLOSED)
+class Error(TypedDict):
+    """Every refusal, in the OpenAI error shape (``bastion.pipeline.responses``)."""
+
+    error: ErrorDetail
+
+
+@with_config(_CLOSED)
+class OpenApiDocument(TypedDict):
+    """The admin API's OpenAPI 3.1 document (``GET /admin/v1/openapi.json``)."""
+
+    openapi: str
+    jsonSchemaDialect: str
+    info: dict[str, Any]
+    tags: list[dict[str, Any]]
+    paths: dict[str, Any]
+    components: dict[str, Any]
+    security: list[dict[str, list[str]]]

@@ -65,10 +65,21 @@ from bastion.store.records import (
     Team,
 )
 
-__all__ = ["CONNECTIONS", "KINDS", "Store", "database_url", "valid_name"]
+__all__ = [
+    "CONNECTIONS",
+    "KINDS",
+    "NAME_PATTERN",
+    "NAME_RULE",
+    "Store",
+    "database_url",
+    "valid_name",
+]
 
 KINDS = ("user", "service")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}"
+"""The names of users, teams and keys (read alike by Python and by JSON Schema)."""
+NAME_RULE = "1 to 128 letters, digits or . _ @ + - (starting with a letter or digit)"
+_NAME = re.compile(NAME_PATTERN)
 _ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 _MAX_AUDIT_QUERY = 10_000
 CONNECTIONS = 8
@@ -86,11 +97,7 @@ p, t, tm, k, a = (
 
 def valid_name(name: str, what: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise BadRequestError(
-            f"a {what} name is 1 to 128 letters, digits or . _ @ + - "
-            "(starting with a letter or digit)",
-            param="name",
-        )
+        raise BadRequestError(f"a {what} name is {NAME_RULE}", param="name")
     return name
 
 

@@ -86,6 +86,9 @@ async def test_every_operation_answers_in_its_declared_shape(api: AdminApi, stor
     assert (await do("reload"))["restart_required"] == ["server.port"]
     assert await do("teams.delete", name="ml") == {"name": "ml", "deleted": True}
     assert await do("users.delete", name="bob") == {"name": "bob", "deleted": True}
+    assert (await do("openapi"))["paths"]["/admin/v1/users/{name}"]["patch"]["operationId"] == (
+        "users.update"
+    )
     assert do.done == {op.name for op in OPERATIONS}
 
 
