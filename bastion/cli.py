@@ -17,7 +17,7 @@ from bastion.admin.cli import add_commands, run_command
 from bastion.auth.apikeys import display_prefix, generate_key, hash_key
 from bastion.errors import BastionError, ConfigError
 from bastion.policy.policy import Policy
-from bastion.settings import Secret, Settings, load_settings
+from bastion.settings import ConfigSource, Secret, Settings, load_settings
 
 __all__ = ["main"]
 
@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="YAML config file (default: embedded model)")
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port, 0 for any (overrides server.port)")
+    serve.add_argument(
+        "--workers", type=int, help="processes serving the port (overrides server.workers)"
+    )
 
     config = commands.add_parser("config", help="work with config files")
     config_commands = config.add_subparsers(dest="config_command", required=True)
@@ -67,29 +70,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _with_overrides(settings: Settings, host: str | None, port: int | None) -> Settings:
-    server: dict[str, Any] = {}
-    if host is not None:
-        server["host"] = host
-    if port is not None:
-        server["port"] = port
-    if not server:
-        return settings
-    data = settings.model_dump(mode="python", exclude_unset=True)
-    data["server"] = {**data.get("server", {}), **server}
-    return Settings.model_validate(data)
-
-
 def _serve(args: argparse.Namespace) -> int:
+    overrides = {"host": args.host, "port": args.port, "workers": args.workers}
+    source = ConfigSource(args.config, {k: v for k, v in overrides.items() if v is not None})
+    text = source.read()
+    settings = source.parse(text)
+    if settings.server.workers > 1:
+        from bastion.server.workers import supervise
+
+        with contextlib.suppress(KeyboardInterrupt):
+            return supervise(source, text, settings)
+        return 0
     from bastion.server.run import run
 
-    def load() -> Settings:
-        return _with_overrides(load_settings(args.config), args.host, args.port)
-
-    settings = load()
     with contextlib.suppress(KeyboardInterrupt):
-        run(settings, load=load, source=str(args.config or "built-in defaults"))
+        run(settings, load=source.load, source=source.name)
     return 0
+
+
+WORKER_COMMAND = "_worker"
+"""argv[1] of a worker process: ``bastion _worker CHANNEL_FD LISTENER_FD`` (hidden from help;
+``bastion.server.workers`` starts it)."""
+
+
+def _worker(argv: Sequence[str]) -> int:
+    """A worker started by the supervisor (``bastion.server.workers``); not for people."""
+    from bastion.server.worker import run_worker
+
+    if len(argv) != 2 or not all(fd.isdigit() for fd in argv):
+        raise ConfigError(f"{WORKER_COMMAND} is started by 'bastion serve --workers N' only")
+    return run_worker(int(argv[0]), int(argv[1]))
 
 
 def _masked(value: Any) -> Any:
@@ -173,6 +183,13 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == [WORKER_COMMAND]:
+        try:
+            return _worker(argv[1:])
+        except BastionError as exc:
+            sys.stderr.write(f"bastion: worker: error: {exc}\n")
+            return 2
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":

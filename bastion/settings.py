@@ -7,6 +7,8 @@ except :class:`Secret` resolution, which happens once, at load time.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +30,7 @@ __all__ = [
     "AuthSettings",
     "BruteForceSettings",
     "ClientCertificateSettings",
+    "ConfigSource",
     "EngineSettings",
     "FieldsSettings",
     "HtpasswdSettings",
@@ -140,6 +143,9 @@ class ServerSettings(_Model):
     drain_timeout: float = Field(default=30.0, ge=0)
     """On SIGTERM or SIGINT: stop accepting, let requests and streams in flight finish for
     up to this long, then close what is left. Managed engines stop after the drain."""
+    workers: int = Field(default=1, ge=1, le=256)
+    """Processes serving the port (one core each): above 1, a supervisor binds the port once
+    and runs this many workers that accept on it (docs/operations.md#several-cores)."""
 
 
 class HttpSettings(_Model):
@@ -547,6 +553,22 @@ class LimitSettings(_Model):
     """A spending budget per UTC day, in ``usage.currency``, at ``usage.prices``."""
     cost_per_month: float | None = Field(default=None, gt=0)
 
+    @property
+    def limits_anything(self) -> bool:
+        """Whether any limit or budget is set (``count`` or ``burst`` alone limit nothing)."""
+        return any(
+            x is not None
+            for x in (
+                self.requests_per_minute,
+                self.tokens_per_minute,
+                self.concurrency,
+                self.tokens_per_day,
+                self.tokens_per_month,
+                self.cost_per_day,
+                self.cost_per_month,
+            )
+        )
+
 
 class RedisSettings(_Model):
     url: str | Secret = "redis://127.0.0.1:6379/0"
@@ -607,10 +629,17 @@ class LimitsSettings(_Model):
     @property
     def cost_budgets(self) -> bool:
         """Whether any bucket has a spending budget (which needs ``usage.prices``)."""
+        return any(x.cost_per_day or x.cost_per_month for x in self._every())
+
+    @property
+    def configured(self) -> bool:
+        """Whether any bucket has a limit or budget (priority alone limits nothing)."""
+        return any(x.limits_anything for x in self._every())
+
+    def _every(self) -> list[LimitSettings]:
         single = (self.per_key, self.per_user, self.per_team, self.per_model, self.all)
         named = (self.keys, self.users, self.roles, self.teams, self.models)
-        every = [*(x for x in single if x), *(v for d in named for v in d.values())]
-        return any(x.cost_per_day or x.cost_per_month for x in every)
+        return [*(x for x in single if x), *(v for d in named for v in d.values())]
 
 
 class PriceSettings(_Model):
@@ -739,6 +768,28 @@ class Settings(_Model):
             )
         return self
 
+    @model_validator(mode="after")
+    def _exact_limits_across_workers(self) -> Settings:
+        problem = self.workers_problem
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def workers_problem(self) -> str | None:
+        """Why these settings cannot run on ``server.workers`` processes (None: they can).
+
+        Limits kept in memory are each worker's own: N workers would admit up to N times
+        every limit, so limits with several workers need the shared Redis backend."""
+        workers = self.server.workers
+        if workers == 1 or self.limits.backend != "memory" or not self.limits.configured:
+            return None
+        return (
+            f"limits are configured with limits.backend: memory and server.workers: {workers}; "
+            f"each worker would count on its own and admit up to {workers} times every limit. "
+            "Use limits.backend: redis (shared by the workers, exact), or server.workers: 1"
+        )
+
     @property
     def uses_engine(self) -> bool:
         """True when Bastion must start a model server itself."""
@@ -778,14 +829,46 @@ def parse_settings(data: Any, source: str = "config") -> Settings:
 
 def load_settings(path: Path | None) -> Settings:
     """Read and validate a YAML config file; ``None`` gives the defaults."""
-    if path is None:
-        return Settings()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_settings(data, str(path))
+    return ConfigSource(path).load()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSource:
+    """Where the configuration comes from: a file (or the defaults), with the command line's
+    ``server`` settings on top. Read (:meth:`read`) and validated (:meth:`parse`) apart, so
+    that a supervisor can read the file once and hand the same text to its workers."""
+
+    path: Path | None = None
+    server: Mapping[str, Any] = field(default_factory=dict)
+    """``server`` settings given on the command line (``--host``, ``--port``, ``--workers``):
+    they win over the file's."""
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path is not None else "built-in defaults"
+
+    def read(self) -> str | None:
+        """The file's text (None: no file, the defaults)."""
+        if self.path is None:
+            return None
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read {self.path}: {exc.strerror}") from None
+
+    def parse(self, text: str | None) -> Settings:
+        """Validate ``text`` as read from this source, with the command line's settings."""
+        data: Any = None
+        if text is not None:
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{self.path}: not valid YAML: {exc}") from None
+        if self.server and (data is None or isinstance(data, dict)):
+            data = dict(data or {})
+            section = data.get("server")
+            data["server"] = {**(section if isinstance(section, dict) else {}), **self.server}
+        return parse_settings(data, self.name if text is not None else "config")
+
+    def load(self) -> Settings:
+        return self.parse(self.read())
