@@ -13,11 +13,12 @@ and ``gen_ai.server.time_per_output_token``, as Prometheus names).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from bastion.observability.metrics import (
     TOKEN_LATENCY_BUCKETS,
     TTFT_BUCKETS,
+    Merge,
     Registry,
 )
 from bastion.settings import MetricsSettings
@@ -38,6 +39,7 @@ class GatewayMetrics:
         self._max_teams = settings.max_teams
         self._teams: set[str] = set()
         self._models: frozenset[str] = frozenset()
+        self._gather: Callable[[], Awaitable[bytes]] | None = None
         team = ("team",) if self._teams_on else ()
         self._requests = r.counter(
             "bastion_requests_total",
@@ -149,12 +151,14 @@ class GatewayMetrics:
             "1 when the upstream's active health checks pass.",
             labels,
             each(lambda u: float(u.healthy)),
+            merge="min",  # several workers: 1 only while every worker's checks pass
         )
         r.gauge_function(
             "bastion_upstream_ejected",
             "1 while the upstream is ejected for failing requests (passive health).",
             labels,
             each(lambda u: float(u.ejected)),
+            merge="max",  # several workers: 1 while any worker has it ejected
         )
         r.gauge_function(
             "bastion_upstream_in_flight",
@@ -188,9 +192,26 @@ class GatewayMetrics:
         """A counter kept elsewhere (fail-open decisions, dropped log lines, reloads)."""
         self.registry.counter_function(name, help, (), lambda: [((), read())])
 
-    def watch_gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
-        """A value read at scrape time (how long the store's keys stay trusted)."""
-        self.registry.gauge_function(name, help, (), lambda: [((), read())])
+    def watch_gauge(
+        self, name: str, help: str, read: Callable[[], float], merge: Merge = "sum"
+    ) -> None:
+        """A value read at scrape time (how long the store's keys stay trusted); ``merge``
+        says how several workers' values combine."""
+        self.registry.gauge_function(name, help, (), lambda: [((), read())], merge)
+
+    # -- scrapes --------------------------------------------------------------------------
 
     def render(self) -> bytes:
+        """This process's metrics in the text format."""
         return self.registry.render()
+
+    def gather_with(self, gather: Callable[[], Awaitable[bytes]]) -> None:
+        """Answer scrapes with ``gather`` instead (a worker: the whole gateway's metrics,
+        merged by the supervisor)."""
+        self._gather = gather
+
+    async def exposition(self) -> bytes:
+        """What a scrape answers: this process's metrics, or what ``gather_with`` gives."""
+        if self._gather is None:
+            return self.registry.render()
+        return await self._gather()
