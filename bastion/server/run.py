@@ -160,7 +160,7 @@ async def serve(
             keys_for=lambda s: _reload_keys(s, state, store, out),
             on_applied=_apply_log_level,
         )
-        if services.metrics is not None:
+        if services.metrics is not None and supervised is None:  # else the supervisor's count
             watch_reloads(services.metrics, reloader)
         if supervised is None:
             loop.add_signal_handler(signal.SIGHUP, reloader.on_signal)

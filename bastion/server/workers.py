@@ -106,6 +106,8 @@ class _Slot:
         self.channel: Channel | None = None
         self.ready = asyncio.Event()
         self.failed_starts = 0
+        self.text: str | None = None
+        """The configuration text it runs (as handed over at its start, or its last reload)."""
 
     @property
     def serving(self) -> bool:
@@ -146,6 +148,8 @@ class Supervisor:
         """Workers restarted after they died."""
         self.stale_scrapes = 0
         """Scrapes that used a worker's last metrics because it did not answer in time."""
+        self.reloads_applied = 0
+        self.reloads_refused = 0
         self._metrics = self._own_metrics()
 
     # -- the life of the gateway ---------------------------------------------------------------
@@ -362,6 +366,7 @@ class Supervisor:
 
     async def _answer(self, slot: _Slot, op: str, args: dict[str, Any]) -> Any:
         if op == "hello":
+            slot.text = self._text
             return {
                 "index": slot.index,
                 "path": None if self._source.path is None else str(self._source.path),
@@ -372,6 +377,8 @@ class Supervisor:
             }
         if op == "ready":
             slot.ready.set()
+            if slot.text != self._text:  # a reload happened while it was starting
+                await self._reload_worker(slot, self._text)
             return None
         if op == "reload":
             try:
@@ -402,11 +409,13 @@ class Supervisor:
             try:
                 report = await self._reload()
             except BastionError as exc:
+                self.reloads_refused += 1
                 log.error("configuration reload refused, the running one stays: %s", exc)
                 raise
             finally:
                 if self._hooks.on_reloaded is not None:
                     self._hooks.on_reloaded()
+        self.reloads_applied += 1
         log.info(
             "configuration reloaded from %s: serving %s",
             report["source"],
@@ -448,13 +457,17 @@ class Supervisor:
         return {"source": self._source.name, "models": names, "restart_required": list(restart)}
 
     async def _reload_worker(self, slot: _Slot, text: str | None) -> dict[str, Any]:
-        assert slot.channel is not None
+        channel = slot.channel
+        if channel is None:
+            return {"refused": f"worker {slot.index} is gone"}
         try:
-            answer: dict[str, Any] = await slot.channel.ask(
+            answer: dict[str, Any] = await channel.ask(
                 "reload", {"text": text}, timeout=_RELOAD_TIMEOUT
             )
         except (ConnectionError, TimeoutError, RuntimeError) as exc:
             return {"refused": f"worker {slot.index} did not answer ({exc or type(exc).__name__})"}
+        if "report" in answer:
+            slot.text = text
         return answer
 
     def _bootstrap_if_needed(self, settings: Settings) -> list[ApiKeyRecord]:
@@ -481,6 +494,18 @@ class Supervisor:
             "Workers restarted by the supervisor after they died.",
             (),
             lambda: [((), float(self.restarts))],
+        )
+        registry.counter_function(  # the gateway's reloads, not one per worker
+            "bastion_config_reloads_total",
+            "Configuration reloads applied.",
+            (),
+            lambda: [((), float(self.reloads_applied))],
+        )
+        registry.counter_function(
+            "bastion_config_reload_failures_total",
+            "Configuration reloads refused (the running configuration stayed).",
+            (),
+            lambda: [((), float(self.reloads_refused))],
         )
         registry.counter_function(
             "bastion_metrics_stale_workers_total",

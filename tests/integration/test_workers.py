@@ -226,8 +226,10 @@ def cluster_upstream(gateway: GatewayProcess) -> str:
 
 
 def test_sighup_has_every_worker_serve_the_new_configuration(
-    cluster: GatewayProcess, upstream: FakeUpstream
+    cluster: GatewayProcess, metrics_port: int
 ) -> None:
+    listener = f"http://127.0.0.1:{metrics_port}/metrics"
+    applied = scrape(listener)[("bastion_config_reloads_total", ())]
     config = yaml.safe_load((cluster.workdir / "bastion.yaml").read_text())
     original = yaml.safe_load(yaml.safe_dump(config))
     config["models"][0]["name"] = "renamed-model"
@@ -249,6 +251,7 @@ def test_sighup_has_every_worker_serve_the_new_configuration(
         assert chat(conn, KEYS.user, "renamed-model") == 404
         conn.close()
     assert cluster.logs.count("configuration reloaded") == reloaded + 2  # once each, not per worker
+    assert scrape(listener)[("bastion_config_reloads_total", ())] == applied + 2
 
 
 def admin_reload(gateway: GatewayProcess) -> int:
@@ -262,8 +265,10 @@ def admin_reload(gateway: GatewayProcess) -> int:
 
 
 def test_the_supervisor_refuses_an_invalid_file_before_any_worker_sees_it(
-    cluster: GatewayProcess,
+    cluster: GatewayProcess, metrics_port: int
 ) -> None:
+    listener = f"http://127.0.0.1:{metrics_port}/metrics"
+    failures = scrape(listener)[("bastion_config_reload_failures_total", ())]
     good = yaml.safe_load((cluster.workdir / "bastion.yaml").read_text())
     try:
         # in memory, two workers would admit twice the limit: refused, with the way out
@@ -279,6 +284,7 @@ def test_the_supervisor_refuses_an_invalid_file_before_any_worker_sees_it(
         )  # said by the supervisor, once, not by each worker
     finally:
         rewrite(cluster, good)
+    assert scrape(listener)[("bastion_config_reload_failures_total", ())] == failures + 2
     for conn in one_on_each_worker(cluster):
         assert chat(conn, KEYS.user) == 200  # the running configuration stayed
         conn.close()
