@@ -90,7 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 WORKER_COMMAND = "_worker"
 """argv[1] of a worker process: ``bastion _worker CHANNEL_FD LISTENER_FD`` (hidden from help;
-``bastion.server.workers`` starts it)."""
+``bastion.server.children`` starts it)."""
 
 
 def _worker(argv: Sequence[str]) -> int:

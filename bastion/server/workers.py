@@ -38,7 +38,7 @@ from bastion.errors import BastionError, ConfigError
 from bastion.observability.listener import MetricsListener
 from bastion.observability.metrics import Registry
 from bastion.observability.snapshots import Gathered
-from bastion.server.channel import Channel
+from bastion.server.children import Child, how_it_ended
 from bastion.server.reload import keep_fixed
 from bastion.server.run import _engine_model, _print_welcome, _url, bind, configure_logging
 from bastion.server.startup import open_store, startup_keys
@@ -52,9 +52,6 @@ from bastion.upstream.engine import ManagedEngine
 __all__ = ["Supervisor", "SupervisorHooks", "supervise"]
 
 log = logging.getLogger("bastion")
-
-WORKER_COMMAND = "_worker"
-"""The hidden ``bastion`` command that runs a worker (``bastion.cli`` knows it too)."""
 
 _READY_TIMEOUT = 60.0
 """A worker that has not served this long after its start is killed: a failed start."""
@@ -97,23 +94,6 @@ def supervise(
     return asyncio.run(Supervisor(source, text, settings, out=out, hooks=hooks).run())
 
 
-class _Slot:
-    """One worker's place: its current process, channel and last metrics."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.process: asyncio.subprocess.Process | None = None
-        self.channel: Channel | None = None
-        self.ready = asyncio.Event()
-        self.failed_starts = 0
-        self.text: str | None = None
-        """The configuration text it runs (as handed over at its start, or its last reload)."""
-
-    @property
-    def serving(self) -> bool:
-        return self.ready.is_set() and self.channel is not None and self.channel.open
-
-
 class Supervisor:
     def __init__(
         self,
@@ -130,7 +110,7 @@ class Supervisor:
         self._out = out
         self._hooks = hooks or SupervisorHooks()
         self._state = StateDir(settings.state_path())
-        self._slots = [_Slot(i) for i in range(1, settings.server.workers + 1)]
+        self._slots = [Child(i) for i in range(1, settings.server.workers + 1)]
         self._keepers: list[asyncio.Task[None]] = []
         self._sock: socket.socket | None = None
         self._store: Store | None = None
@@ -233,8 +213,6 @@ class Supervisor:
         self._stopping = True
         if self._hooks.on_stopping is not None:
             self._hooks.on_stopping()
-        if self._sock is not None:
-            self._sock.close()  # the workers' copies stay open while they drain
         clean = await self._stop_workers()
         if self._listener is not None:
             await self._listener.stop()
@@ -245,54 +223,48 @@ class Supervisor:
         return clean
 
     async def _stop_workers(self) -> bool:
-        running = [s.process for s in self._slots if s.process is not None]
-        for process in running:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
-        grace = self._settings.server.drain_timeout + _KILL_GRACE
-        waits = [asyncio.ensure_future(p.wait()) for p in running]
-        _, late = await asyncio.wait(waits, timeout=grace) if waits else (set(), set())
-        for process in running:
-            if process.returncode is None:
-                log.error(
-                    "worker (pid %d) still running %.0f s after SIGTERM: killing it",
-                    process.pid,
-                    grace,
-                )
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-        if late:
-            await asyncio.wait(late)
-        for keeper in self._keepers:
+        """SIGTERM to every worker, SIGKILL to those still there after the drain; whether
+        every one exited cleanly."""
+        for keeper in self._keepers:  # no restarts from now on
             keeper.cancel()
         await asyncio.gather(*self._keepers, return_exceptions=True)
-        # one spawned while the others were being stopped
-        for slot in self._slots:
-            latecomer = slot.process
-            if latecomer is not None and latecomer not in running and latecomer.returncode is None:
-                latecomer.kill()
-                await latecomer.wait()
-        for slot in self._slots:
-            if slot.channel is not None:
-                await slot.channel.close()
-        return not late and all(p.returncode == 0 for p in running)
+        if self._sock is not None:
+            self._sock.close()  # the workers' copies stay open while they drain
+        running = [s for s in self._slots if s.alive]
+        for slot in running:
+            slot.signal(signal.SIGTERM)
+        grace = self._settings.server.drain_timeout + _KILL_GRACE
+        waits = [asyncio.ensure_future(s.process.wait()) for s in running if s.process]
+        _, late = await asyncio.wait(waits, timeout=grace) if waits else (set(), set())
+        for slot in running:
+            if slot.alive:
+                log.error(
+                    "worker %d still running %.0f s after SIGTERM: killing it", slot.index, grace
+                )
+                slot.signal(signal.SIGKILL)
+        if late:
+            await asyncio.wait(late)
+        for slot in running:
+            slot.forget()
+        return not late and all(s.process and s.process.returncode == 0 for s in running)
 
     # -- keeping each worker running -------------------------------------------------------------
 
-    async def _keep(self, slot: _Slot) -> None:
+    async def _keep(self, slot: Child) -> None:
         """Run the slot's worker; when it dies, start another (backing off while they die young)."""
         delay = _BACKOFF_START
         while not self._stopping:
             began = time.monotonic()
-            process = await self._spawn(slot)
-            served = await self._until_ready(slot, process)
+            assert self._sock is not None
+            process = await slot.spawn(self._sock, functools.partial(self._answer, slot))
+            served = await slot.until_ready(_READY_TIMEOUT)
             status = await process.wait()
-            self._bury(slot)
+            self._gathered.depart(slot.index)  # what it counted stays counted
+            slot.forget()
             if self._stopping:
                 return
             slot.failed_starts = 0 if served else slot.failed_starts + 1
-            how = _how_it_ended(status) + ("" if served else " before it served")
+            how = how_it_ended(status) + ("" if served else " before it served")
             if not self._serving or slot.failed_starts >= _MAX_FAILED_STARTS:
                 tries = "" if not self._serving else f" {slot.failed_starts} times in a row"
                 self._give_up(f"worker {slot.index} {how}{tries}; stopping")
@@ -306,56 +278,6 @@ class Supervisor:
             await asyncio.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX)
 
-    async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
-        assert self._sock is not None
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener = self._sock.fileno()
-        try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bastion", WORKER_COMMAND,
-                str(theirs.fileno()), str(listener),
-                pass_fds=(theirs.fileno(), listener),
-                stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor only
-            )  # fmt: skip
-        finally:
-            theirs.close()
-        slot.ready.clear()
-        slot.process = process
-        slot.channel = Channel(ours, functools.partial(self._answer, slot))
-        await slot.channel.start()
-        return process
-
-    async def _until_ready(self, slot: _Slot, process: asyncio.subprocess.Process) -> bool:
-        """Whether the worker came to serve; one that takes too long is killed."""
-        ready = asyncio.ensure_future(slot.ready.wait())
-        exited = asyncio.ensure_future(process.wait())
-        done, _ = await asyncio.wait(
-            {ready, exited}, timeout=_READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
-        )
-        ready.cancel()
-        exited.cancel()
-        if ready in done:
-            return True
-        if not done:
-            log.error(
-                "worker %d (pid %d) did not serve within %.0f s: killing it",
-                slot.index,
-                process.pid,
-                _READY_TIMEOUT,
-            )
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-        return False
-
-    def _bury(self, slot: _Slot) -> None:
-        """A worker is gone: keep what it counted, forget the rest."""
-        self._gathered.depart(slot.index)
-        slot.ready.clear()
-        if slot.channel is not None:
-            channel, slot.channel = slot.channel, None
-            asyncio.get_running_loop().create_task(channel.close())
-
     def _give_up(self, why: str) -> None:
         log.error("%s", why)
         self._fatal = why
@@ -364,7 +286,7 @@ class Supervisor:
 
     # -- what workers ask ----------------------------------------------------------------------
 
-    async def _answer(self, slot: _Slot, op: str, args: dict[str, Any]) -> Any:
+    async def _answer(self, slot: Child, op: str, args: dict[str, Any]) -> Any:
         if op == "hello":
             slot.text = self._text
             return {
@@ -451,12 +373,11 @@ class Supervisor:
                 slot.index,
                 why,
             )
-            if slot.process is not None and slot.process.returncode is None:
-                slot.process.send_signal(signal.SIGTERM)
+            slot.signal(signal.SIGTERM)
         names = [m.name for m in models]
         return {"source": self._source.name, "models": names, "restart_required": list(restart)}
 
-    async def _reload_worker(self, slot: _Slot, text: str | None) -> dict[str, Any]:
+    async def _reload_worker(self, slot: Child, text: str | None) -> dict[str, Any]:
         channel = slot.channel
         if channel is None:
             return {"refused": f"worker {slot.index} is gone"}
@@ -520,7 +441,7 @@ class Supervisor:
         await asyncio.gather(*(self._gather(s) for s in self._slots if s.serving))
         return self._gathered.render(self._metrics.snapshot())
 
-    async def _gather(self, slot: _Slot) -> None:
+    async def _gather(self, slot: Child) -> None:
         assert slot.channel is not None
         try:
             data = await slot.channel.ask("snapshot", timeout=_SCRAPE_TIMEOUT)
@@ -538,12 +459,3 @@ def _try_build(
     refuses first, once, before any worker is started or asked to reload."""
     services = Services(settings, keys=keys, pool=UpstreamPool(settings.upstream))
     build_gateway(settings, services, models)
-
-
-def _how_it_ended(status: int) -> str:
-    if status < 0:
-        try:
-            return f"was killed by {signal.Signals(-status).name}"
-        except ValueError:
-            return f"was killed by signal {-status}"
-    return f"exited with status {status}"

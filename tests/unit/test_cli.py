@@ -122,9 +122,9 @@ def test_serve_with_workers_refuses_limits_kept_in_memory(
 
 def test_the_worker_command_is_not_offered_to_people(capsys: pytest.CaptureFixture[str]) -> None:
     from bastion.cli import WORKER_COMMAND
-    from bastion.server import workers
+    from bastion.server import children
 
-    assert workers.WORKER_COMMAND == WORKER_COMMAND  # the supervisor starts what the CLI runs
+    assert children.WORKER_COMMAND == WORKER_COMMAND  # the supervisor starts what the CLI runs
     with pytest.raises(SystemExit):
         main(["--help"])
     assert WORKER_COMMAND not in capsys.readouterr().out
