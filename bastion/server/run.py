@@ -186,8 +186,8 @@ async def serve(
             supervised.ready(url)  # the supervisor says where, and greets
         else:
             log.info("Bastion listening on %s serving %s", url, ", ".join(m.name for m in models))
-        if welcome is not None and supervised is None:
-            _print_welcome(out, url, models[0].name, welcome)
+            if welcome is not None:
+                _print_welcome(out, url, models[0].name, welcome)
         if on_ready is not None:
             on_ready(url)
         _tune_gc()

@@ -56,18 +56,17 @@ async def _work(channel_fd: int, listener_fd: int) -> int:
     await link.start()
     try:
         settings = await link.hello()
-    except BastionError as exc:
+        configure_logging(settings)
+        formatter = logging.Formatter(
+            f"%(asctime)s %(levelname)s %(name)s: [worker {link.index}] %(message)s"
+        )
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(formatter)
+        raise_open_file_limit()
+        await serve(settings, load=link.load, source=link.source.name, supervised=link)
+    except BastionError as exc:  # its supervisor says what it makes of this
         sys.stderr.write(f"bastion: worker {link.index}: error: {exc}\n")
         return 2
-    configure_logging(settings)
-    formatter = logging.Formatter(
-        f"%(asctime)s %(levelname)s %(name)s: [worker {link.index}] %(message)s"
-    )
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(formatter)
-    raise_open_file_limit()
-    try:
-        await serve(settings, load=link.load, source=link.source.name, supervised=link)
     finally:
         await link.close()
     return 0
