@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import openai
-import orjson
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -33,7 +32,7 @@ from tests.integration.conftest import UPSTREAM_KEY, closed_port
 from tests.support.clients import openai_client
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import GatewayProcess, Keys, base_config, running_gateway
-from tests.support.workers import connections_held, holders, worker_pids
+from tests.support.workers import chat, connections_held, one_on_each_worker, worker_pids
 
 KEYS = Keys()
 LIMITED = generate_key()
@@ -75,36 +74,6 @@ def cluster(
 
 def pids(gateway: GatewayProcess) -> list[int]:
     return list(worker_pids(gateway.logs).values())
-
-
-def one_on_each_worker(gateway: GatewayProcess, each: int = 1) -> list[http.client.HTTPConnection]:
-    """Keep-alive connections, at least ``each`` of them held by every worker."""
-    host, port = gateway.host_port
-    workers = pids(gateway)
-    kept: dict[int, list[http.client.HTTPConnection]] = {pid: [] for pid in workers}
-    for _ in range(200):
-        conn = http.client.HTTPConnection(host, port, timeout=10)
-        conn.connect()
-        assert conn.sock is not None
-        client_port = conn.sock.getsockname()[1]
-        pid = holders(port, [client_port], workers).get(client_port)
-        assert pid is not None, "a connection no worker holds"
-        if len(kept[pid]) < each:
-            kept[pid].append(conn)
-        else:
-            conn.close()
-        if all(len(conns) >= each for conns in kept.values()):
-            return [c for conns in kept.values() for c in conns]
-    raise AssertionError(f"200 connections did not reach every worker: {kept}")
-
-
-def chat(conn: http.client.HTTPConnection, key: str, model: str = "test-model") -> int:
-    body = orjson.dumps({"model": model, "messages": HI})
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    conn.request("POST", CHAT, body=body, headers=headers)
-    response = conn.getresponse()
-    response.read()
-    return response.status
 
 
 def scrape_text(url: str, key: str | None = None) -> str:

@@ -11,7 +11,13 @@ from __future__ import annotations
 import os
 import re
 import time
+from http.client import HTTPConnection
 from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tests.support.gateway import GatewayProcess
 
 _SERVING = re.compile(r"\[worker (\d+)\] serving \S+ \(pid (\d+)\)")
 
@@ -73,3 +79,39 @@ def connections_held(server_port: int, pids: list[int]) -> dict[int, int]:
     """``{pid: connections to server_port it holds now}`` (0 for a pid holding none)."""
     inodes = set(_inodes_by_local_port(server_port).values())
     return {pid: len(inodes & _socket_inodes(pid)) for pid in pids}
+
+
+def one_on_each_worker(gateway: GatewayProcess, each: int = 1) -> list[HTTPConnection]:
+    """Keep-alive connections to ``gateway``, at least ``each`` of them held by every worker
+    (as its log names them)."""
+    host, port = gateway.host_port
+    workers = list(worker_pids(gateway.logs).values())
+    kept: dict[int, list[HTTPConnection]] = {pid: [] for pid in workers}
+    for _ in range(200):
+        conn = HTTPConnection(host, port, timeout=120)
+        conn.connect()
+        assert conn.sock is not None
+        client_port = conn.sock.getsockname()[1]
+        pid = holders(port, [client_port], workers).get(client_port)
+        assert pid is not None, "a connection no worker holds"
+        if len(kept[pid]) < each:
+            kept[pid].append(conn)
+        else:
+            conn.close()
+        if all(len(conns) >= each for conns in kept.values()):
+            return [c for conns in kept.values() for c in conns]
+    raise AssertionError(f"200 connections did not reach every worker: {kept}")
+
+
+def chat(
+    conn: HTTPConnection, key: str, model: str = "test-model", max_tokens: int | None = None
+) -> int:
+    """The status of one chat request on ``conn`` (the body is read and dropped)."""
+    request: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    if max_tokens is not None:
+        request["max_tokens"] = max_tokens
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    conn.request("POST", "/v1/chat/completions", body=orjson.dumps(request), headers=headers)
+    response = conn.getresponse()
+    response.read()
+    return response.status
