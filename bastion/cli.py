@@ -20,7 +20,7 @@ from bastion.auth.apikeys import display_prefix, generate_key, hash_key
 from bastion.errors import BastionError, ConfigError
 from bastion.policy.policy import Policy
 from bastion.settings import Secret, Settings
-from bastion.sources import KeyPath, Sourced, dotted, load_sourced
+from bastion.sources import ConfigSource, KeyPath, Sourced, dotted, load_sourced, server_flags
 
 __all__ = ["main"]
 
@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="YAML config file (default: embedded model)")
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port, 0 for any (overrides server.port)")
+    serve.add_argument(
+        "--workers", type=int, help="processes serving the port (overrides server.workers)"
+    )
 
     config = commands.add_parser("config", help="work with config files")
     config_commands = config.add_subparsers(dest="config_command", required=True)
@@ -86,31 +89,47 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _flags(host: str | None, port: int | None) -> dict[str, tuple[KeyPath, Any]]:
-    flags: dict[str, tuple[KeyPath, Any]] = {}
-    if host is not None:
-        flags["--host"] = (("server", "host"), host)
-    if port is not None:
-        flags["--port"] = (("server", "port"), port)
-    return flags
+def _flags(
+    host: str | None, port: int | None, workers: int | None = None
+) -> dict[str, tuple[KeyPath, Any]]:
+    given = {"host": host, "port": port, "workers": workers}
+    return server_flags({k: v for k, v in given.items() if v is not None})
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # the environment is read again at each reload, as at start
+    source = ConfigSource(args.config, _flags(args.host, args.port, args.workers))
+    text = source.read()
+    sourced = source.sourced(text)
+    settings = sourced.settings
+    if settings.server.workers > 1:
+        from bastion.server.workers import supervise
+
+        with contextlib.suppress(KeyboardInterrupt):
+            return supervise(source, text, settings)
+        return 0
     from bastion.server.run import run
 
-    flags = _flags(args.host, args.port)
-
-    def load() -> Sourced:
-        # the environment is read again at each reload, as at start
-        return load_sourced(args.config, os.environ, flags)
-
-    sourced = load()
     with contextlib.suppress(KeyboardInterrupt):
-        run(sourced.settings, load=lambda: load().settings, source=sourced.description)
+        run(settings, load=source.load, source=sourced.description)
     return 0
 
 
 _URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/:@]*):[^/@]*@")
+
+
+WORKER_COMMAND = "_worker"
+"""argv[1] of a worker process: ``bastion _worker CHANNEL_FD LISTENER_FD`` (hidden from help;
+``bastion.server.children`` starts it)."""
+
+
+def _worker(argv: Sequence[str]) -> int:
+    """A worker started by the supervisor (``bastion.server.workers``); not for people."""
+    from bastion.server.worker import run_worker
+
+    if len(argv) != 2 or not all(fd.isdigit() for fd in argv):
+        raise ConfigError(f"{WORKER_COMMAND} is started by 'bastion serve --workers N' only")
+    return run_worker(int(argv[0]), int(argv[1]))
 
 
 def _masked(value: Any) -> Any:
@@ -241,6 +260,13 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == [WORKER_COMMAND]:
+        try:
+            return _worker(argv[1:])
+        except BastionError as exc:
+            sys.stderr.write(f"bastion: worker: error: {exc}\n")
+            return 2
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":

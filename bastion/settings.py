@@ -145,6 +145,9 @@ class ServerSettings(_Model):
     drain_timeout: float = Field(default=30.0, ge=0)
     """After the drain delay: stop accepting, let requests and streams in flight finish for
     up to this long, then close what is left. Managed engines stop after the drain."""
+    workers: int = Field(default=1, ge=1, le=256)
+    """Processes serving the port (one core each): above 1, a supervisor binds the port once
+    and runs this many workers that accept on it (docs/operations.md#several-cores)."""
 
 
 class HttpSettings(_Model):
@@ -552,6 +555,22 @@ class LimitSettings(_Model):
     """A spending budget per UTC day, in ``usage.currency``, at ``usage.prices``."""
     cost_per_month: float | None = Field(default=None, gt=0)
 
+    @property
+    def limits_anything(self) -> bool:
+        """Whether any limit or budget is set (``count`` or ``burst`` alone limit nothing)."""
+        return any(
+            x is not None
+            for x in (
+                self.requests_per_minute,
+                self.tokens_per_minute,
+                self.concurrency,
+                self.tokens_per_day,
+                self.tokens_per_month,
+                self.cost_per_day,
+                self.cost_per_month,
+            )
+        )
+
 
 class RedisSettings(_Model):
     url: str | Secret = "redis://127.0.0.1:6379/0"
@@ -612,10 +631,17 @@ class LimitsSettings(_Model):
     @property
     def cost_budgets(self) -> bool:
         """Whether any bucket has a spending budget (which needs ``usage.prices``)."""
+        return any(x.cost_per_day or x.cost_per_month for x in self._every())
+
+    @property
+    def configured(self) -> bool:
+        """Whether any bucket has a limit or budget (priority alone limits nothing)."""
+        return any(x.limits_anything for x in self._every())
+
+    def _every(self) -> list[LimitSettings]:
         single = (self.per_key, self.per_user, self.per_team, self.per_model, self.all)
         named = (self.keys, self.users, self.roles, self.teams, self.models)
-        every = [*(x for x in single if x), *(v for d in named for v in d.values())]
-        return any(x.cost_per_day or x.cost_per_month for x in every)
+        return [*(x for x in single if x), *(v for d in named for v in d.values())]
 
 
 class PriceSettings(_Model):
@@ -743,6 +769,28 @@ class Settings(_Model):
                 f"{', '.join(repr(n) for n in unpriced)} (give one, or a '*' price)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _exact_limits_across_workers(self) -> Settings:
+        problem = self.workers_problem
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def workers_problem(self) -> str | None:
+        """Why these settings cannot run on ``server.workers`` processes (None: they can).
+
+        Limits kept in memory are each worker's own: N workers would admit up to N times
+        every limit, so limits with several workers need the shared Redis backend."""
+        workers = self.server.workers
+        if workers == 1 or self.limits.backend != "memory" or not self.limits.configured:
+            return None
+        return (
+            f"limits are configured with limits.backend: memory and server.workers: {workers}; "
+            f"each worker would count on its own and admit up to {workers} times every limit. "
+            "Use limits.backend: redis (shared by the workers, exact), or server.workers: 1"
+        )
 
     @property
     def uses_engine(self) -> bool:

@@ -19,14 +19,16 @@ The environment convention (docs/configuration.md, "From the environment"):
 - A ``BASTION_`` variable that names no setting is an error, except :data:`CLIENT_VARIABLES`,
   which the admin commands read as a client of a running gateway.
 
-Nothing here reads the process environment: the caller hands it in (the CLI passes
-``os.environ``), so a reload reads it again exactly as at start.
+Only :class:`ConfigSource` (what ``bastion serve`` and its workers use) reads the process
+environment, at each parse, so a reload reads it again exactly as at start; the functions
+are handed it.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import os
 import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -42,12 +44,15 @@ from bastion.settings import Secret, Settings, parse_settings
 __all__ = [
     "CLIENT_VARIABLES",
     "PREFIX",
+    "ConfigSource",
     "KeyPath",
     "Origin",
     "Sourced",
     "dotted",
     "load_settings",
     "load_sourced",
+    "read_file",
+    "server_flags",
 ]
 
 PREFIX = "BASTION_"
@@ -105,12 +110,17 @@ def load_sourced(
     path: Path | None,
     environ: Mapping[str, str] | None = None,
     flags: Mapping[str, tuple[KeyPath, Any]] | None = None,
+    *,
+    text: str | None = None,
 ) -> Sourced:
     """As :func:`load_settings`, keeping each value's origin. ``flags`` maps a flag's name
-    (``--port``) to the setting it sets and its value."""
+    (``--port``) to the setting it sets and its value. With ``text``, that is the file's
+    content, already read (a supervisor reads the file once for all its workers)."""
     layers = _Layers()
     if path is not None:
-        layers.data, layers.origins = _read_file(path)
+        if text is None:
+            text = read_file(path)
+        layers.data, layers.origins = _parse_file(text, path)
     found = _environment(environ or {}, layers.data)
     for override in found:
         layers.put(override.path, override.value, Origin("env", override.name))
@@ -123,6 +133,41 @@ def load_sourced(
     return Sourced(settings, dict(layers.origins), description)
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigSource:
+    """Where ``bastion serve`` takes its configuration from: a file (or none), the process
+    environment (read at each :meth:`parse`, so a reload sees it as a start does) and the
+    command line's flags. Reading (:meth:`read`) and validating (:meth:`parse`) are apart, so
+    that a supervisor reads the file once and hands the same text to its workers."""
+
+    path: Path | None = None
+    flags: Mapping[str, tuple[KeyPath, Any]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path is not None else "built-in defaults"
+
+    def read(self) -> str | None:
+        """The file's text (``None``: no file)."""
+        return None if self.path is None else read_file(self.path)
+
+    def parse(self, text: str | None) -> Settings:
+        """Validate ``text`` (as :meth:`read` returned it) with the environment and flags."""
+        return self.sourced(text).settings
+
+    def sourced(self, text: str | None) -> Sourced:
+        path = self.path if text is not None else None
+        return load_sourced(path, os.environ, self.flags, text=text)
+
+    def load(self) -> Settings:
+        return self.parse(self.read())
+
+
+def server_flags(server: Mapping[str, Any]) -> dict[str, tuple[KeyPath, Any]]:
+    """``server`` settings given on the command line (``{"port": 8081}``) as flags."""
+    return {f"--{name}": (("server", name), value) for name, value in server.items()}
+
+
 def _describe_sources(path: Path | None, variables: int) -> str:
     env = f"{variables} BASTION_* variable{'s' if variables != 1 else ''}"
     if path is not None:
@@ -133,11 +178,15 @@ def _describe_sources(path: Path | None, variables: int) -> str:
 # The file ---------------------------------------------------------------------------------
 
 
-def _read_file(path: Path) -> tuple[dict[str, Any], dict[KeyPath, Origin]]:
+def read_file(path: Path) -> str:
+    """The config file's text."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _parse_file(text: str, path: Path) -> tuple[dict[str, Any], dict[KeyPath, Origin]]:
     try:
         data = yaml.safe_load(text)
         root = yaml.compose(text, Loader=yaml.SafeLoader)

@@ -48,13 +48,18 @@ class CpuLayout:
 
     gateway: int | None
     load: int | None
+    gateway_cores: tuple[int, ...] = ()
+    """Every core the gateway may run on (``--gateway-cores``); ``gateway`` is the first."""
 
     @classmethod
-    def detect(cls) -> CpuLayout:
+    def detect(cls, gateway_cores: int = 1) -> CpuLayout:
+        """Core 0 for the load; the next ``gateway_cores`` (as many as there are) for the
+        system under test."""
         cores = sorted(os.sched_getaffinity(0))
         if len(cores) < 2:
             return cls(gateway=None, load=None)
-        return cls(gateway=cores[1], load=cores[0])
+        given = tuple(cores[1 : 1 + max(1, gateway_cores)])
+        return cls(gateway=given[0], load=cores[0], gateway_cores=given)
 
     @property
     def pinned(self) -> bool:
@@ -62,6 +67,12 @@ class CpuLayout:
 
     def prefix(self, core: int | None) -> list[str]:
         return [] if core is None else ["taskset", "-c", str(core)]
+
+    def gateway_prefix(self) -> list[str]:
+        """Pins the system under test to its cores."""
+        if self.gateway is None:
+            return []
+        return ["taskset", "-c", ",".join(str(c) for c in self.gateway_cores or (self.gateway,))]
 
     def pin_self_to_load(self) -> None:
         """The harness's own client runs beside the load generator, never on the gateway core."""

@@ -2,9 +2,11 @@
 
     python -m bench.run [--smoke] [--only direct,nginx,bastion,litellm] [--duration S]
                         [--out bench/results] [--preset apikey | --bastion-config FILE]
+                        [--workers N] [--gateway-cores K]
 
-The gateway under test runs on one core; the load generator, this harness's own clients and
-the fake upstream share the other. For each scenario a fresh upstream is started with that
+The gateway under test runs on one core (``--gateway-cores K``: K cores, for Bastion with
+``--workers``); the load generator, this harness's own clients and the fake upstream share
+core 0. For each scenario a fresh upstream is started with that
 scenario's pacing, and each system is started, measured and stopped in turn, so every figure
 starts from a fresh process. Results go to ``<out>/latest.md``, ``.json`` and ``.png``.
 """
@@ -87,6 +89,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--stream-events", type=int, help="content events per stream (default 32)")
     add("--hold-streams", type=int, help="streams to hold open (default 10000)")
     add("--hold-seconds", type=float, help="how long they are held (default 5)")
+    add("--workers", type=int, default=1, help="Bastion's server.workers (default 1)")
+    add(
+        "--gateway-cores",
+        type=int,
+        default=1,
+        metavar="K",
+        help="cores the gateway under test is pinned to (default 1; the load keeps core 0)",
+    )
     add(
         "--quiet-wait",
         type=float,
@@ -298,10 +308,14 @@ def _meta(
     args: argparse.Namespace, params: Params, layout: CpuLayout, nofile: int
 ) -> dict[str, Any]:
     if layout.pinned:
+        cores = ",".join(str(c) for c in layout.gateway_cores or (layout.gateway,))
         where = (
-            f"Gateway pinned to core {layout.gateway}; "
-            f"load, clients and upstream on core {layout.load}"
+            f"Gateway pinned to core(s) {cores}; load, clients and upstream on core {layout.load}"
         )
+        if args.gateway_cores > len(layout.gateway_cores):
+            where += f" (asked for {args.gateway_cores} gateway cores: not that many here)"
+        if args.workers > 1:
+            where += f"; Bastion with {args.workers} workers"
     else:
         where = "Fewer than 2 CPUs: nothing pinned, figures are not comparable"
     return {
@@ -343,10 +357,12 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             raise SystemExit(f"bench: {problem}")
     params = _params(args)
-    layout = CpuLayout.detect()
+    if args.workers < 1 or args.gateway_cores < 1:
+        raise SystemExit("bench: --workers and --gateway-cores must be at least 1")
+    layout = CpuLayout.detect(args.gateway_cores)
     layout.pin_self_to_load()
     nofile = _raise_nofile(2 * params.hold_streams + 128)
-    options = BastionOptions(args.preset, args.bastion_config, args.bastion_key)
+    options = BastionOptions(args.preset, args.bastion_config, args.bastion_key, args.workers)
     systems = make_systems(args.systems, options)
     scenarios = [s for s in SCENARIOS if s.name in args.scenario_names]
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -142,7 +142,7 @@ class NginxSystem(System):
             )
         )
         argv = ["nginx", "-p", str(conf_dir), "-c", str(conf), "-e", "stderr"]
-        return Proc("nginx", layout.prefix(layout.gateway) + argv, workdir, nofile=nofile)
+        return Proc("nginx", layout.gateway_prefix() + argv, workdir, nofile=nofile)
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,8 @@ class BastionOptions:
     preset: str = "apikey"
     config: Path | None = None
     key: str | None = None
+    workers: int = 1
+    """``bastion serve --workers``: processes serving the port."""
 
 
 def _bastion_argv() -> list[str]:
@@ -212,7 +214,9 @@ class BastionSystem(System):
     def launch(self, workdir: Path, layout: CpuLayout, nofile: int) -> Proc | None:
         assert self.config_path is not None  # prepare() succeeded, or we are not called
         argv = [*_bastion_argv(), "serve", "--config", str(self.config_path)]
-        return Proc("bastion", layout.prefix(layout.gateway) + argv, workdir, nofile=nofile)
+        if self.options.workers > 1:
+            argv += ["--workers", str(self.options.workers)]
+        return Proc("bastion", layout.gateway_prefix() + argv, workdir, nofile=nofile)
 
 
 def check_preset(name: str) -> str | None:
@@ -264,7 +268,7 @@ class LiteLLMSystem(System):
         env["PATH"] = f"{self.venv / 'bin'}:{env.get('PATH', '')}"
         env.update({"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"})
         env.update({"DISABLE_SCHEMA_UPDATE": "True", "LITELLM_MODE": "PRODUCTION"})
-        prefix = layout.prefix(layout.gateway)
+        prefix = layout.gateway_prefix()
         return Proc("litellm", prefix + argv, workdir, env=env, nofile=nofile, cwd=workdir)
 
 

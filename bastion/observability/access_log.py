@@ -110,7 +110,11 @@ class AccessLogWriter:
         format: Formatter = format_text,
         flush_interval: float = 0.2,
         max_pending: int = 512,
+        max_write: int | None = None,
     ) -> None:
+        """``max_write``: each write at most this many bytes, cut at line ends, for several
+        processes sharing one pipe (the kernel never interleaves writes of up to
+        ``PIPE_BUF`` bytes); None writes each batch at once."""
         self._stream = stream
         self._format = format
         self._interval = flush_interval
@@ -118,6 +122,7 @@ class AccessLogWriter:
         self._records: list[Record] = []
         self._timer: asyncio.TimerHandle | None = None
         self._failed = False
+        self._max_write = max_write
         self.dropped = 0
         """Records lost because the stream could not be written."""
 
@@ -141,8 +146,14 @@ class AccessLogWriter:
             return
         records, self._records = self._records, []
         try:
-            self._stream.write(self._format(records))
-            self._stream.flush()
+            text = self._format(records)
+            if self._max_write is None:
+                self._stream.write(text)
+                self._stream.flush()
+            else:
+                for piece in _pieces(text, self._max_write):
+                    self._stream.write(piece)
+                    self._stream.flush()
         except (OSError, ValueError) as exc:
             self.dropped += len(records)
             if not self._failed:  # said once, not per batch
@@ -150,3 +161,20 @@ class AccessLogWriter:
                 log.error("cannot write the access log (%s); lines are being dropped", exc)
             return
         self._failed = False
+
+
+def _pieces(text: bytes, size: int) -> list[bytes]:
+    """``text`` cut after line ends into pieces of at most ``size`` bytes (a longer line is a
+    piece of its own)."""
+    pieces: list[bytes] = []
+    start = 0
+    while len(text) - start > size:
+        end = text.rfind(b"\n", start, start + size)
+        end = text.find(b"\n", start + size) if end < 0 else end
+        if end < 0:
+            break
+        pieces.append(text[start : end + 1])
+        start = end + 1
+    if start < len(text):
+        pieces.append(text[start:])
+    return pieces

@@ -23,10 +23,10 @@ docs/operations.md lists both families.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType
 
-from bastion.observability.metrics import Registry
+from bastion.observability.metrics import Merge, Registry
 from bastion.settings import MetricsSettings
 from bastion.upstream.balancer import UpstreamSet
 
@@ -110,6 +110,7 @@ class GatewayMetrics:
         """route -> model -> its GenAI label values; the model ``""`` stands for any model
         that is not configured."""
         self._available: Callable[[], LabeledValues] = lambda: ()
+        self._gather: Callable[[], Awaitable[bytes]] | None = None
         team = ("team",) if self._teams_on else ()
         self._requests = r.counter(
             "bastion_requests_total",
@@ -299,12 +300,14 @@ class GatewayMetrics:
             "1 when the upstream's active health checks pass.",
             labels,
             each(lambda u: float(u.healthy)),
+            merge="min",  # several workers: 1 only while every worker's checks pass
         )
         r.gauge_function(
             "bastion_upstream_ejected",
             "1 while the upstream is ejected for failing requests (passive health).",
             labels,
             each(lambda u: float(u.ejected)),
+            merge="max",  # several workers: 1 while any worker has it ejected
         )
         r.gauge_function(
             "bastion_upstream_in_flight",
@@ -338,9 +341,26 @@ class GatewayMetrics:
         """A counter kept elsewhere (fail-open decisions, dropped log lines, reloads)."""
         self.registry.counter_function(name, help, (), lambda: [((), read())])
 
-    def watch_gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
-        """A value read at scrape time (how long the store's keys stay trusted)."""
-        self.registry.gauge_function(name, help, (), lambda: [((), read())])
+    def watch_gauge(
+        self, name: str, help: str, read: Callable[[], float], merge: Merge = "sum"
+    ) -> None:
+        """A value read at scrape time (how long the store's keys stay trusted); ``merge``
+        says how several workers' values combine."""
+        self.registry.gauge_function(name, help, (), lambda: [((), read())], merge)
+
+    # -- scrapes --------------------------------------------------------------------------
 
     def render(self) -> bytes:
+        """This process's metrics in the text format."""
         return self.registry.render()
+
+    def gather_with(self, gather: Callable[[], Awaitable[bytes]]) -> None:
+        """Answer scrapes with ``gather`` instead (a worker: the whole gateway's metrics,
+        merged by the supervisor)."""
+        self._gather = gather
+
+    async def exposition(self) -> bytes:
+        """What a scrape answers: this process's metrics, or what ``gather_with`` gives."""
+        if self._gather is None:
+            return self.registry.render()
+        return await self._gather()

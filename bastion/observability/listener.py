@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from bastion.errors import ConfigError
 from bastion.observability.metrics import CONTENT_TYPE
@@ -24,8 +25,12 @@ _MAX_HEAD = 8192
 _HEAD_TIMEOUT = 5.0
 
 
+Render = Callable[[], bytes] | Callable[[], Awaitable[bytes]]
+"""The metrics to answer with: at once, or gathered (a supervisor asks its workers)."""
+
+
 class MetricsListener:
-    def __init__(self, host: str, port: int, render: Callable[[], bytes]) -> None:
+    def __init__(self, host: str, port: int, render: Render) -> None:
         self._host = host
         self._port = port
         self._render = render
@@ -59,7 +64,7 @@ class MetricsListener:
         try:
             async with asyncio.timeout(_HEAD_TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")
-            writer.write(self._answer(head))
+            writer.write(await self._answer(head))
             await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
             pass
@@ -68,7 +73,7 @@ class MetricsListener:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    def _answer(self, head: bytes) -> bytes:
+    async def _answer(self, head: bytes) -> bytes:
         method, _, rest = head.partition(b" ")
         target = rest.partition(b" ")[0].partition(b"?")[0]
         if target != b"/metrics":
@@ -76,6 +81,8 @@ class MetricsListener:
         if method not in (b"GET", b"HEAD"):
             return _response(b"405 Method Not Allowed", b"text/plain", b"GET only\n")
         body = self._render()
+        if inspect.isawaitable(body):
+            body = await body
         return _response(b"200 OK", CONTENT_TYPE, b"" if method == b"HEAD" else body, len(body))
 
 

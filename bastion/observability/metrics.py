@@ -34,16 +34,18 @@ import sys
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from itertools import pairwise
-from typing import TypeVar
+from typing import Literal, NamedTuple, TypeVar
 
 __all__ = [
     "CONTENT_TYPE",
     "DEFAULT_BUCKETS",
     "Counter",
     "CounterFunction",
+    "Family",
     "Gauge",
     "GaugeFunction",
     "Histogram",
+    "Merge",
     "Registry",
 ]
 
@@ -57,6 +59,25 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 
 Labels = tuple[str, ...]
 LabeledValues = Iterable[tuple[Labels, float]]
+Merge = Literal["sum", "max", "min"]
+"""How a gauge's values from several processes combine into one."""
+
+
+class Family(NamedTuple):
+    """A metric's definition and series as plain data (:meth:`Registry.snapshot`)."""
+
+    name: str
+    kind: str
+    """``counter``, ``gauge`` or ``histogram``."""
+    help: str
+    labels: Labels
+    merge: Merge
+    bounds: tuple[float, ...] | None
+    """A histogram's finite bucket bounds."""
+    series: list[tuple[Labels, float | list[float]]]
+    """Label values -> the value, or a histogram's cells (each bucket's own count, ``+Inf``
+    last, then the sum)."""
+
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -68,6 +89,9 @@ class _Metric:
     """What every metric has: a name, help, label names, and a bounded map of series."""
 
     kind = ""
+    merge: Merge = "sum"
+    """How the series of several processes combine (:mod:`bastion.observability.snapshots`):
+    counters and histograms always add up; a gauge says what it is a fact of."""
 
     def __init__(
         self, name: str, help: str, labels: Labels, max_series: int, dropped: Counter | None
@@ -100,6 +124,15 @@ class _Metric:
     def _samples(self) -> Iterable[str]:
         raise NotImplementedError
 
+    def _series(self) -> list[tuple[Labels, float | list[float]]]:
+        raise NotImplementedError
+
+    def dump(self) -> Family:
+        """This metric's definition and current series as plain data."""
+        return Family(
+            self.name, self.kind, self.help, self.label_names, self.merge, None, self._series()
+        )
+
     def _render(self, out: list[str]) -> None:
         family = self.name
         out.append(f"# HELP {family} {_escape_help(self.help)}\n# TYPE {family} {self.kind}\n")
@@ -127,6 +160,9 @@ class _Scalar(_Metric):
         name, text = self.name, self._label_text
         return [f"{name}{text[key]} {_format(value)}\n" for key, value in self._values.items()]
 
+    def _series(self) -> list[tuple[Labels, float | list[float]]]:
+        return list(self._values.items())
+
 
 class Counter(_Scalar):
     """A value that only goes up: requests, tokens, errors. Its name ends in ``_total``."""
@@ -148,6 +184,18 @@ class Gauge(_Scalar):
     """A value that goes up and down: requests in flight, queue depth."""
 
     kind = "gauge"
+
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        labels: Labels,
+        max_series: int,
+        dropped: Counter | None,
+        merge: Merge = "sum",
+    ) -> None:
+        super().__init__(name, help, labels, max_series, dropped)
+        self.merge = _check_merge(name, merge)
 
     def set(self, labels: Labels, value: float) -> None:
         """Set the series of ``labels`` to ``value``."""
@@ -242,6 +290,13 @@ class Histogram(_Metric):
             out.append(f"{name}_count{pairs} {_format(total)}\n")
         return out
 
+    def _series(self) -> list[tuple[Labels, float | list[float]]]:
+        return [(labels, list(cells)) for labels, cells in self._values.items()]
+
+    def dump(self) -> Family:
+        family = super().dump()
+        return family._replace(bounds=self._bounds)
+
 
 class GaugeFunction(_Metric):
     """A gauge whose series are read from a function at scrape time.
@@ -253,21 +308,33 @@ class GaugeFunction(_Metric):
     kind = "gauge"
 
     def __init__(
-        self, name: str, help: str, labels: Labels, fn: Callable[[], LabeledValues]
+        self,
+        name: str,
+        help: str,
+        labels: Labels,
+        fn: Callable[[], LabeledValues],
+        merge: Merge = "sum",
     ) -> None:
         super().__init__(name, help, labels, sys.maxsize, None)
         self._fn = fn
+        self.merge = _check_merge(name, merge)
 
     def _samples(self) -> Iterable[str]:
         name, names = self.name, self.label_names
-        out: list[str] = []
-        for labels, value in self._fn():
-            if len(labels) != len(names):
+        return [f"{name}{_label_pairs(names, labels)} {_format(v)}\n" for labels, v in self._read()]
+
+    def _series(self) -> list[tuple[Labels, float | list[float]]]:
+        return [(tuple(labels), float(value)) for labels, value in self._read()]
+
+    def _read(self) -> list[tuple[Labels, float]]:
+        found = list(self._fn())
+        for labels, _ in found:
+            if len(labels) != len(self.label_names):
                 raise ValueError(
-                    f"{name}: expected {len(names)} label values {names}, got {labels!r}"
+                    f"{self.name}: expected {len(self.label_names)} label values "
+                    f"{self.label_names}, got {labels!r}"
                 )
-            out.append(f"{name}{_label_pairs(names, labels)} {_format(value)}\n")
-        return out
+        return found
 
 
 class CounterFunction(GaugeFunction):
@@ -317,9 +384,9 @@ class Registry:
             raise ValueError(f"counter name {name!r} must end in '_total'")
         return self._add(Counter(name, help, labels, self.max_series, self._dropped))
 
-    def gauge(self, name: str, help: str, labels: Labels = ()) -> Gauge:
-        """Register a gauge."""
-        return self._add(Gauge(name, help, labels, self.max_series, self._dropped))
+    def gauge(self, name: str, help: str, labels: Labels = (), merge: Merge = "sum") -> Gauge:
+        """Register a gauge; ``merge`` says how several processes' values combine."""
+        return self._add(Gauge(name, help, labels, self.max_series, self._dropped, merge))
 
     def histogram(
         self,
@@ -335,10 +402,16 @@ class Registry:
         return self._add(metric)
 
     def gauge_function(
-        self, name: str, help: str, labels: Labels, fn: Callable[[], LabeledValues]
+        self,
+        name: str,
+        help: str,
+        labels: Labels,
+        fn: Callable[[], LabeledValues],
+        merge: Merge = "sum",
     ) -> GaugeFunction:
-        """Register a gauge whose ``(label values, value)`` pairs ``fn`` returns at scrape time."""
-        return self._add(GaugeFunction(name, help, labels, fn))
+        """Register a gauge whose ``(label values, value)`` pairs ``fn`` returns at scrape time;
+        ``merge`` says how several processes' values combine."""
+        return self._add(GaugeFunction(name, help, labels, fn, merge))
 
     def counter_function(
         self, name: str, help: str, labels: Labels, fn: Callable[[], LabeledValues]
@@ -346,6 +419,11 @@ class Registry:
         """Register a counter whose ``(label values, value)`` pairs ``fn`` returns at scrape
         time."""
         return self._add(CounterFunction(name, help, labels, fn))
+
+    def snapshot(self) -> list[Family]:
+        """Every metric as plain data, in registration order (to be merged with other
+        processes' by :mod:`bastion.observability.snapshots`)."""
+        return [metric.dump() for metric in self._metrics]
 
     def render(self) -> bytes:
         """Every metric in the text exposition format 0.0.4, in registration order."""
@@ -362,6 +440,12 @@ class Registry:
         self._taken.update(names)
         self._metrics.append(metric)
         return metric
+
+
+def _check_merge(name: str, merge: str) -> Merge:
+    if merge not in ("sum", "max", "min"):
+        raise ValueError(f"{name}: merge must be sum, max or min, got {merge!r}")
+    return merge  # type: ignore[return-value]
 
 
 def _check_names(name: str, labels: Labels) -> None:

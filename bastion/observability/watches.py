@@ -228,4 +228,5 @@ def _watch_store(
             "Seconds the store's keys stay trusted without a successful poll "
             "(store.stale_after); at 0, store-issued keys are refused with 503.",
             lambda: max(0.0, min(1e9, keys_valid_until() - time.time())),
+            merge="min",  # several workers: the one closest to refusing keys
         )

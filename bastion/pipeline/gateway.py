@@ -272,7 +272,7 @@ class Gateway:
         elif path == "/v1/models":
             await send_json(ctx, 200, self._models_listing(ctx))
         elif path == "/bastion/metrics" and self._metrics is not None:
-            body = self._metrics.render()
+            body = await self._metrics.exposition()
             await send_whole(ctx, 200, [(b"content-type", CONTENT_TYPE)], body)
         else:  # pragma: no cover - there is no other local endpoint
             raise NotFoundError()

@@ -8,6 +8,7 @@ import gc
 import logging
 import math
 import resource
+import select
 import shlex
 import signal
 import socket
@@ -15,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Generator
 from types import FrameType
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import uvicorn
 
@@ -37,7 +38,7 @@ from bastion.store.store import Store
 from bastion.upstream.client import UpstreamPool
 from bastion.upstream.engine import ManagedEngine
 
-__all__ = ["configure_logging", "run", "serve"]
+__all__ = ["Supervised", "configure_logging", "run", "serve"]
 
 log = logging.getLogger("bastion")
 
@@ -82,6 +83,23 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class Supervised(Protocol):
+    """What :func:`serve` asks of its supervisor when it runs as one worker of several
+    (``server.workers`` above 1; implemented by ``server/worker.py``)."""
+
+    def listener(self) -> socket.socket:
+        """The listening socket the supervisor bound once for every worker."""
+
+    def engine_models(self) -> tuple[ModelSettings, ...]:
+        """The managed engine's model: the supervisor runs the one engine."""
+
+    def attach(self, reloader: Reloader, handle: ReloadHandle, services: Services) -> None:
+        """From now on reloads (SIGHUP, admin API) and scrapes go through the supervisor."""
+
+    def ready(self, url: str) -> None:
+        """Serving now (the supervisor says so once every worker is)."""
+
+
 async def serve(
     settings: Settings,
     *,
@@ -89,9 +107,11 @@ async def serve(
     on_ready: Callable[[str], None] | None = None,
     load: Callable[[], Settings] | None = None,
     source: str = "built-in defaults",
+    supervised: Supervised | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM. ``on_ready`` gets the base URL once listening. With
-    ``load`` (which reads the config file again), SIGHUP reloads the configuration."""
+    ``load`` (which reads the config file again), SIGHUP reloads the configuration. A worker
+    of several is ``supervised``: it neither binds, nor runs the engine, nor greets."""
     state = StateDir(settings.state_path())
     engine: ManagedEngine | None = None
     models = settings.models
@@ -107,7 +127,9 @@ async def serve(
     try:
         if settings.store.enabled:
             store = await asyncio.to_thread(open_store, settings, state)
-        if settings.uses_engine:
+        if settings.uses_engine and supervised is not None:
+            models = supervised.engine_models()
+        elif settings.uses_engine:
             engine = ManagedEngine(settings.engine, state.ensure())
             log.info("starting the %s engine (model %s)", settings.engine.kind, engine.served_name)
             await engine.start()
@@ -122,6 +144,7 @@ async def serve(
             access_log=AccessLogWriter(
                 sys.stderr.buffer,
                 format=format_json if settings.logging.format == "json" else format_text,
+                max_write=select.PIPE_BUF if supervised is not None else None,
             ),
             store=store,
         )
@@ -139,14 +162,20 @@ async def serve(
             keys_for=lambda s: _reload_keys(s, state, store, out),
             on_applied=_apply_log_level,
         )
-        if services.metrics is not None:
+        if services.metrics is not None and supervised is None:  # else the supervisor's count
             watch_reloads(services.metrics, reloader)
-        loop.add_signal_handler(signal.SIGHUP, reloader.on_signal)
+        if supervised is None:
+            loop.add_signal_handler(signal.SIGHUP, reloader.on_signal)
+        else:
+            supervised.attach(reloader, handle, services)
         await services.start()
-        listener = _metrics_listener(settings, services)
+        listener = _metrics_listener(settings, services) if supervised is None else None
         if listener is not None:
             await listener.start()
-        sock = bind(settings.server.host, settings.server.port)
+        if supervised is not None:
+            sock = supervised.listener()
+        else:
+            sock = bind(settings.server.host, settings.server.port)
         tls = settings.server.tls
         url = _url(sock, https=tls is not None)
         if tls is not None:
@@ -159,10 +188,13 @@ async def serve(
         serving = ", ".join(m.name for m in models)
 
         def started() -> None:  # accepting, and SIGTERM handled: say so
-            log.info("Bastion listening on %s serving %s", url, serving)
-            notify.ready(f"serving {serving} on {url}")
-            if welcome is not None:
-                _print_welcome(out, url, models[0].name, welcome)
+            if supervised is not None:
+                supervised.ready(url)  # the supervisor says where, greets and tells systemd
+            else:
+                log.info("Bastion listening on %s serving %s", url, serving)
+                notify.ready(f"serving {serving} on {url}")
+                if welcome is not None:
+                    _print_welcome(out, url, models[0].name, welcome)
             if on_ready is not None:
                 on_ready(url)
 

@@ -20,6 +20,7 @@ import pytest
 from bastion.auth.apikeys import generate_key, hash_key
 from tests.support.clients import openai_client
 from tests.support.gateway import GatewayProcess
+from tests.support.workers import chat, one_on_each_worker
 
 pytestmark = pytest.mark.e2e
 
@@ -124,3 +125,48 @@ def test_the_printed_openai_snippet_works_as_printed(embedded: tuple[GatewayProc
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
+
+
+def test_two_workers_serve_one_embedded_engine(tmp_path: Path) -> None:
+    """The supervisor runs the engine once; both workers reach it with its key, handed over
+    their private channels; stopping the gateway stops the engine."""
+    state = tmp_path / "state"
+    gateway = GatewayProcess(
+        {"server": {"workers": 2, "state_dir": str(state)}}, tmp_path, ready_timeout=600
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not (found := _KEY.search(gateway.logs)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert found, gateway.logs
+        assert set(_KEY.findall(gateway.logs)) == {found.group(1)}  # one key, made once
+        assert gateway.logs.count("Administrator API key") == 1  # shown once
+        engines = _engines(state)
+        assert len(engines) == 1, engines
+        for conn in one_on_each_worker(gateway):
+            assert chat(conn, found.group(1), MODEL, max_tokens=4) == 200
+            conn.close()
+    finally:
+        gateway.stop()
+    assert gateway.proc.returncode == 0, gateway.logs
+    deadline = time.monotonic() + 15
+    while _engines(state):
+        assert time.monotonic() < deadline, "the engine outlived its gateway"
+        time.sleep(0.1)
+
+
+def _engines(state: Path) -> list[int]:
+    """Live llama.cpp servers whose model file is in ``state``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        zombie = stat.rsplit(")", 1)[-1].split()[0] == "Z"
+        if b"llama_cpp.server" in argv and str(state).encode() in b" ".join(argv) and not zombie:
+            found.append(int(entry.name))
+    return found

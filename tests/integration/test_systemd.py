@@ -79,7 +79,7 @@ def test_sd_notify_at_start_reload_and_stop(
             "STATUS": "configuration reloaded: serving test-model",
         }
 
-        (tmp_path / "bastion.yaml").write_text("server: {port: nope}\n")
+        (tmp_path / "bastion.yaml").write_text("server: {drain_timeout: nope}\n")
         gateway.proc.send_signal(signal.SIGHUP)
         assert notifications.next()["RELOADING"] == "1"
         refused = notifications.next()
@@ -93,6 +93,7 @@ def test_sd_notify_at_start_reload_and_stop(
         assert gateway.proc.wait(15) == 0
     finally:
         gateway.stop()
+
     assert [next(iter(m)) for m in notifications.received] == [
         "READY",
         "RELOADING",
@@ -101,6 +102,30 @@ def test_sd_notify_at_start_reload_and_stop(
         "READY",
         "STOPPING",
     ]
+
+
+def test_with_workers_only_the_supervisor_speaks_to_systemd(
+    upstream: FakeUpstream, tmp_path: Path, notifications: Notifications
+) -> None:
+    config = base_config(upstream.url, Keys())
+    config["server"].update(state_dir=str(tmp_path), workers=2)
+    env = {"TEST_UPSTREAM_KEY": UPSTREAM_KEY, **notifications.env}
+    gateway = GatewayProcess(config, tmp_path, env=env)
+    try:
+        ready = notifications.next(timeout=30)
+        assert ready == {"READY": "1", "STATUS": f"serving on {gateway.url}"}
+        gateway.proc.send_signal(signal.SIGHUP)
+        assert notifications.next()["RELOADING"] == "1"
+        assert notifications.next()["READY"] == "1"
+        gateway.proc.send_signal(signal.SIGTERM)
+        stopping = notifications.next()
+        assert stopping["STOPPING"] == "1"
+        assert gateway.proc.wait(30) == 0
+        notifications.sock.settimeout(0.5)  # no worker spoke: nothing else arrived
+        with pytest.raises(TimeoutError):
+            notifications.sock.recv(4096)
+    finally:
+        gateway.stop()
 
 
 def test_without_notify_socket_nothing_is_sent_and_an_early_sigterm_drains(

@@ -88,6 +88,38 @@ async def test_a_full_buffer_is_written_at_once() -> None:
     assert sink.getvalue().count(b"\n") == 3
 
 
+def test_several_processes_on_one_pipe_get_whole_lines_of_at_most_max_write_bytes() -> None:
+    class Pieces(io.BytesIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pieces: list[bytes] = []
+
+        def write(self, data: bytes) -> int:  # type: ignore[override]
+            self.pieces.append(bytes(data))
+            return super().write(data)
+
+    sink = Pieces()
+    writer = AccessLogWriter(sink, flush_interval=10, max_write=512)
+    for i in range(100):
+        writer.write(record(i))
+    writer.flush()
+    assert sink.getvalue().count(b"\n") == 100
+    assert len(sink.pieces) > 10
+    for piece in sink.pieces:
+        assert len(piece) <= 512
+        assert piece.endswith(b"\n")  # a line is never split between two writes
+
+
+def test_a_line_longer_than_max_write_is_a_write_of_its_own() -> None:
+    sink = Sink()
+    writer = AccessLogWriter(sink, flush_interval=10, max_write=40)
+    writer.write(record(1))
+    writer.write(record(2))
+    writer.flush()
+    assert sink.writes == 2
+    assert sink.getvalue().count(b"\n") == 2
+
+
 def test_without_an_event_loop_lines_are_written_at_once() -> None:
     sink = Sink()
     AccessLogWriter(sink).write(record())

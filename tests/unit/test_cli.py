@@ -174,3 +174,33 @@ def test_config_schema_prints_the_schema(capsys: pytest.CaptureFixture[str]) -> 
 
     assert main(["config", "schema"]) == 0
     assert json.loads(capsys.readouterr().out) == config_schema()
+
+
+def test_serve_with_workers_refuses_limits_kept_in_memory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.yaml"
+    config = {
+        "models": [{"name": "m", "upstreams": [{"url": "http://127.0.0.1:1"}]}],
+        "limits": {"per_user": {"requests_per_minute": 5}},
+    }
+    path.write_text(yaml.safe_dump(config))
+    assert main(["serve", "--config", str(path), "--workers", "2"]) == 2
+    error = capsys.readouterr().err
+    assert "server.workers: 2" in error
+    assert "use limits.backend: redis" in error.lower()
+    assert "or server.workers: 1" in error
+
+
+def test_the_worker_command_is_not_offered_to_people(capsys: pytest.CaptureFixture[str]) -> None:
+    from bastion.cli import WORKER_COMMAND
+    from bastion.server import children
+
+    assert children.WORKER_COMMAND == WORKER_COMMAND  # the supervisor starts what the CLI runs
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert WORKER_COMMAND not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "--workers" in capsys.readouterr().out
+    assert main([WORKER_COMMAND, "not-a-number"]) != 0  # not a crash into a traceback

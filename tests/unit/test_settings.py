@@ -6,7 +6,7 @@ import pytest
 
 from bastion.errors import ConfigError
 from bastion.settings import Secret, parse_settings
-from bastion.sources import load_settings
+from bastion.sources import ConfigSource, load_settings, server_flags
 
 GOOD_HASH = "sha256:" + "ab" * 32
 
@@ -88,3 +88,53 @@ def test_key_expiry_needs_a_time_zone() -> None:
     entry["expires"] = "2030-01-01T00:00:00Z"
     settings = parse_settings({"auth": {"api_keys": [entry]}})
     assert settings.auth.api_keys[0].expires is not None
+
+
+WORKER_LIMITS = [
+    {"per_key": {"requests_per_minute": 10}},
+    {"keys": {"alice": {"concurrency": 2}}},
+    {"roles": {"user": {"tokens_per_day": 1000}}},
+    {"teams": {"research": {"tokens_per_month": 10}}},
+    {"all": {"tokens_per_minute": 100}},
+    {"models": {"m": {"concurrency": 4}}},
+]
+
+
+@pytest.mark.parametrize("limits", WORKER_LIMITS)
+def test_limits_in_memory_are_refused_with_several_workers(limits: dict[str, object]) -> None:
+    config = {"server": {"workers": 2}, "limits": limits}
+    with pytest.raises(ConfigError, match=r"limits\.backend: redis .* or server\.workers: 1"):
+        parse_settings(config)
+    parse_settings({**config, "server": {"workers": 1}})  # one process counts exactly
+    redis = parse_settings({**config, "limits": {**limits, "backend": "redis"}})
+    assert redis.server.workers == 2
+
+
+def test_several_workers_without_limits_keep_the_memory_backend() -> None:
+    # priority and a bucket that limits nothing are not limits
+    limits = {"priority": {"default": 1}, "per_key": {"count": "prompt", "burst": 5}}
+    settings = parse_settings({"server": {"workers": 4}, "limits": limits})
+    assert settings.limits.backend == "memory"
+    assert settings.workers_problem is None
+
+
+def test_workers_must_be_at_least_one() -> None:
+    with pytest.raises(ConfigError, match=r"server\.workers"):
+        parse_settings({"server": {"workers": 0}})
+
+
+def test_the_command_line_server_settings_win_over_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("server: {host: 0.0.0.0, port: 9000, workers: 3}\nmodels: []\n")
+    source = ConfigSource(path, server_flags({"port": 0, "workers": 2}))
+    settings = source.load()
+    assert (settings.server.host, settings.server.port, settings.server.workers) == (
+        "0.0.0.0",
+        0,
+        2,
+    )
+    assert source.parse(None).server.workers == 2  # the defaults, with the command line's
+    with pytest.raises(ConfigError, match=r"limits\.backend: redis"):
+        ConfigSource(path, server_flags({"workers": 2})).parse(
+            "limits: {per_key: {concurrency: 1}}\n"
+        )
