@@ -66,7 +66,7 @@ _STABLE = 60.0
 _SCRAPE_TIMEOUT = 5.0
 _RELOAD_TIMEOUT = 60.0
 _KILL_GRACE = 10.0
-"""After ``server.drain_timeout``, how long workers get to finish their clean-up."""
+"""After ``server.drain_delay`` and ``server.drain_timeout``, how long workers get to finish their clean-up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +246,9 @@ class Supervisor:
         running = [s for s in self._slots if s.alive]
         for slot in running:
             slot.signal(signal.SIGTERM)
-        grace = self._settings.server.drain_timeout + _KILL_GRACE
+        grace = (
+            self._settings.server.drain_delay + self._settings.server.drain_timeout + _KILL_GRACE
+        )
         waits = [asyncio.ensure_future(s.process.wait()) for s in running if s.process]
         _, late = await asyncio.wait(waits, timeout=grace) if waits else (set(), set())
         for slot in running:
