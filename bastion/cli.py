@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,8 +88,15 @@ def _serve(args: argparse.Namespace) -> int:
         return _with_overrides(load_settings(args.config), args.host, args.port)
 
     settings = load()
-    with contextlib.suppress(KeyboardInterrupt):
-        run(settings, load=load, source=str(args.config or "built-in defaults"))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            run(settings, load=load, source=str(args.config or "built-in defaults"))
+    except BastionError as exc:
+        if settings.logging.format != "json":
+            raise
+        # The log is JSON by now: the reason the gateway stopped is one of its lines.
+        logging.getLogger("bastion").error("%s", exc)
+        return 2
     return 0
 
 

@@ -21,6 +21,7 @@ from bastion.admin.reloading import ReloadHandle
 from bastion.app import Services, build_gateway
 from bastion.auth.apikeys import ApiKeyRecord
 from bastion.errors import ConfigError
+from bastion.observability import logs
 from bastion.observability.access_log import AccessLogWriter, format_json, format_text
 from bastion.observability.listener import MetricsListener
 from bastion.observability.watches import watch_connections, watch_reloads
@@ -40,11 +41,9 @@ log = logging.getLogger("bastion")
 
 
 def configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(settings.logging.level.upper())
+    """Every log line on standard error, in ``logging.format`` (see
+    :mod:`bastion.observability.logs`)."""
+    logs.configure(settings.logging.level, settings.logging.format)
 
 
 def raise_open_file_limit(wanted: int = 1 << 20) -> int:
