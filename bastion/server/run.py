@@ -12,7 +12,9 @@ import shlex
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable, Generator
+from types import FrameType
 from typing import TextIO
 
 import uvicorn
@@ -177,22 +179,39 @@ async def serve(
 class _Server(uvicorn.Server):
     """uvicorn's server, except that a SIGTERM or SIGINT ends :func:`serve` normally.
 
-    uvicorn re-raises the signal it caught once it has shut down, which kills the process
-    before the caller's clean-up runs: the last access-log lines, audit events and last-used
-    times would be lost and the store left unclosed. Bastion finishes its clean-up instead.
+    uvicorn's own ``capture_signals`` re-raises the signal it caught once it has shut down,
+    which kills the process before the caller's clean-up runs: the last access-log lines,
+    audit events and last-used times would be lost and the store left unclosed. This one
+    routes the signals to uvicorn's ``handle_exit`` the same way and raises nothing after:
+    Bastion finishes its clean-up instead. (uvicorn's ``serve`` enters ``capture_signals``;
+    tests/unit/test_uvicorn_internals.py checks that it still does.)
     """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.stop_signals: list[int] = []
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        with super().capture_signals():
-            try:
-                yield
-            finally:
-                captured = getattr(self, "_captured_signals", None)
-                if captured:
-                    names = ", ".join(signal.Signals(n).name for n in captured)
-                    log.info("stopping (%s): clean-up done by Bastion", names)
-                    captured.clear()
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread (as uvicorn's)
+            return
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if self.stop_signals:
+                names = ", ".join(signal.Signals(n).name for n in self.stop_signals)
+                log.info("stopping (%s): clean-up done by Bastion", names)
+
+    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        self.stop_signals.append(sig)
+        self.handle_exit(sig, frame)  # uvicorn's: drain, and a second SIGINT forces the exit
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _tune_gc() -> None:
