@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import re
 import sys
@@ -110,8 +111,15 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
     from bastion.server.run import run
 
-    with contextlib.suppress(KeyboardInterrupt):
-        run(settings, load=source.load, source=sourced.description)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            run(settings, load=source.load, source=sourced.description)
+    except BastionError as exc:
+        if settings.logging.format != "json":
+            raise
+        # The log is JSON by now: the reason the gateway stopped is one of its lines.
+        logging.getLogger("bastion").error("%s", exc)
+        return 2
     return 0
 
 

@@ -76,6 +76,7 @@ class Authenticate:
                 ctx.request_id,
                 ctx.client_host,
                 ctx.endpoint.path if ctx.endpoint else "-",
+                extra=ctx.log_fields(),
             )
             raise
 

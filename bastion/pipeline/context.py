@@ -8,6 +8,7 @@ from typing import Any
 from bastion.auth.identity import Identity
 from bastion.errors import GatewayError
 from bastion.limits.limiter import Grant
+from bastion.observability.logs import request_fields
 from bastion.pipeline.created import CreatedResponse
 from bastion.pipeline.endpoints import Endpoint
 from bastion.pipeline.meter import Meter
@@ -141,6 +142,10 @@ class RequestContext:
             self.body_overrides = dict(fields)
         else:
             self.body_overrides.update(fields)
+
+    def log_fields(self) -> dict[str, str]:
+        """The request's ids for a log record's ``extra`` (fields of a JSON log line)."""
+        return request_fields(self.request_id, self.caller_request_id)
 
     @property
     def echoed_request_id(self) -> str:

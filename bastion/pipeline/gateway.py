@@ -129,7 +129,7 @@ class Gateway:
             if current is not None:
                 current.uncancel()
         except Exception:
-            log.exception("unexpected error request_id=%s", ctx.request_id)
+            log.exception("unexpected error request_id=%s", ctx.request_id, extra=ctx.log_fields())
             await self._refuse(ctx, InternalError())
         finally:
             if ctx.grant is not None:
@@ -142,7 +142,9 @@ class Gateway:
         try:
             self._admit.finish(ctx)
         except Exception:
-            log.exception("releasing limits failed request_id=%s", ctx.request_id)
+            log.exception(
+                "releasing limits failed request_id=%s", ctx.request_id, extra=ctx.log_fields()
+            )
 
     async def _refuse(self, ctx: RequestContext, error: GatewayError) -> None:
         if ctx.client_disconnected:
@@ -302,6 +304,7 @@ def _log_cut(ctx: RequestContext, error: UpstreamError) -> None:
         ctx.upstream,
         error.code,
         f" ({cause})" if cause is not None and str(cause) else "",
+        extra=ctx.log_fields(),
     )
 
 

@@ -316,7 +316,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self not in self.head_watch.waiting:
             self.head_watch.arm(self, self.loop)
 
-    # on_url and on_header do uvicorn's work themselves (one Python call per callback, not two).
+    # data_received, on_url and on_header do uvicorn's work themselves (one Python call per
+    # callback, not two); tests/unit/test_uvicorn_internals.py fails when uvicorn's versions
+    # change, so that a change there is carried over here.
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -330,6 +332,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._header_count > limits.max_headers or self._head_bytes > limits.max_header_bytes:
             self._refuse(HeadersTooLargeError())
         name = name.lower()
+        value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace; not the value's (RFC 9110)
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
         self.headers.append((name, value))

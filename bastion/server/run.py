@@ -13,6 +13,7 @@ import shlex
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Generator
 from types import FrameType
@@ -24,6 +25,7 @@ from bastion.admin.reloading import ReloadHandle
 from bastion.app import Services, build_gateway
 from bastion.auth.apikeys import ApiKeyRecord
 from bastion.errors import ConfigError
+from bastion.observability import logs
 from bastion.observability.access_log import AccessLogWriter, format_json, format_text
 from bastion.observability.listener import MetricsListener
 from bastion.observability.watches import watch_certificate, watch_connections, watch_reloads
@@ -44,11 +46,9 @@ log = logging.getLogger("bastion")
 
 
 def configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(settings.logging.level.upper())
+    """Every log line on standard error, in ``logging.format`` (see
+    :mod:`bastion.observability.logs`)."""
+    logs.configure(settings.logging.level, settings.logging.format)
 
 
 def raise_open_file_limit(wanted: int = 1 << 20) -> int:
@@ -225,9 +225,12 @@ class _Server(uvicorn.Server):
     gateway out before it stops listening; a second signal ends the delay. Then uvicorn
     drains: it closes the listener and lets what is in flight finish.
 
-    uvicorn re-raises the signal it caught once it has shut down, which kills the process
-    before the caller's clean-up runs: the last access-log lines, audit events and last-used
-    times would be lost and the store left unclosed. Bastion finishes its clean-up instead.
+    uvicorn's own ``capture_signals`` re-raises the signal it caught once it has shut down,
+    which kills the process before the caller's clean-up runs: the last access-log lines,
+    audit events and last-used times would be lost and the store left unclosed. This one
+    routes the signals to uvicorn's ``handle_exit`` the same way and raises nothing after:
+    Bastion finishes its clean-up instead. (uvicorn's ``serve`` enters ``capture_signals``;
+    tests/unit/test_uvicorn_internals.py checks that it still does.)
     """
 
     def __init__(
@@ -238,6 +241,7 @@ class _Server(uvicorn.Server):
         on_started: Callable[[], None],
     ) -> None:
         super().__init__(config)
+        self.stop_signals: list[int] = []
         self._drain_delay = drain_delay
         self._on_drain = on_drain
         self._on_started = on_started
@@ -252,7 +256,6 @@ class _Server(uvicorn.Server):
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._draining, sig)
             if self._drain_delay > 0:
-                self._captured_signals.append(sig)
                 return
         elif not self.should_exit and self._loop is not None:
             self._loop.call_soon_threadsafe(log.info, "second signal: drain delay cut short")
@@ -281,15 +284,25 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         self._loop = asyncio.get_running_loop()
-        with super().capture_signals():
-            try:
-                yield
-            finally:
-                captured = getattr(self, "_captured_signals", None)
-                if captured:
-                    names = ", ".join(signal.Signals(n).name for n in captured)
-                    log.info("stopping (%s): clean-up done by Bastion", names)
-                    captured.clear()
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread (as uvicorn's)
+            return
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if self.stop_signals:
+                names = ", ".join(signal.Signals(n).name for n in self.stop_signals)
+                log.info("stopping (%s): clean-up done by Bastion", names)
+
+    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        self.stop_signals.append(sig)
+        self.handle_exit(sig, frame)  # uvicorn's: drain, and a second SIGINT forces the exit
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _on_drain(services: Services) -> Callable[[], None]:

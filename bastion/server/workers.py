@@ -66,7 +66,8 @@ _STABLE = 60.0
 _SCRAPE_TIMEOUT = 5.0
 _RELOAD_TIMEOUT = 60.0
 _KILL_GRACE = 10.0
-"""After ``server.drain_delay`` and ``server.drain_timeout``, how long workers get to finish their clean-up."""
+"""After ``server.drain_delay`` and ``server.drain_timeout``, how long workers get to finish
+their clean-up."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -34,7 +34,11 @@ class Keys:
 
 
 class GatewayProcess:
-    """A ``python -m bastion serve`` child; ``logs`` collects everything it printed."""
+    """A ``python -m bastion serve`` child; ``logs`` collects everything it printed.
+
+    With ``stderr_apart``, ``stderr`` also holds what it wrote to standard error alone (the
+    log), in the order written.
+    """
 
     def __init__(
         self,
@@ -42,9 +46,12 @@ class GatewayProcess:
         workdir: Path,
         env: dict[str, str] | None = None,
         ready_timeout: float = 30.0,
+        *,
+        stderr_apart: bool = False,
     ) -> None:
         self.workdir = workdir
         self.output: list[str] = []
+        self.errors: list[str] = []
         self._lock = threading.Lock()
         args = [sys.executable, "-m", "bastion", "serve", "--port", "0"]
         if config is not None:
@@ -54,24 +61,36 @@ class GatewayProcess:
         self.proc = subprocess.Popen(
             args,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE if stderr_apart else subprocess.STDOUT,
             text=True,
             env={**os.environ, **(env or {})},
         )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._readers = [threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True)]
+        if stderr_apart:
+            reader = threading.Thread(target=self._read, args=(self.proc.stderr, True), daemon=True)
+            self._readers.append(reader)
+        for reader in self._readers:
+            reader.start()
         self.url = self._wait_listening(ready_timeout)
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+    def _read(self, stream: IO[str] | None, errors: bool = False) -> None:
+        assert stream is not None
+        for line in stream:
             with self._lock:
                 self.output.append(line)
+                if errors:
+                    self.errors.append(line)
 
     @property
     def logs(self) -> str:
         with self._lock:
             return "".join(self.output)
+
+    @property
+    def stderr(self) -> str:
+        """Standard error alone (with ``stderr_apart``)."""
+        with self._lock:
+            return "".join(self.errors)
 
     def _wait_listening(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout
@@ -107,9 +126,11 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        self._reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        for reader in self._readers:
+            reader.join(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 @contextmanager
