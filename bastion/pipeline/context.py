@@ -11,6 +11,7 @@ from bastion.limits.limiter import Grant
 from bastion.pipeline.created import CreatedResponse
 from bastion.pipeline.endpoints import Endpoint
 from bastion.pipeline.meter import Meter
+from bastion.pipeline.trace import Trace
 from bastion.policy.networks import Address
 from bastion.policy.roles import Access
 from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream, Receive, Scope, Send
@@ -63,6 +64,7 @@ class RequestContext:
         "started",
         "status",
         "time_to_first_byte",
+        "trace",
         "upstream",
     )
 
@@ -120,6 +122,8 @@ class RequestContext:
         """What the request cost in tokens (made by ``admit``; see :mod:`.meter`)."""
         self.body_overrides: dict[str, Any] | None = None
         """Fields the gateway sets in (or removes from) the forwarded JSON body."""
+        self.trace: Trace | None = None
+        """The request's trace, when tracing is on (see :mod:`.tracing`)."""
 
     def billed_tokens(self) -> tuple[int, int]:
         """(prompt, completion) tokens to bill, as the meter counts them (none without one).
