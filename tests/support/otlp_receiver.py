@@ -58,6 +58,8 @@ class ReceivedSpan:
 class OtlpReceiver:
     status: int = 200
     """What every export is answered with."""
+    unavailable: int = 0
+    """How many of the next exports are answered 503 (then ``status`` again)."""
     spans: list[ReceivedSpan] = field(default_factory=list)
     exports: list[dict[str, str]] = field(default_factory=list)
     """The headers of every export received."""
@@ -80,8 +82,7 @@ class OtlpReceiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
-                receiver._received(self.path, dict(self.headers.items()), body)
-                status = receiver.status
+                status = receiver._received(self.path, dict(self.headers.items()), body)
                 answer = ExportTraceServiceResponse().SerializeToString() if status == 200 else b""
                 self.send_response(status)
                 self.send_header("content-type", "application/x-protobuf")
@@ -108,13 +109,19 @@ class OtlpReceiver:
             self.exports.clear()
             self.bodies.clear()
         self.status = 200
+        self.unavailable = 0
 
-    def _received(self, path: str, headers: dict[str, str], body: bytes) -> None:
+    def _received(self, path: str, headers: dict[str, str], body: bytes) -> int:
+        """Record an export; the status to answer it with."""
         with self._lock:
             self.exports.append({"path": path, **{k.lower(): v for k, v in headers.items()}})
             self.bodies.append(body)
-        if self.status != 200:
-            return
+            status = self.status
+            if self.unavailable > 0:
+                self.unavailable -= 1
+                status = 503
+        if status != 200:
+            return status
         if headers.get("Content-Encoding", headers.get("content-encoding")) == "gzip":
             body = gzip.decompress(body)
         request = ExportTraceServiceRequest()
@@ -152,6 +159,7 @@ class OtlpReceiver:
                     )
         with self._lock:
             self.spans.extend(found)
+        return 200
 
     def wait_for(
         self, predicate: Callable[[list[ReceivedSpan]], bool], timeout: float = 10.0
