@@ -23,6 +23,7 @@ __all__ = [
     "STATUS_UNSET",
     "AttributeValue",
     "attribute",
+    "attributes",
     "event",
     "export_request",
     "resource",
@@ -45,12 +46,15 @@ _fixed64 = struct.Struct("<Q").pack
 _fixed32 = struct.Struct("<I").pack
 _double = struct.Struct("<d").pack
 _ATTRIBUTE_CACHE_SIZE = 4096
-_attribute_cache: dict[tuple[str, AttributeValue], bytes] = {}
+_attribute_cache: dict[tuple[tuple[str, AttributeValue], ...], bytes] = {}
+
+
+_ONE_BYTE = [bytes((n,)) for n in range(128)]
 
 
 def _varint(n: int) -> bytes:
     if n < 0x80:
-        return bytes((n,))
+        return _ONE_BYTE[n]
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -61,7 +65,8 @@ def _varint(n: int) -> bytes:
 
 def _field(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited field: its tag, the payload's length, the payload."""
-    return tag + _varint(len(payload)) + payload
+    n = len(payload)
+    return tag + (_ONE_BYTE[n] if n < 0x80 else _varint(n)) + payload
 
 
 def _any_value(value: AttributeValue) -> bytes:
@@ -77,26 +82,48 @@ def _any_value(value: AttributeValue) -> bytes:
     return _field(b"\x2a", b"".join(_field(b"\x0a", _any_value(v)) for v in value))
 
 
+_keys: dict[str, bytes] = {}
+
+
 def _key_value(key: str, value: AttributeValue) -> bytes:
     """A ``KeyValue`` message."""
-    return _field(b"\x0a", key.encode()) + _field(b"\x12", _any_value(value))
+    encoded_key = _keys.get(key)
+    if encoded_key is None:
+        if len(_keys) >= _ATTRIBUTE_CACHE_SIZE:
+            _keys.clear()
+        encoded_key = _keys[key] = _field(b"\x0a", key.encode())
+    return encoded_key + _field(b"\x12", _any_value(value))
 
 
-def attribute(key: str, value: AttributeValue, *, cache: bool = False) -> bytes:
-    """One span attribute as it sits in a ``Span`` (field 9). With ``cache``, the encoding
-    is remembered (for the few values that recur: methods, routes, models, statuses)."""
-    if not cache:
-        return _field(b"\x4a", _key_value(key, value))
-    found = _attribute_cache.get((key, value))
+def attribute(key: str, value: AttributeValue) -> bytes:
+    """One span attribute as it sits in a ``Span`` (field 9)."""
+    return _field(b"\x4a", _key_value(key, value))
+
+
+def attributes(items: tuple[tuple[str, AttributeValue], ...]) -> bytes:
+    """Span attributes (field 9) whose values recur (methods, routes, models, statuses):
+    the encoding of the whole group is remembered."""
+    found = _attribute_cache.get(items)
     if found is None:
         if len(_attribute_cache) >= _ATTRIBUTE_CACHE_SIZE:
             _attribute_cache.clear()
-        found = _attribute_cache[(key, value)] = _field(b"\x4a", _key_value(key, value))
+        found = b"".join(_field(b"\x4a", _key_value(k, v)) for k, v in items)
+        _attribute_cache[items] = found
     return found
+
+
+_event_heads: dict[str, tuple[bytes, bytes]] = {}
 
 
 def event(name: str, time_ns: int, attributes: Sequence[tuple[str, AttributeValue]] = ()) -> bytes:
     """One span event as it sits in a ``Span`` (field 11)."""
+    if not attributes:
+        known = _event_heads.get(name)
+        if known is None:
+            encoded = _field(b"\x12", name.encode())
+            head = b"\x5a" + _varint(9 + len(encoded)) + b"\x09"
+            known = _event_heads[name] = (head, encoded)
+        return known[0] + _fixed64(time_ns) + known[1]
     body = b"\x09" + _fixed64(time_ns) + _field(b"\x12", name.encode())
     for key, value in attributes:
         body += _field(b"\x1a", _key_value(key, value))

@@ -64,12 +64,13 @@ class Tracer:
         self._slow_ratio = settings.slow_ratio
         self._trust_all = settings.trust_incoming
         self._trusted = NetworkList(settings.trusted_networks, "tracing.trusted_networks")
+        self._may_continue = self._trust_all or bool(self._trusted)
         self._principal = settings.record_principal
         self._teams = settings.record_teams
 
     def start(self, ctx: RequestContext) -> None:
         """Decide whether the request is sampled and give it its trace."""
-        incoming = self._incoming(ctx) if self._trust_all or self._trusted else None
+        incoming = self._incoming(ctx) if self._may_continue else None
         if incoming is None:
             trace_id = random.getrandbits(128) or 1
             parent_id, tracestate = None, None
@@ -164,29 +165,30 @@ class _SpanWriter:
         return self.trace.base_ns + int((at - self.started) * 1e9)
 
     def write(self, principal: bool, teams: bool) -> list[bytes]:
-        spans = [self._server(principal, teams)]
+        gen_ai = self._gen_ai()
+        spans = [self._server(principal, teams, gen_ai)]
         attempts = self.trace.attempts
         for index, attempt in enumerate(attempts):
-            spans.append(self._client(attempt, index, last=index == len(attempts) - 1))
+            last = index == len(attempts) - 1
+            spans.append(self._client(attempt, index, gen_ai if last else b""))
         return spans
 
-    def _gen_ai(self) -> list[bytes]:
+    def _gen_ai(self) -> bytes:
         """The answer's generative AI attributes (on the server span and the last attempt)."""
-        trace, ctx = self.trace, self.ctx
-        out = []
+        trace, meter = self.trace, self.ctx.meter
+        out = b""
         if trace.response_model is not None:
-            out.append(otlp.attribute("gen_ai.response.model", trace.response_model, cache=True))
-        meter = ctx.meter
+            out = otlp.attributes((("gen_ai.response.model", trace.response_model),))
         if meter is not None and meter.usage is not None:
             prompt, completion = meter.usage
-            out.append(otlp.attribute("gen_ai.usage.input_tokens", prompt))
-            out.append(otlp.attribute("gen_ai.usage.output_tokens", completion))
+            out += otlp.attribute("gen_ai.usage.input_tokens", prompt)
+            out += otlp.attribute("gen_ai.usage.output_tokens", completion)
         if trace.finish_reasons:
             reasons = tuple(trace.finish_reasons)
-            out.append(otlp.attribute("gen_ai.response.finish_reasons", reasons, cache=True))
+            out += otlp.attributes((("gen_ai.response.finish_reasons", reasons),))
         return out
 
-    def _server(self, principal: bool, teams: bool) -> bytes:
+    def _server(self, principal: bool, teams: bool, gen_ai: bytes) -> bytes:
         ctx, trace = self.ctx, self.trace
         attrs: list[tuple[str, AttributeValue]] = [
             ("http.request.method", ctx.method),
@@ -210,10 +212,12 @@ class _SpanWriter:
             attrs.append(("enduser.id", identity.principal))
         if identity is not None and teams and identity.teams:
             attrs.append(("bastion.teams", tuple(identity.teams)))
-        encoded = [otlp.attribute(k, v, cache=True) for k, v in attrs]
-        encoded.append(otlp.attribute("client.address", str(ctx.address or ctx.client_host)))
-        encoded.append(otlp.attribute("bastion.request_id", ctx.request_id))
-        encoded += self._gen_ai()
+        encoded = (
+            otlp.attributes(tuple(attrs))
+            + otlp.attributes((("client.address", str(ctx.address or ctx.client_host)),))
+            + otlp.attribute("bastion.request_id", ctx.request_id)
+            + gen_ai
+        )
         return otlp.span(
             trace_id=self.trace_id,
             span_id=trace.span_id.to_bytes(8, "big"),
@@ -222,7 +226,7 @@ class _SpanWriter:
             kind=otlp.SERVER,
             start_ns=trace.base_ns,
             end_ns=self.end_ns,
-            attributes=b"".join(encoded),
+            attributes=encoded,
             events=self._events(),
             status=otlp.STATUS_ERROR if self.failed is not None else otlp.STATUS_UNSET,
             status_message=self.failed or "",
@@ -247,14 +251,14 @@ class _SpanWriter:
             events.append(otlp.event("bastion.stream_end", self.end_ns))
         return b"".join(events)
 
-    def _client(self, attempt: Attempt, index: int, *, last: bool) -> bytes:
+    def _client(self, attempt: Attempt, index: int, gen_ai: bytes) -> bytes:
         upstream = attempt.upstream
         origin = upstream.origin
         endpoint = self.ctx.endpoint
         target = endpoint.target.decode() if endpoint is not None else ""
         status = attempt.status if attempt.error is not None else self.ctx.status
         error = attempt.error
-        if error is None and last:
+        if error is None and index == len(self.trace.attempts) - 1:
             error = self.failed
         attrs: list[tuple[str, AttributeValue]] = [
             ("http.request.method", self.ctx.method),
@@ -273,9 +277,6 @@ class _SpanWriter:
             attrs.append(("gen_ai.operation.name", self.operation))
         if attempt.model is not None:
             attrs.append(("gen_ai.request.model", attempt.model))
-        encoded = [otlp.attribute(k, v, cache=True) for k, v in attrs]
-        if last:
-            encoded += self._gen_ai()
         ended = attempt.ended
         name = self.operation or self.ctx.method
         if self.operation is not None and attempt.model is not None:
@@ -288,7 +289,7 @@ class _SpanWriter:
             kind=otlp.CLIENT,
             start_ns=self._ns(attempt.started),
             end_ns=self.end_ns if ended is None else self._ns(ended),
-            attributes=b"".join(encoded),
+            attributes=otlp.attributes(tuple(attrs)) + gen_ai,
             status=otlp.STATUS_ERROR if error is not None else otlp.STATUS_UNSET,
             status_message=error or "",
         )

@@ -55,8 +55,8 @@ def test_an_export_request_carries_resource_scope_and_spans() -> None:
 def test_a_span_keeps_every_field() -> None:
     attributes = b"".join(
         [
-            otlp.attribute("text", "héllo ✓", cache=True),
-            otlp.attribute("text", "héllo ✓", cache=True),  # the cached encoding, again
+            otlp.attributes((("text", "héllo ✓"),)),
+            otlp.attributes((("text", "héllo ✓"),)),  # the cached encoding, again
             otlp.attribute("yes", True),
             otlp.attribute("no", False),
             otlp.attribute("count", 300),
