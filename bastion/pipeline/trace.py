@@ -68,7 +68,6 @@ class Trace:
         "attempts",
         "authenticated",
         "authorized",
-        "base_ns",
         "finish_reasons",
         "parent_id",
         "reads_answer",
@@ -85,7 +84,6 @@ class Trace:
         parent_id: int | None,
         tracestate: bytes | None,
         sampled: bool,
-        base_ns: int,
         reads_answer: bool = False,
     ) -> None:
         self.trace_id = trace_id
@@ -94,8 +92,6 @@ class Trace:
         """The caller's span (a trusted ``traceparent``), else None: a root span."""
         self.tracestate = tracestate
         self.sampled = sampled
-        self.base_ns = base_ns
-        """Wall-clock nanoseconds at the request's start (``ctx.started``)."""
         self.reads_answer = reads_answer
         """Read the answer's model and finish reasons (sampled chat and completions only:
         the others would pay for it and likely never be exported)."""

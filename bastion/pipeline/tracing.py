@@ -79,10 +79,9 @@ class Tracer:
             trace_id, parent_id, flags, tracestate = incoming
             own = (trace_id & _ID_MASK) < self._bound
             sampled = bool(flags & 1) if self._parent_based else own
-        base_ns = time.time_ns() - int((time.perf_counter() - ctx.started) * 1e9)
         endpoint = ctx.endpoint
         reads = sampled and endpoint is not None and _OPERATIONS.get(endpoint.path) in _ANSWER_READ
-        ctx.trace = Trace(trace_id, parent_id, tracestate, sampled, base_ns, reads)
+        ctx.trace = Trace(trace_id, parent_id, tracestate, sampled, reads)
 
     def _incoming(self, ctx: RequestContext) -> tuple[int, int, int, bytes | None] | None:
         """The caller's trace context, when it is to be believed."""
@@ -155,14 +154,17 @@ class _SpanWriter:
         self.status = status
         self.failed = failed
         self.started = ctx.started
-        self.end_ns = trace.base_ns + int(elapsed * 1e9)
+        # the wall clock at the request's start, from one reading of each clock now (the
+        # times taken while it ran are perf_counter readings)
+        self.base_ns = time.time_ns() - int((time.perf_counter() - ctx.started) * 1e9)
+        self.end_ns = self.base_ns + int(elapsed * 1e9)
         self.trace_id = trace.trace_id.to_bytes(16, "big")
         endpoint = ctx.endpoint
         self.route = endpoint.path if endpoint is not None else ""
         self.operation = _OPERATIONS.get(self.route)
 
     def _ns(self, at: float) -> int:
-        return self.trace.base_ns + int((at - self.started) * 1e9)
+        return self.base_ns + int((at - self.started) * 1e9)
 
     def write(self, principal: bool, teams: bool) -> list[bytes]:
         gen_ai = self._gen_ai()
@@ -224,7 +226,7 @@ class _SpanWriter:
             parent_id=None if trace.parent_id is None else trace.parent_id.to_bytes(8, "big"),
             name=f"{ctx.method} {self.route}" if self.route else ctx.method,
             kind=otlp.SERVER,
-            start_ns=trace.base_ns,
+            start_ns=self.base_ns,
             end_ns=self.end_ns,
             attributes=encoded,
             events=self._events(),

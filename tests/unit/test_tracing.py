@@ -135,7 +135,7 @@ def test_an_oversized_tracestate_is_dropped_but_the_parent_kept() -> None:
 
 
 def test_the_upstream_gets_the_gateways_context_instead_of_the_callers() -> None:
-    trace = Trace(0xABC, None, b"vendor=1", True, 0)
+    trace = Trace(0xABC, None, b"vendor=1", True)
     context = trace.attempt(object(), "m")  # type: ignore[arg-type]
     caller = [(b"traceparent", PARENT), (b"tracestate", b"evil=1"), (b"accept", b"*/*")]
     headers = request_headers(caller, "rid", None, context)
@@ -150,7 +150,7 @@ def test_the_upstream_gets_the_gateways_context_instead_of_the_callers() -> None
 
 
 def test_the_answer_is_read_for_model_and_reasons_only() -> None:
-    trace = Trace(1, None, None, True, 0, reads_answer=True)
+    trace = Trace(1, None, None, True, reads_answer=True)
     trace.read_answer(
         b'{"model":"m-1","choices":[{"message":{"content":"\\"model\\": \\"leak\\", '
         b'\\"finish_reason\\": \\"leak\\""},"finish_reason":"stop"},'
