@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+from typing import cast
 
 import httptools
 import uvloop
@@ -81,8 +82,7 @@ class _Sink(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -77,8 +77,8 @@ class Tracer:
             sampled = (trace_id & _ID_MASK) < self._bound
         else:
             trace_id, parent_id, flags, tracestate = incoming
-            own = (trace_id & _ID_MASK) < self._bound
-            sampled = bool(flags & 1) if self._parent_based else own
+            parent_decides = self._parent_based
+            sampled = bool(flags & 1) if parent_decides else (trace_id & _ID_MASK) < self._bound
         endpoint = ctx.endpoint
         reads = sampled and endpoint is not None and _OPERATIONS.get(endpoint.path) in _ANSWER_READ
         ctx.trace = Trace(trace_id, parent_id, tracestate, sampled, reads)
