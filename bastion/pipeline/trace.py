@@ -123,7 +123,7 @@ class Trace:
             found = _MODEL.search(body)
             if found is not None:
                 self.response_model = found[1].decode()
-        if b'_reason"' in body:
+        if b'_reason":"' in body or b'_reason": "' in body:  # not the usual "...": null
             reasons = self.finish_reasons
             if reasons is None:
                 reasons = self.finish_reasons = []
