@@ -6,6 +6,7 @@ except :class:`Secret` resolution, which happens once, at load time.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from datetime import datetime
 from pathlib import Path
@@ -730,6 +731,24 @@ class TracingSettings(_Model):
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a network (CIDR)") from None
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, value: dict[str, Secret]) -> dict[str, Secret]:
+        for name in value:
+            if not name or not all(c.isalnum() or c in "-_" for c in name) or not name.isascii():
+                raise ValueError(f"{name!r} is not a header name")
         return value
 
 

@@ -102,3 +102,18 @@ def test_config_check_resolves_the_store_and_redis_secrets(
     )
     assert main(["config", "check", str(path)]) == 0
     assert "hunter2" not in capsys.readouterr().out
+
+
+def test_config_check_resolves_and_masks_the_tracing_headers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.yaml"
+    headers = {"authorization": {"env": "BASTION_TEST_UNSET_VAR"}}
+    path.write_text(yaml.safe_dump({"tracing": {"enabled": True, "headers": headers}}))
+    assert main(["config", "check", str(path)]) == 2
+    assert "tracing.headers.authorization" in capsys.readouterr().err
+    headers = {"authorization": {"value": "Bearer hunter2"}}
+    path.write_text(yaml.safe_dump({"tracing": {"enabled": True, "headers": headers}}))
+    assert main(["config", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "authorization: '***'" in out

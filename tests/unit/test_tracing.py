@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from bastion.errors import UpstreamConnectError
+from bastion.errors import ConfigError, UpstreamConnectError
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.endpoints import DEFAULT_ENDPOINTS
 from bastion.pipeline.forward import request_headers
 from bastion.pipeline.trace import Trace, parse_traceparent
 from bastion.pipeline.tracing import Tracer
-from bastion.settings import TracingSettings
+from bastion.settings import TracingSettings, parse_settings
 from tests.support.asgi import post_scope
 
 CHAT = next(e for e in DEFAULT_ENDPOINTS if e.path == "/v1/chat/completions")
@@ -205,3 +205,19 @@ def test_slow_requests_are_kept_at_the_slow_ratio(monkeypatch: pytest.MonkeyPatc
     tracer.start(ctx)
     _finish(tracer, ctx, 200, elapsed=2.0)
     assert len(collected.spans) == 1
+
+
+@pytest.mark.parametrize(
+    ("tracing", "message"),
+    [
+        ({"trusted_networks": ["10.0.0.0/33"]}, "is not a network"),
+        ({"headers": {"bad header": {"value": "x"}}}, "is not a header name"),
+        ({"endpoint": "ftp://collector"}, "http:// or https://"),
+        ({"sample_ratio": 1.5}, "less than or equal to 1"),
+        ({"exporter": "grpc"}, "unknown setting"),
+    ],
+)
+def test_tracing_settings_are_checked(tracing: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"tracing": {"enabled": True, **tracing}})
+    assert message in str(caught.value)
