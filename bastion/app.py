@@ -19,7 +19,8 @@ from bastion.limits.limiter import Limiter
 from bastion.limits.plan import Planner
 from bastion.observability.access_log import AccessLogWriter
 from bastion.observability.instruments import GatewayMetrics
-from bastion.observability.watches import watch_services
+from bastion.observability.traces import TraceExporter
+from bastion.observability.watches import watch_services, watch_traces
 from bastion.pipeline.accept import Acceptor
 from bastion.pipeline.account import Account
 from bastion.pipeline.admit import Admit
@@ -37,6 +38,7 @@ from bastion.pipeline.gateway import Gateway
 from bastion.pipeline.ownership import Ownership
 from bastion.pipeline.readiness import Readiness
 from bastion.pipeline.route import ModelRegistry
+from bastion.pipeline.tracing import Tracer
 from bastion.policy.policy import Policy
 from bastion.settings import (
     BruteForceSettings,
@@ -151,6 +153,8 @@ class Services:
             if settings.metrics.enabled
             else None
         )
+        self.traces = TraceExporter(settings.tracing) if settings.tracing.enabled else None
+        """Where traced requests' spans go (tracing settings change only with a restart)."""
         self._limits = settings.limits
         self._limiter: Limiter | None = None
         self._guard: tuple[BruteForceSettings, FailureGuard] | None = None
@@ -170,6 +174,8 @@ class Services:
                 calls=self.store_calls,
                 keys_valid_until=lambda: self.api_keys.store_valid_until,
             )
+            if self.traces is not None:
+                watch_traces(self.metrics, self.traces)
 
     def limiter(self) -> Limiter:
         """The limiter, made on first need (a configuration without limits never makes one)."""
@@ -240,6 +246,8 @@ class Services:
             await self.sync.start()
         self.owners.start()
         self.health.start()
+        if self.traces is not None:
+            self.traces.start()
 
     async def stop(self) -> None:
         """Once serving stopped: flush what is buffered (access log, audit, usage, last-used
@@ -254,6 +262,8 @@ class Services:
             self.store_calls.close()
         if self._limiter is not None:
             await self._limiter.aclose()
+        if self.traces is not None:
+            await self.traces.stop()
 
 
 def _provider(settings: Settings) -> str:
@@ -280,6 +290,7 @@ def build_gateway(
         service = AdminService(store, policy, Prices.of(settings.usage))
         admin = AdminApi(service, services.sync, reload, calls=services.store_calls)
     registry = ModelRegistry(models, services.upstreams, settings.upstream.health.path)
+    tracer = None if services.traces is None else Tracer(settings.tracing, services.traces)
     readiness = Readiness(registry, services, checked=settings.upstream.health.enabled)
     return Gateway(
         endpoints=build_endpoints(settings, admin=admin is not None),
@@ -300,11 +311,13 @@ def build_gateway(
             services.audit if settings.store.audit_refused else None,
             services.usage,
             services.metrics,
+            tracer,
         ),
         readiness=readiness,
         admin=admin,
         admit=_admit(settings, services),
         metrics=services.metrics,
+        tracer=tracer,
     )
 
 

@@ -162,6 +162,11 @@ def _check_secrets(settings: Settings) -> None:
                 secret.resolve()
             except ConfigError as exc:
                 raise ConfigError(str(exc), where) from None
+    for name, header in settings.tracing.headers.items():
+        try:
+            header.resolve()
+        except ConfigError as exc:
+            raise ConfigError(str(exc), f"tracing.headers.{name}") from None
     for model in settings.models:
         for index, upstream in enumerate(model.upstreams):
             if isinstance(upstream.api_key, Secret):

@@ -7,6 +7,7 @@ except :class:`Secret` resolution, which happens once, at load time.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable
 from datetime import datetime
@@ -51,6 +52,7 @@ __all__ = [
     "StoreSettings",
     "TeamSettings",
     "TlsSettings",
+    "TracingSettings",
     "UpstreamClientSettings",
     "UpstreamTarget",
     "UsageSettings",
@@ -708,6 +710,79 @@ class MetricsSettings(_Model):
         return host.strip("[]"), int(port)
 
 
+class TracingSettings(_Model):
+    """OpenTelemetry traces of the gateway's requests, exported over OTLP/HTTP (protobuf).
+
+    The sampling decision is taken when a request starts (``sample_ratio``, or the caller's
+    decision when its trace context is trusted and ``parent_based``); a request not sampled
+    then may still be kept at its end, when it failed (``error_ratio``) or was slow
+    (``slow_ratio``). Nothing about a request is built for export unless it is kept. Prompts
+    and completions are never recorded. See docs/operations.md, "Tracing"."""
+
+    enabled: bool = False
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    """The collector's OTLP/HTTP traces URL, path included (``/v1/traces`` as a rule)."""
+    headers: dict[str, Secret] = Field(default_factory=dict)
+    """Headers sent with every export (a vendor's API key, ``authorization``)."""
+    compression: Literal["none", "gzip"] = "none"
+    timeout: float = Field(default=10.0, gt=0)
+    """Longest wait for one export (connecting included); then it is retried or dropped."""
+    service_name: str = Field(default="bastion", min_length=1)
+    resource_attributes: dict[str, str | bool | int | float] = Field(default_factory=dict)
+    """More resource attributes (``deployment.environment.name: prod``)."""
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    """Share of requests traced, decided on the trace id (as OpenTelemetry's ratio sampler)."""
+    parent_based: bool = True
+    """A caller's trusted ``traceparent`` decides instead of ``sample_ratio``."""
+    error_ratio: float = Field(default=1.0, ge=0, le=1)
+    """Share of the requests not sampled that are kept when they failed (a 5xx, or a
+    response cut by the upstream)."""
+    slow_threshold: float | None = Field(default=None, gt=0)
+    """Seconds to the response's first byte (or to the end, without a response) that make a
+    request slow; None: no request counts as slow."""
+    slow_ratio: float = Field(default=1.0, ge=0, le=1)
+    """Share of the slow requests not sampled that are kept."""
+    trust_incoming: bool = False
+    """Continue every caller's ``traceparent``/``tracestate``; otherwise only those of peers
+    in ``trusted_networks``, and the others are replaced, not forwarded."""
+    trusted_networks: tuple[str, ...] = ()
+    """Peers (CIDR) whose trace context is continued, such as your own front proxies."""
+    record_principal: bool = False
+    """Put the caller's principal on its spans (``enduser.id``)."""
+    record_teams: bool = False
+    """Put the caller's teams on its spans (``bastion.teams``)."""
+    max_queue_spans: int = Field(default=4096, gt=0)
+    """Spans waiting for export; more are dropped and counted."""
+    max_batch_spans: int = Field(default=512, gt=0)
+    export_interval: float = Field(default=2.0, gt=0)
+    """Seconds between exports (one starts sooner when a batch is full)."""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a network (CIDR)") from None
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, value: dict[str, Secret]) -> dict[str, Secret]:
+        for name in value:
+            if not name or not all(c.isalnum() or c in "-_" for c in name) or not name.isascii():
+                raise ValueError(f"{name!r} is not a header name")
+        return value
+
+
 class LoggingSettings(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
@@ -732,6 +807,7 @@ class Settings(_Model):
     responses: ResponsesSettings = ResponsesSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @model_validator(mode="after")
     def _unique_models(self) -> Settings:

@@ -40,12 +40,16 @@ class PresetFacts:
     key: str
     key_hash: str
     model: str = "bench-model"
+    otlp_url: str = "http://127.0.0.1:18090/v1/traces"
+    """Where the harness's OTLP sink listens (started for presets that set ``otlp_sink``)."""
 
 
 @dataclass(frozen=True)
 class Preset:
     config: dict[str, Any]
     authorization: str
+    otlp_sink: bool = False
+    """The harness runs its OTLP traces sink (``bench/otlp_sink.py``) beside the upstream."""
 
 
 def _apikey(facts: PresetFacts) -> Preset:
@@ -184,6 +188,18 @@ def _jwt(facts: PresetFacts) -> Preset:
     return Preset({**preset.config, "auth": auth}, f"Bearer {token}")
 
 
+def _tracing(ratio: float) -> Callable[[PresetFacts], Preset]:
+    def build(facts: PresetFacts) -> Preset:
+        """The baseline with tracing on, sampling ``ratio`` of the requests (failures and
+        slow requests kept at their end, as shipped), exported to the harness's sink."""
+        preset = _apikey(facts)
+        tracing = {"enabled": True, "endpoint": facts.otlp_url, "sample_ratio": ratio}
+        config = {**preset.config, "tracing": tracing}
+        return Preset(config, preset.authorization, otlp_sink=True)
+
+    return build
+
+
 PRESETS: dict[str, Callable[[PresetFacts], Preset]] = {
     "jwt": _jwt,
     "apikey": _apikey,
@@ -197,6 +213,9 @@ PRESETS: dict[str, Callable[[PresetFacts], Preset]] = {
     "memory-limits": _memory_limits,
     "redis-limits": _redis_limits,
     "access-log-json": _access_log_json,
+    "tracing-0": _tracing(0.0),
+    "tracing-1": _tracing(0.01),
+    "tracing-100": _tracing(1.0),
 }
 
 # Hooks for later sessions: the feature each name is meant to switch on.

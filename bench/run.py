@@ -378,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(params, layout, workdir, script, nofile, args.quiet_wait)
         found = _run_all(systems, scenarios, ctx)
     finally:
+        for system in systems:
+            system.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
     results = {
         "meta": _meta(args, params, layout, nofile),

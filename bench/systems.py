@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,14 @@ from typing import Any
 import yaml
 
 from bench.presets import PresetFacts, PresetNotReadyError, build_preset
-from bench.procs import CpuLayout, Proc
+from bench.procs import CpuLayout, Proc, port_is_free
 
 __all__ = [
     "BASTION_PORT",
     "BENCH_DIR",
     "LITELLM_PORT",
     "NGINX_PORT",
+    "OTLP_SINK_PORT",
     "UPSTREAM_PORT",
     "BastionOptions",
     "BastionSystem",
@@ -45,6 +47,7 @@ UPSTREAM_PORT = 18001
 BASTION_PORT = 18080
 NGINX_PORT = 18081
 LITELLM_PORT = 18082
+OTLP_SINK_PORT = 18090
 _UPSTREAM_URL = f"http://127.0.0.1:{UPSTREAM_PORT}"
 
 
@@ -70,6 +73,9 @@ class System:
 
     def launch(self, workdir: Path, layout: CpuLayout, nofile: int) -> Proc | None:
         raise NotImplementedError
+
+    def cleanup(self) -> None:
+        """Once per run, after every scenario: stop what ``prepare`` started."""
 
 
 @dataclass
@@ -183,12 +189,26 @@ def generate_bastion_key() -> tuple[str, str]:
 class BastionSystem(System):
     options: BastionOptions = field(default_factory=BastionOptions)
     config_path: Path | None = None
+    sink: Proc | None = None
+    """The OTLP traces sink, for the tracing presets (on the load core, like the upstream)."""
+    _wants_sink: bool = False
 
     def prepare(self, workdir: Path) -> None:
         try:
             self.config_path = self._config(workdir)
+            if self._wants_sink:
+                self.sink = _start_sink(workdir)
         except (RuntimeError, OSError, subprocess.TimeoutExpired, yaml.YAMLError) as exc:
             self.unavailable = f"not runnable: {exc}"
+
+    def cleanup(self) -> None:
+        sink = self.sink
+        if sink is None:
+            return
+        self.sink = None
+        sink.stop()
+        counts = [line for line in sink.log_tail().splitlines() if line.startswith("otlp-sink:")]
+        self.notes.append(counts[-1] if counts else "otlp-sink: no counts printed")
 
     def _config(self, workdir: Path) -> Path:
         given = self.options.config
@@ -206,6 +226,7 @@ class BastionSystem(System):
         facts = PresetFacts(self.port, _UPSTREAM_URL, workdir, key=key, key_hash=key_hash)
         preset = build_preset(self.options.preset, facts)
         self.auth = preset.authorization
+        self._wants_sink = preset.otlp_sink
         path = workdir / f"bastion-{self.options.preset}.yaml"
         path.write_text(yaml.safe_dump(preset.config, sort_keys=False))
         self.notes.append(f"preset: {self.options.preset}")
@@ -217,6 +238,21 @@ class BastionSystem(System):
         if self.options.workers > 1:
             argv += ["--workers", str(self.options.workers)]
         return Proc("bastion", layout.gateway_prefix() + argv, workdir, nofile=nofile)
+
+
+def _start_sink(workdir: Path) -> Proc:
+    if not port_is_free(OTLP_SINK_PORT):
+        raise RuntimeError(f"port {OTLP_SINK_PORT} (the OTLP sink's) is in use")
+    layout = CpuLayout.detect()
+    argv = [sys.executable, "-m", "bench.otlp_sink", "--port", str(OTLP_SINK_PORT)]
+    sink = Proc("otlp-sink", layout.prefix(layout.load) + argv, workdir, cwd=BENCH_DIR.parent)
+    deadline = time.monotonic() + 20
+    while port_is_free(OTLP_SINK_PORT):
+        if not sink.alive() or time.monotonic() > deadline:
+            sink.stop()
+            raise RuntimeError(f"the OTLP sink did not start: {sink.log_tail()}")
+        time.sleep(0.05)
+    return sink
 
 
 def check_preset(name: str) -> str | None:

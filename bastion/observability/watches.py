@@ -14,7 +14,13 @@ from typing import Protocol
 from bastion.observability.instruments import GatewayMetrics
 from bastion.upstream.balancer import UpstreamSet
 
-__all__ = ["watch_certificate", "watch_connections", "watch_reloads", "watch_services"]
+__all__ = [
+    "watch_certificate",
+    "watch_connections",
+    "watch_reloads",
+    "watch_services",
+    "watch_traces",
+]
 
 
 class Dropping(Protocol):
@@ -67,6 +73,20 @@ class Reloading(Protocol):
     @property
     def refused(self) -> int:
         """Configuration reloads refused."""
+
+
+class Exporting(Protocol):
+    @property
+    def exported(self) -> int:
+        """Spans the collector accepted."""
+
+    @property
+    def dropped(self) -> int:
+        """Spans lost: the queue was full, or their export failed for good."""
+
+    @property
+    def failed_exports(self) -> int:
+        """Exports that failed for good."""
 
 
 class Connecting(Protocol):
@@ -188,6 +208,26 @@ def watch_certificate(metrics: GatewayMetrics, certificates: Certified) -> None:
         "bastion_tls_certificate_expiry_timestamp_seconds",
         "When the TLS certificate the gateway serves expires, in seconds since the epoch.",
         lambda: certificates.not_after,
+    )
+
+
+def watch_traces(metrics: GatewayMetrics, exporter: Exporting) -> None:
+    """Register the trace exporter's counts."""
+    metrics.watch_count(
+        "bastion_trace_spans_exported_total",
+        "Spans the OpenTelemetry collector accepted.",
+        lambda: exporter.exported,
+    )
+    metrics.watch_count(
+        "bastion_trace_spans_dropped_total",
+        "Spans lost: the export queue was full (tracing.max_queue_spans), or the collector "
+        "refused or did not answer.",
+        lambda: exporter.dropped,
+    )
+    metrics.watch_count(
+        "bastion_trace_export_failures_total",
+        "Exports to the collector that failed after their retries.",
+        lambda: exporter.failed_exports,
     )
 
 

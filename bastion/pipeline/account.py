@@ -4,6 +4,7 @@ It hands plain facts of the finished request to each sink: a record to the acces
 (:mod:`bastion.observability.access_log`), an audit event for a refusal
 (:mod:`bastion.store.audit`), a usage record (:mod:`bastion.store.usage`) and the request's
 metrics (:mod:`bastion.observability.instruments`). None of those knows the request context.
+A traced request's spans are built and queued for export here too (:mod:`.tracing`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from bastion.observability.access_log import AccessLogWriter
 from bastion.observability.instruments import GatewayMetrics
 from bastion.pipeline.context import RequestContext
 from bastion.pipeline.endpoints import EndpointKind
+from bastion.pipeline.tracing import Tracer
 from bastion.settings import LoggingSettings
 from bastion.store.audit import AuditTrail
 from bastion.store.records import AuditEvent
@@ -35,8 +37,10 @@ class Account:
         audit: AuditTrail | None = None,
         usage: UsageQueue | None = None,
         metrics: GatewayMetrics | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._writer = writer if settings.access_log else None
+        self._tracer = tracer
         self._audit = audit
         self._usage = usage
         self._metrics = metrics
@@ -70,6 +74,9 @@ class Account:
                 meter.content_events if meter is not None else 0,
                 None if error is None else error.code or type(error).__name__,
             )
+        if ctx.trace is not None:
+            assert self._tracer is not None  # only the tracer gives a request a trace
+            self._tracer.finish(ctx, status, elapsed_ms / 1000.0)
         writer = self._writer
         if writer is None:
             return

@@ -12,6 +12,7 @@ from bastion.observability.logs import request_fields
 from bastion.pipeline.created import CreatedResponse
 from bastion.pipeline.endpoints import Endpoint
 from bastion.pipeline.meter import Meter
+from bastion.pipeline.trace import Trace
 from bastion.policy.networks import Address
 from bastion.policy.roles import Access
 from bastion.types import DOWNSTREAM_SCOPE_KEY, Downstream, Receive, Scope, Send
@@ -64,6 +65,7 @@ class RequestContext:
         "started",
         "status",
         "time_to_first_byte",
+        "trace",
         "upstream",
     )
 
@@ -121,6 +123,8 @@ class RequestContext:
         """What the request cost in tokens (made by ``admit``; see :mod:`.meter`)."""
         self.body_overrides: dict[str, Any] | None = None
         """Fields the gateway sets in (or removes from) the forwarded JSON body."""
+        self.trace: Trace | None = None
+        """The request's trace, when tracing is on (see :mod:`.tracing`)."""
 
     def billed_tokens(self) -> tuple[int, int]:
         """(prompt, completion) tokens to bill, as the meter counts them (none without one).

@@ -23,6 +23,7 @@ from bastion.pipeline.fields import REMOVE
 from bastion.pipeline.meter import Meter
 from bastion.pipeline.responses import send_whole
 from bastion.pipeline.route import ModelEntry
+from bastion.pipeline.trace import error_type
 from bastion.settings import UpstreamClientSettings
 from bastion.upstream.balancer import Upstream, Weighted
 from bastion.upstream.client import UpstreamPool, UpstreamResponse
@@ -66,6 +67,9 @@ _DROP_REQUEST = frozenset(
         b"x-amzn-sagemaker-adapter-alias",
     }
 )
+_DROP_TRACED = _DROP_REQUEST | {b"traceparent", b"tracestate"}
+"""With tracing on, the gateway sends its own trace context (see :mod:`.tracing`); with it
+off, the caller's passes through untouched."""
 _DROP_RESPONSE = frozenset(
     {
         b"connection",
@@ -97,10 +101,14 @@ def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
 
 
 def request_headers(
-    caller: list[tuple[bytes, bytes]], request_id: str | None, authorization: bytes | None
+    caller: list[tuple[bytes, bytes]],
+    request_id: str | None,
+    authorization: bytes | None,
+    trace_context: list[tuple[bytes, bytes]] | None = None,
 ) -> list[tuple[bytes, bytes]]:
-    """The headers to send upstream, built from the caller's."""
-    drop = _DROP_REQUEST
+    """The headers to send upstream, built from the caller's; ``trace_context`` (the
+    gateway's ``traceparent`` and ``tracestate``) replaces the caller's."""
+    drop = _DROP_REQUEST if trace_context is None else _DROP_TRACED
     if any(name == b"connection" for name, _ in caller):
         drop = drop | _connection_tokens(caller)
     headers = [(name, value) for name, value in caller if name not in drop]
@@ -108,6 +116,8 @@ def request_headers(
         headers.append((b"x-request-id", request_id.encode()))
     if authorization is not None:
         headers.append((b"authorization", authorization))
+    if trace_context is not None:
+        headers += trace_context
     return headers
 
 
@@ -152,12 +162,19 @@ class Forward:
         member = balancer.pick() if pinned is None else balancer.pin(pinned)
         tried: tuple[Upstream, ...] = ()
         first = time.monotonic()
+        trace = ctx.trace
         while True:
             upstream = member.upstream
             ctx.upstream = upstream.name
             ctx.attempts = len(tried) + 1
             trial = upstream.begin(time.monotonic())
-            answer = await self._attempt(ctx, member, trial, path, body)
+            if trace is None:
+                answer = await self._attempt(ctx, member, trial, path, body)
+            else:
+                context = trace.attempt(upstream, entry.upstream_model or ctx.model)
+                answer = await self._attempt(ctx, member, trial, path, body, context)
+                if isinstance(answer, UpstreamError):
+                    trace.failed(error_type(answer))
             retryable = isinstance(answer, UpstreamError) or answer.status in _RETRY_STATUSES
             more = len(tried) < self._retries and time.monotonic() - first < self._window
             more = more and pinned is None  # only the pinned upstream keeps what it names
@@ -170,12 +187,20 @@ class Forward:
             if not isinstance(answer, UpstreamError):  # answered "not now"; another may serve
                 answer.close()
                 upstream.failed(time.monotonic(), trial)
+                if trace is not None:
+                    trace.failed(str(answer.status), answer.status)
             upstream.retries += 1
             tried = (*tried, upstream)
             member = other
 
     async def _attempt(
-        self, ctx: RequestContext, member: Weighted, trial: int, path: bytes, body: bytes
+        self,
+        ctx: RequestContext,
+        member: Weighted,
+        trial: int,
+        path: bytes,
+        body: bytes,
+        trace_context: list[tuple[bytes, bytes]] | None = None,
     ) -> UpstreamResponse | UpstreamError:
         """Send the request to ``member``: its response head, or the error it failed with
         (already counted against the upstream)."""
@@ -189,6 +214,7 @@ class Forward:
                     ctx.scope["headers"],
                     ctx.request_id if member.send_request_id else None,
                     member.authorization,
+                    trace_context,
                 ),
                 body,
             )
@@ -235,9 +261,14 @@ class Forward:
             ctx.upstream or "", response.status, ctx.response_sse
         ):
             created = None
+        trace = ctx.trace
+        reads = trace is not None and trace.reads_answer
         if length is not None and length <= _WHOLE_BODY_LIMIT:
             body = await response.read()
             ctx.time_to_first_byte = time.perf_counter() - ctx.started
+            if reads:
+                assert trace is not None
+                trace.read_answer(body)
             if created is not None:
                 created.whole(body)
             if meter is not None:
@@ -251,6 +282,9 @@ class Forward:
         await self._start(ctx, headers)
         downstream = ctx.downstream
         relayed = _relayed(ctx, meter if metered else None, created)
+        if reads:
+            assert trace is not None
+            relayed = trace.watching(relayed)
         try:
             if length is None and downstream is not None:
                 await downstream.splice(response, relayed)

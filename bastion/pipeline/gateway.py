@@ -61,6 +61,7 @@ from bastion.pipeline.ownership import Ownership
 from bastion.pipeline.readiness import DRAINING, READY, Readiness, verbose_asked
 from bastion.pipeline.responses import send_error, send_json, send_whole
 from bastion.pipeline.route import ModelEntry, ModelRegistry
+from bastion.pipeline.tracing import Tracer
 from bastion.policy.roles import Access
 from bastion.types import Message, Receive, Scope, Send
 
@@ -90,6 +91,7 @@ class Gateway:
         admin: AdminHandler | None = None,
         admit: Admit | None = None,
         metrics: GatewayMetrics | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._endpoints = endpoints
         self._accept = acceptor
@@ -103,6 +105,7 @@ class Gateway:
         self._admin = admin
         self._admit = admit
         self._metrics = metrics
+        self._tracer = tracer
         self._created = int(time.time())
         self._listings: dict[Access, bytes] = {}
 
@@ -165,7 +168,12 @@ class Gateway:
             _check_method(ctx, endpoint)
             await self._answer_local(ctx)
             return
+        if self._tracer is not None:
+            self._tracer.start(ctx)
         await self._authenticate(ctx)
+        trace = ctx.trace
+        if trace is not None:
+            trace.authenticated = time.perf_counter()
         self._authorize(ctx)
         kind = endpoint.kind
         if kind is not EndpointKind.STORED and kind is not EndpointKind.ADMIN:
@@ -192,8 +200,12 @@ class Gateway:
             self._authorize.body(ctx)
             if endpoint.stores:
                 await self._ownership.create(ctx, entry)
+        if trace is not None:
+            trace.authorized = time.perf_counter()
         if kind is not EndpointKind.CONTROL and self._admit is not None:
             await self._admit(ctx, entry.name)
+            if trace is not None:
+                trace.admitted = time.perf_counter()
         await self._forward_watching(ctx, entry)
 
     async def _forward_watching(self, ctx: RequestContext, entry: ModelEntry) -> None:

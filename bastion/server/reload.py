@@ -62,6 +62,7 @@ _RESTART_ONLY: dict[str, tuple[str, ...] | None] = {
     "responses": None,
     "logging": ("format",),
     "metrics": None,
+    "tracing": None,
 }
 
 

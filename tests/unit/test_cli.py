@@ -204,3 +204,18 @@ def test_the_worker_command_is_not_offered_to_people(capsys: pytest.CaptureFixtu
         main(["serve", "--help"])
     assert "--workers" in capsys.readouterr().out
     assert main([WORKER_COMMAND, "not-a-number"]) != 0  # not a crash into a traceback
+
+
+def test_config_check_resolves_and_masks_the_tracing_headers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.yaml"
+    headers = {"authorization": {"env": "BASTION_TEST_UNSET_VAR"}}
+    path.write_text(yaml.safe_dump({"tracing": {"enabled": True, "headers": headers}}))
+    assert main(["config", "check", str(path)]) == 2
+    assert "tracing.headers.authorization" in capsys.readouterr().err
+    headers = {"authorization": {"value": "Bearer hunter2"}}
+    path.write_text(yaml.safe_dump({"tracing": {"enabled": True, "headers": headers}}))
+    assert main(["config", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "authorization: '***'" in out
