@@ -199,14 +199,33 @@ def test_the_rendered_config_passes_bastion_config_check(
 def test_probes_ask_health_and_ready_on_the_port_bastion_listens_on(helm: str, name: str) -> None:
     manifests = rendered(helm, name)
     main = container(manifests)
-    assert main["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
-    assert main["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
-    assert main["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    http = {"port": "http", "scheme": "HTTP"}
+    assert main["livenessProbe"]["httpGet"] == {"path": "/health", **http}
+    assert main["startupProbe"]["httpGet"] == {"path": "/health", **http}
+    assert main["readinessProbe"]["httpGet"] == {"path": "/ready", **http}
     ports = {p["name"]: p["containerPort"] for p in main["ports"]}
     server = bastion_yaml(manifests)["server"]
     assert ports["http"] == server["port"] == 8080
     assert server["host"] == "0.0.0.0"
     assert main["args"] == ["--config", "/etc/bastion/bastion.yaml"]
+
+
+def test_with_tls_the_probes_speak_https_and_the_certificate_is_mounted(helm: str) -> None:
+    tls = {"certificate": "/etc/bastion-tls/tls.crt", "key": "/etc/bastion-tls/tls.key"}
+    values = {
+        "config": {"server": {"tls": tls}},
+        "extraVolumes": [{"name": "tls", "secret": {"secretName": "gw-tls"}}],
+        "extraVolumeMounts": [{"name": "tls", "mountPath": "/etc/bastion-tls", "readOnly": True}],
+    }
+    manifests = by_kind(render(helm, values))
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(manifests["Deployment"], version, strict=True)
+    main = container(manifests)
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert main[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert main["volumeMounts"][-1] == values["extraVolumeMounts"][0]
+    assert deployment_pod(manifests)["spec"]["volumes"][-1] == values["extraVolumes"][0]
+    assert bastion_yaml(manifests)["server"]["tls"] == tls
 
 
 @pytest.mark.parametrize(
