@@ -85,7 +85,7 @@ CMD ["--config", "/etc/bastion/bastion.yaml"]
 FROM runtime AS embedded
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgomp1 \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 COPY --from=build-embedded /opt/bastion /opt/bastion
 COPY deploy/container/embedded.yaml /etc/bastion/bastion.yaml
 USER 10001:10001
