@@ -73,6 +73,10 @@ if ! "${podman[@]}" image exists "$base"; then
     cp /usr/local/share/ca-certificates/*.crt "$rootfs/usr/local/share/ca-certificates/"
     chroot "$rootfs" update-ca-certificates >/dev/null
   fi
+  # As Debian's official images: apt keeps no package caches in image layers.
+  printf '%s\n' 'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/*.bin || true"; };' \
+    'APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/*.bin || true"; };' \
+    'Dir::Cache::pkgcache ""; Dir::Cache::srcpkgcache "";' >"$rootfs/etc/apt/apt.conf.d/docker-clean"
   rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/debootstrap
   tar -C "$rootfs" -c . | "${podman[@]}" import \
     --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' \
@@ -105,7 +109,7 @@ if [ "$target" = gateway ]; then
   printf '%s\n' 'server: {host: 0.0.0.0, port: 8080, state_dir: /var/lib/bastion}' \
     'models: [{name: absent, upstreams: [{url: "http://127.0.0.1:9"}]}]' 'logging: {format: json}' >"$config"
 else
-  "${podman[@]}" run --rm --entrypoint cat "$image" /etc/bastion/bastion.yaml >"$config"
+  "${podman[@]}" run --rm --entrypoint cat "$image" /etc/bastion/bastion.yaml >"$config" 2>/dev/null
 fi
 say "podman run on port $port"
 "${podman[@]}" run -d --name "$name" --network host --read-only --tmpfs /tmp \
@@ -155,4 +159,7 @@ status=$("${podman[@]}" inspect --format '{{.State.ExitCode}}' "$name")
 "${podman[@]}" logs "$name" >"$root/run-$target.log" 2>&1
 [ "$status" = 0 ] || { tail -20 "$root/run-$target.log" >&2; echo "FAIL: exit status $status after SIGTERM" >&2; exit 1; }
 say "SIGTERM: exit status 0 after $(elapsed "$started")"
+# Layers of earlier builds that no tag uses any more: dropped after a day, so repeated runs
+# keep the cache of the latest one without filling the disk.
+"${podman[@]}" image prune -f --filter until=24h >/dev/null 2>&1 || true
 say "OK $image ($((size / 1000000)) MB); logs in $root"
