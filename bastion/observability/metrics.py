@@ -32,7 +32,7 @@ import math
 import re
 import sys
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from itertools import pairwise
 from typing import Literal, NamedTuple, TypeVar
 
@@ -47,6 +47,7 @@ __all__ = [
     "Histogram",
     "Merge",
     "Registry",
+    "histogram_lines",
 ]
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -280,14 +281,7 @@ class Histogram(_Metric):
         name, text, le = self.name, self._label_text, self._le
         out: list[str] = []
         for labels, cells in self._values.items():
-            pairs = text[labels]
-            prefix = f"{name}_bucket{{{pairs[1:-1]}," if pairs else f"{name}_bucket{{"
-            total = 0.0
-            for bound, count in zip(le, cells, strict=False):
-                total += count
-                out.append(f'{prefix}le="{bound}"}} {_format(total)}\n')
-            out.append(f"{name}_sum{pairs} {_format(cells[-1])}\n")
-            out.append(f"{name}_count{pairs} {_format(total)}\n")
+            histogram_lines(out, name, text[labels], le, cells)
         return out
 
     def _series(self) -> list[tuple[Labels, float | list[float]]]:
@@ -510,3 +504,18 @@ def _format(value: float) -> str:
     if value == -_INF:
         return "-Inf"
     return repr(value)
+
+
+def histogram_lines(
+    out: list[str], name: str, pairs: str, le: Sequence[str], cells: Sequence[float]
+) -> None:
+    """Append one histogram series' lines: cumulative ``_bucket`` lines (``le`` the bounds as
+    written, ``+Inf`` last), ``_sum`` and ``_count``; ``cells`` are the per-bucket counts and
+    then the sum, ``pairs`` the series' label text (``{a="x"}`` or empty)."""
+    prefix = f"{name}_bucket{{{pairs[1:-1]}," if pairs else f"{name}_bucket{{"
+    total = 0.0
+    for bound, count in zip(le, cells, strict=False):
+        total += count
+        out.append(f'{prefix}le="{bound}"}} {_format(total)}\n')
+    out.append(f"{name}_sum{pairs} {_format(cells[-1])}\n")
+    out.append(f"{name}_count{pairs} {_format(total)}\n")

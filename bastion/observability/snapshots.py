@@ -26,6 +26,7 @@ from bastion.observability.metrics import (
     _escape_help,
     _format,
     _label_pairs,
+    histogram_lines,
 )
 
 __all__ = ["Gathered", "counting", "decode", "encode", "merge", "render"]
@@ -90,14 +91,7 @@ def render(families: Iterable[Family]) -> bytes:
         le = [_format(bound) for bound in family.bounds] + ["+Inf"]
         for labels, cells in family.series:
             assert isinstance(cells, list)
-            pairs = _label_pairs(family.labels, labels)
-            prefix = f"{name}_bucket{{{pairs[1:-1]}," if pairs else f"{name}_bucket{{"
-            total = 0.0
-            for bound, count in zip(le, cells, strict=False):
-                total += count
-                out.append(f'{prefix}le="{bound}"}} {_format(total)}\n')
-            out.append(f"{name}_sum{pairs} {_format(cells[-1])}\n")
-            out.append(f"{name}_count{pairs} {_format(total)}\n")
+            histogram_lines(out, name, _label_pairs(family.labels, labels), le, cells)
     return "".join(out).encode()
 
 
