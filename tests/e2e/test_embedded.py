@@ -6,7 +6,6 @@ embedded llama.cpp server with the bundled model, started and supervised by the 
 
 from __future__ import annotations
 
-import re
 import socket
 import subprocess
 import textwrap
@@ -19,13 +18,12 @@ import pytest
 
 from bastion.auth.apikeys import generate_key, hash_key
 from tests.support.clients import openai_client
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import ADMIN_KEY, GatewayProcess
 from tests.support.workers import chat, one_on_each_worker
 
 pytestmark = pytest.mark.e2e
 
 MODEL = "gemma-3-270m"
-_KEY = re.compile(r"\b(bst_[A-Za-z0-9]{38})\b")
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +31,16 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway
     home = tmp_path_factory.mktemp("embedded")
     process = GatewayProcess(None, Path(home), env={"XDG_STATE_HOME": str(home)}, ready_timeout=600)
     try:
-        deadline = time.monotonic() + 10
-        while not (found := _KEY.search(process.logs)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert found, f"no administrator key was printed:\n{process.logs}"
-        yield process, found.group(1)
+        key = process.printed_admin_key()
+        yield process, key
     finally:
         process.stop()
     stored = (Path(home) / "bastion" / "bastion.db").read_bytes()
-    assert found.group(1).encode() not in stored  # only its digest is kept
-    assert hash_key(found.group(1)).removeprefix("sha256:").encode() in stored
+    assert key.encode() not in stored  # only its digest is kept
+    assert hash_key(key).removeprefix("sha256:").encode() in stored
     again = GatewayProcess(None, Path(home), env={"XDG_STATE_HOME": str(home)}, ready_timeout=600)
     again.stop()
-    assert not _KEY.search(again.logs), "the administrator key must be shown only once"
+    assert not ADMIN_KEY.search(again.logs), "the administrator key must be shown only once"
 
 
 def test_chat_returns_text(embedded: tuple[GatewayProcess, str]) -> None:
@@ -135,16 +130,13 @@ def test_two_workers_serve_one_embedded_engine(tmp_path: Path) -> None:
         {"server": {"workers": 2, "state_dir": str(state)}}, tmp_path, ready_timeout=600
     )
     try:
-        deadline = time.monotonic() + 10
-        while not (found := _KEY.search(gateway.logs)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert found, gateway.logs
-        assert set(_KEY.findall(gateway.logs)) == {found.group(1)}  # one key, made once
+        key = gateway.printed_admin_key()
+        assert set(ADMIN_KEY.findall(gateway.logs)) == {key}  # one key, made once
         assert gateway.logs.count("Administrator API key") == 1  # shown once
         engines = _engines(state)
         assert len(engines) == 1, engines
         for conn in one_on_each_worker(gateway):
-            assert chat(conn, found.group(1), MODEL, max_tokens=4) == 200
+            assert chat(conn, key, MODEL, max_tokens=4) == 200
             conn.close()
     finally:
         gateway.stop()

@@ -3,8 +3,6 @@ reaches an OTLP receiver with the gateway's span and its call to the engine."""
 
 from __future__ import annotations
 
-import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +15,6 @@ from tests.support.otlp_receiver import OtlpReceiver
 pytestmark = pytest.mark.e2e
 
 MODEL = "gemma-3-270m"
-_KEY = re.compile(r"\b(bst_[A-Za-z0-9]{38})\b")
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +35,7 @@ def traced_engine(
     }
     process = GatewayProcess(config, home, ready_timeout=600)
     try:
-        deadline = time.monotonic() + 10
-        while not (found := _KEY.search(process.logs)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert found, f"no administrator key was printed:\n{process.logs}"
-        yield process, found.group(1)
+        yield process, process.printed_admin_key()
     finally:
         process.stop()
 

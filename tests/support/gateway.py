@@ -33,6 +33,10 @@ class Keys:
         ]
 
 
+ADMIN_KEY = re.compile(r"\b(bst_[A-Za-z0-9]{38})\b")
+"""A Bastion API key as the gateway prints it."""
+
+
 class GatewayProcess:
     """A ``python -m bastion serve`` child; ``logs`` collects everything it printed.
 
@@ -103,6 +107,15 @@ class GatewayProcess:
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"gateway did not start; output:\n{self.logs}")
+
+    def printed_admin_key(self, timeout: float = 10.0) -> str:
+        """The administrator key the gateway printed at its first start."""
+        deadline = time.monotonic() + timeout
+        while not (found := ADMIN_KEY.search(self.logs)):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no administrator key was printed:\n{self.logs}")
+            time.sleep(0.05)
+        return found.group(1)
 
     def wait_for_log(self, text: str, timeout: float = 5.0) -> str:
         """The output once ``text`` appears in it (access-log lines are written in batches)."""
