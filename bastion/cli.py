@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from bastion import __version__
+from bastion import __version__, build
 from bastion.admin.cli import add_commands, run_command
 from bastion.auth.apikeys import display_prefix, generate_key, hash_key
 from bastion.errors import BastionError, ConfigError
@@ -26,11 +26,26 @@ from bastion.sources import ConfigSource, KeyPath, Sourced, dotted, load_sourced
 __all__ = ["main"]
 
 
+def _version() -> str:
+    """The version and the build that runs (compiled or pure Python, see :mod:`bastion.build`)."""
+    return f"bastion {__version__}, {build.describe()}"
+
+
+class _PrintVersion(argparse.Action):
+    """argparse's own version action, without re-wrapping the line to the terminal's width."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        sys.stdout.write(_version() + "\n")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bastion", description="A secure, fast gateway for vLLM and OpenAI-compatible servers."
     )
-    parser.add_argument("--version", action="version", version=f"bastion {__version__}")
+    parser.add_argument(
+        "--version", action=_PrintVersion, nargs=0, help="print the version and build, then exit"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gateway")
@@ -184,6 +199,7 @@ def _config_check(args: argparse.Namespace) -> int:
     effective = _masked(settings.model_dump(mode="json", exclude_none=True))
     sys.stdout.write(f"# {sourced.description}: valid\n")
     sys.stdout.write(_origins(sourced))
+    sys.stdout.write(f"# to run on: {_version()}\n")
     sys.stdout.write(yaml.safe_dump(effective, sort_keys=False))
     return 0
 

@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from mypy_extensions import mypyc_attr
+
 from bastion.errors import BadRequestError, QuotaExceededError, RateLimitError
 from bastion.limits.plan import Bucket
 
@@ -51,6 +53,7 @@ class RateInfo:
     reset_tokens: float | None = None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the Redis limiter's grant, not compiled
 @dataclass(slots=True)
 class Grant:
     """What an admitted request took, to be reconciled and given back by ``finish``."""
@@ -96,7 +99,7 @@ def _period_left(now: float, month: bool) -> float:
     tm = time.gmtime(now)
     if month:
         year, mon = (tm.tm_year + 1, 1) if tm.tm_mon == 12 else (tm.tm_year, tm.tm_mon + 1)
-        end: float = calendar.timegm((year, mon, 1, 0, 0, 0))
+        end = float(calendar.timegm((year, mon, 1, 0, 0, 0)))
     else:
         end = (now // 86400 + 1) * 86400
     return max(1.0, end - now)

@@ -179,8 +179,10 @@ class RedisLimiter:
 
     async def acquire(self, buckets: tuple[Bucket, ...], prompt: int, completion: int) -> Grant:
         if not buckets:
-            day, month = periods(time.time())
-            return RedisGrant((), (), day, month, RateInfo())
+            # not ``day, month``: those names hold the reply's bytes below, and a name has
+            # one type in a function (the compiled build checks it)
+            today, this_month = periods(time.time())
+            return RedisGrant((), (), today, this_month, RateInfo())
         reserved = reservations(buckets, prompt, completion)
         plan = self._plan(buckets)
         lease = f"{self._lease_prefix}{next(self._ids)}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from bastion.errors import NoUpstreamError
@@ -182,9 +182,13 @@ class Balancer:
     balancer does).
     """
 
-    __slots__ = ("_credit", "_equal", "_members", "_only", "_turn")
+    __slots__ = ("_clock", "_credit", "_equal", "_members", "_only", "_turn")
 
-    def __init__(self, members: Iterable[Weighted]) -> None:
+    def __init__(
+        self, members: Iterable[Weighted], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._clock = clock
+        """``time.monotonic``; a test's clock."""
         self._members = tuple(m for m in members if m.weight > 0)
         if not self._members:
             raise ValueError("a balancer needs an upstream with a weight above 0")
@@ -202,7 +206,7 @@ class Balancer:
         per weight. Ties (an idle model, say) are broken in turn, so that load spreads from
         the first request on. Raises :class:`~bastion.errors.NoUpstreamError` when every
         upstream is down or ejected."""
-        now = time.monotonic()
+        now = self._clock()
         only = self._only
         if only is not None:
             if only.upstream.available(now):
@@ -216,7 +220,7 @@ class Balancer:
     def pin(self, member: Weighted) -> Weighted:
         """``member`` itself, for a request only it can serve (it keeps what the request
         names): NoUpstreamError while it is down or ejected, never another member."""
-        now = time.monotonic()
+        now = self._clock()
         if member.upstream.available(now):
             return member
         upstream = member.upstream
@@ -227,7 +231,7 @@ class Balancer:
         """Like :meth:`pick`, leaving out the upstreams ``tried``; None when none is left."""
         if self._only is not None:
             return None
-        return self._least_loaded(tried, time.monotonic())
+        return self._least_loaded(tried, self._clock())
 
     def _least_loaded(self, tried: tuple[Upstream, ...], now: float) -> Weighted | None:
         if not self._equal:
@@ -275,7 +279,7 @@ class Balancer:
 
     def available_count(self) -> int:
         """How many members could take a request now (a metric, read at scrape time)."""
-        now = time.monotonic()
+        now = self._clock()
         return sum(1 for m in self._members if m.upstream.available(now))
 
     def _unavailable(self, now: float) -> NoUpstreamError:

@@ -14,7 +14,7 @@ import pytest
 
 from bastion.auth.identity import Identity
 from bastion.errors import BadRequestError
-from bastion.limits.limiter import Grant, MemoryLimiter
+from bastion.limits.limiter import Grant, Limiter, MemoryLimiter
 from bastion.limits.plan import Bucket, Planner
 from bastion.pipeline.admit import Admit
 from bastion.pipeline.context import RequestContext
@@ -25,19 +25,26 @@ DEFAULT = 1024
 CHAT = "/v1/chat/completions"
 
 
-class RecordingLimiter(MemoryLimiter):
-    """The in-memory limiter, remembering what each request asked to reserve."""
+class RecordingLimiter:
+    """The in-memory limiter, remembering what each request asked to reserve (a wrapper, not
+    a subclass: the compiled build's limiter cannot be subclassed by Python code)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        self._limiter = MemoryLimiter()
         self.asked: list[tuple[int, int]] = []
 
     async def acquire(self, buckets: tuple[Bucket, ...], prompt: int, completion: int) -> Grant:
         self.asked.append((prompt, completion))
-        return await super().acquire(buckets, prompt, completion)
+        return await self._limiter.acquire(buckets, prompt, completion)
+
+    def finish(self, grant: Grant, prompt: int, completion: int) -> None:
+        self._limiter.finish(grant, prompt, completion)
+
+    async def aclose(self) -> None:
+        await self._limiter.aclose()
 
 
-def admit_phase(limiter: MemoryLimiter, tokens_per_minute: int = 10**12) -> Admit:
+def admit_phase(limiter: Limiter, tokens_per_minute: int = 10**12) -> Admit:
     settings = parse_settings({"limits": {"per_key": {"tokens_per_minute": tokens_per_minute}}})
     return Admit(Planner(settings.limits), limiter, DEFAULT)
 

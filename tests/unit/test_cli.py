@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bastion import __version__, build
 from bastion.auth.apikeys import has_valid_checksum, hash_key
 from bastion.cli import main
 
@@ -124,7 +125,8 @@ def test_config_check_says_where_each_value_came_from(
     assert "db-password" not in out
     lines = _comments(out)
     assert lines[0] == f"# {path} and 3 BASTION_* variables: valid"
-    rows = {line.split()[1]: line.split()[2:] for line in lines[2:]}
+    rows = {line.split()[1]: line.split()[2:] for line in lines[2:-1]}
+    assert lines[-1] == f"# to run on: bastion {__version__}, {build.describe()}"
     assert rows == {
         "server.host": ["0.0.0.0", "flag", "--host"],
         "server.port": ["8081", "env", "BASTION_SERVER__PORT"],

@@ -13,7 +13,9 @@ from bastion.pipeline.endpoints import DEFAULT_ENDPOINTS
 from bastion.pipeline.forward import request_headers
 from bastion.pipeline.trace import Trace, parse_traceparent
 from bastion.pipeline.tracing import Tracer
-from bastion.settings import TracingSettings, parse_settings
+from bastion.settings import EjectionSettings, TracingSettings, parse_settings
+from bastion.upstream.balancer import Upstream
+from bastion.upstream.origin import Origin
 from tests.support.asgi import post_scope
 
 CHAT = next(e for e in DEFAULT_ENDPOINTS if e.path == "/v1/chat/completions")
@@ -136,7 +138,8 @@ def test_an_oversized_tracestate_is_dropped_but_the_parent_kept() -> None:
 
 def test_the_upstream_gets_the_gateways_context_instead_of_the_callers() -> None:
     trace = Trace(0xABC, None, b"vendor=1", True)
-    context = trace.attempt(object(), "m")  # type: ignore[arg-type]
+    upstream = Upstream(Origin.from_url("http://127.0.0.1:8001"), EjectionSettings())
+    context = trace.attempt(upstream, "m")
     caller = [(b"traceparent", PARENT), (b"tracestate", b"evil=1"), (b"accept", b"*/*")]
     headers = request_headers(caller, "rid", None, context)
     span = trace.attempts[0].span_id

@@ -1,8 +1,8 @@
 """Upstream state and the balancer: least outstanding, weights, passive ejection, half-open
 trials, active health checks and the set of upstreams kept across reloads.
 
-Time is a fake clock: the balancer reads ``time.monotonic`` through its module, which the
-``clock`` fixture replaces; the upstream's own methods take ``now`` as an argument.
+Time is a fake clock: the balancers made here read the ``clock`` fixture's (the balancer takes
+its clock as an argument); the upstream's own methods take ``now`` as an argument.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import pytest
 
 from bastion.errors import NoUpstreamError
 from bastion.settings import EjectionSettings
-from bastion.upstream import balancer as balancer_module
 from bastion.upstream.balancer import Balancer, Upstream, UpstreamSet, Weighted
 from bastion.upstream.origin import Origin
 
@@ -22,7 +21,7 @@ EJECTION = EjectionSettings(failures=3, duration=5.0, max_duration=60.0)
 
 
 class Clock:
-    """Stands in for the ``time`` module inside the balancer: only ``monotonic`` is read."""
+    """Stands in for ``time.monotonic``, the balancer's clock."""
 
     def __init__(self, now: float = T0) -> None:
         self.now = now
@@ -34,11 +33,14 @@ class Clock:
         self.now += seconds
 
 
+_CLOCK = Clock()
+"""The clock of the balancers made here (:func:`balancer`)."""
+
+
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(balancer_module, "time", fake)
-    return fake
+def clock() -> Clock:
+    _CLOCK.now = T0
+    return _CLOCK
 
 
 def origin(port: int) -> Origin:
@@ -55,7 +57,7 @@ def member(up: Upstream, weight: int = 1) -> Weighted:
 
 def balancer(*ups: Upstream, weights: tuple[int, ...] | None = None) -> Balancer:
     weights = weights or (1,) * len(ups)
-    return Balancer(member(u, w) for u, w in zip(ups, weights, strict=True))
+    return Balancer((member(u, w) for u, w in zip(ups, weights, strict=True)), _CLOCK.monotonic)
 
 
 def picks(b: Balancer, n: int, *, hold: bool = False) -> Counter[str]:
