@@ -125,10 +125,12 @@ def _extensions(package: Path) -> dict[str, Path]:
         dirs[:] = [d for d in dirs if d != "__pycache__"]
         for name in files:
             suffix = next((s for s in suffixes if name.endswith(s)), None)
-            if suffix is not None:
-                path = Path(folder, name)
-                parts = path.relative_to(package.parent).parts
-                found[".".join((*parts[:-1], name[: -len(suffix)]))] = path
+            stem = name[: -len(suffix)] if suffix else ""
+            # not "x.cpython-311-....so" read as "x.cpython-311-..." + ".so": another
+            # interpreter's build, which this one would not import
+            if stem.isidentifier():
+                parts = Path(folder).relative_to(package.parent).parts
+                found[".".join((*parts, stem))] = Path(folder, name)
     return found
 
 

@@ -101,7 +101,9 @@ class LimiterBackendError(ServiceUnavailableError):
     default_message = "Rate limits cannot be checked right now; retry shortly."
 
 
-@dataclass(slots=True, weakref_slot=True)
+# Not slots=True: slots of its own would hide the compiled Grant's fields from compiled code
+# (bastion/build.py); without them, instances have a __dict__ and take weak references.
+@dataclass
 class RedisGrant(Grant):
     """A grant that Redis issued; ``lease`` names it in the buckets' lease sets."""
 

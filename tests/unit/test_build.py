@@ -49,6 +49,14 @@ def test_fresh_extensions_run(tmp_path: Path) -> None:
     assert found.running_compiled
 
 
+def test_another_interpreters_build_is_not_this_ones(tmp_path: Path) -> None:
+    package = lay_out(tmp_path, compiled=(), runtime=False)
+    for name in ("native__mypyc", "pipeline/forward", "limits/limiter"):
+        (package / f"{name}.cpython-39-x86_64-linux-gnu.so").write_bytes(b"")  # Python 3.9's
+    found = build.examine(package, {})
+    assert found.compiled == () and found.stale == ()
+
+
 def test_no_extension_means_the_sources(tmp_path: Path) -> None:
     found = build.examine(lay_out(tmp_path, compiled=(), runtime=False), {})
     assert found.compiled == () and not found.running_compiled

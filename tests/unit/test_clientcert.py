@@ -74,6 +74,9 @@ def crafted(
         names = [x509.RFC822Name(e) for e in emails]
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)  # trustme's default key type
+    # as every CA writes it, and as Python 3.13's strict verification requires (RFC 5280)
+    issuer_key = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
+    builder = builder.add_extension(issuer_key, critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
