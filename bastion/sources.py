@@ -17,7 +17,8 @@ The environment convention (docs/configuration.md, "From the environment"):
   section it sets; a list replaces the file's; a secret (``{env: ...}``, ``{file: ...}``)
   is replaced whole.
 - A ``BASTION_`` variable that names no setting is an error, except :data:`CLIENT_VARIABLES`,
-  which the admin commands read as a client of a running gateway.
+  which the admin commands read as a client of a running gateway, and
+  :data:`~bastion.build.PURE_PYTHON_ENV`, which chooses the build that runs.
 
 Only :class:`ConfigSource` (what ``bastion serve`` and its workers use) reads the process
 environment, at each parse, so a reload reads it again exactly as at start; the functions
@@ -38,6 +39,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel
 
+from bastion.build import PURE_PYTHON_ENV
 from bastion.errors import ConfigError
 from bastion.settings import Secret, Settings, parse_settings
 
@@ -240,7 +242,7 @@ def _environment(environ: Mapping[str, str], data: dict[str, Any]) -> list[_Over
     found: dict[KeyPath, _Override] = {}
     for name, text in environ.items():
         upper = name.upper()
-        if not upper.startswith(PREFIX) or upper in CLIENT_VARIABLES:
+        if not upper.startswith(PREFIX) or upper in CLIENT_VARIABLES or upper == PURE_PYTHON_ENV:
             continue
         path, annotation = _resolve(name, data)
         if path in found:

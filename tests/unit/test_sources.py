@@ -256,6 +256,7 @@ def test_the_admin_commands_variables_and_others_are_not_settings() -> None:
     environ = {
         "BASTION_URL": "http://gw:8080",
         "BASTION_API_KEY": "bst_x",
+        "BASTION_PURE_PYTHON": "1",  # which build runs (bastion/build.py)
         "HOME": "/root",
         "XBASTION_SERVER__PORT": "1",
     }
