@@ -72,7 +72,9 @@ def crafted(
     )
     if emails:
         names = [x509.RFC822Name(e) for e in emails]
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        # critical when it is all the certificate names (RFC 5280; Python 3.13 checks it)
+        alt_names = x509.SubjectAlternativeName(names)
+        builder = builder.add_extension(alt_names, critical=not subject)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)  # trustme's default key type
     # as every CA writes it, and as Python 3.13's strict verification requires (RFC 5280)
     issuer_key = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
