@@ -49,7 +49,9 @@ def populate(client: AdminClient) -> Sample:
         client.call("users.create", name=name, role=role, kind=kind)
         for team in teams:
             client.call("teams.add", team=team, user=name)
-        issued = client.call("keys.create", user=name, name="laptop" if kind == "user" else "deploy")
+        issued = client.call(
+            "keys.create", user=name, name="laptop" if kind == "user" else "deploy"
+        )
         sample.key_ids[name] = issued["key"]["id"]
         sample.secrets[name] = issued["secret"]
     client.call(

@@ -1,0 +1,306 @@
+"""The web console in a real browser (headless system Chromium) against a real gateway.
+
+Each test drives the pages as an operator would (fills forms, clicks buttons) and checks the
+outcome where it really lands: the admin API, the official ``openai`` client, the cookies.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import openai
+import pytest
+from playwright.sync_api import Page, expect
+
+from bastion.admin.client import AdminClient
+from tests.browser.conftest import MODEL
+from tests.support.browser import Tab, sign_in
+from tests.support.clients import openai_client
+from tests.support.gateway import GatewayProcess
+
+XSS = "<img src=x onerror=alert(1)>"
+PAGES = {
+    "overview": "Overview",
+    "usage": "Usage",
+    "users": "Users",
+    "teams": "Teams",
+    "keys": "Keys",
+    "audit": "Audit trail",
+    "limits": "Limits",
+}
+
+
+def chat(base_url: str, key: str) -> str:
+    client = openai_client(base_url, key)
+    answer = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hello"}]
+    )
+    return answer.choices[0].message.content or ""
+
+
+def session_status(base_url: str, cookie: str) -> int:
+    """What ``GET /ui/api/session`` answers to this cookie header, outside the browser."""
+    request = urllib.request.Request(base_url + "/ui/api/session", headers={"Cookie": cookie})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return exc.code
+
+
+def user_with_key(admin: AdminClient, name: str, role: str = "user") -> str:
+    admin.call("users.create", name=name, role=role)
+    return str(admin.call("keys.create", user=name, name="test")["secret"])
+
+
+def go(page: Page, base_url: str, route: str) -> None:
+    page.goto(f"{base_url}/ui/#{route}")
+    expect(page.locator("main h1")).to_be_visible()
+
+
+def test_every_page_renders_within_the_content_security_policy(
+    tab: Tab, gateway: GatewayProcess, admin_key: str
+) -> None:
+    sign_in(tab.page, gateway.url, admin_key)
+    for route, title in PAGES.items():
+        tab.page.locator(f".sidebar a[data-route={route}]").click()
+        expect(tab.page.locator("main h1")).to_have_text(title)
+        expect(tab.page.locator("main .loading")).to_have_count(0)
+        expect(tab.page.locator("main .notice.bad")).to_have_count(0)
+    assert tab.refused_by_policy == []
+    assert tab.dialogs == []
+
+
+def test_sign_in_with_a_key_then_log_out_ends_the_session_on_the_server(
+    tab: Tab, gateway: GatewayProcess, admin_key: str
+) -> None:
+    page = tab.page
+    page.goto(gateway.url + "/ui/")
+    page.locator("#key").fill("bst_" + "x" * 38)
+    page.locator("#signin-form button[type=submit]").click()
+    expect(page.locator(".signin .notice")).to_have_text("That key was not accepted.")
+    expect(page.locator(".sidebar")).to_have_count(0)
+
+    sign_in(page, gateway.url, admin_key)
+    expect(page.locator("#principal")).to_have_text("admin")
+    assert page.url.endswith("#overview")
+    cookies = tab.context.cookies()
+    session = next(c for c in cookies if c["name"] == "bastion_session")
+    assert session["httpOnly"] is True
+    assert session["sameSite"] == "Strict"
+    cookie = f"bastion_session={session['value']}"
+    assert session_status(gateway.url, cookie) == 200
+    assert page.evaluate("document.cookie") == ""  # HttpOnly: scripts never see it
+
+    page.locator("#signout").click()
+    expect(page.locator("#key")).to_be_visible()
+    assert session_status(gateway.url, cookie) == 401  # revoked, not merely forgotten
+    page.reload()
+    expect(page.locator("#key")).to_be_visible()
+
+
+def test_a_principal_without_admin_or_console_permission_is_refused(
+    tab: Tab, gateway: GatewayProcess, admin: AdminClient
+) -> None:
+    key = user_with_key(admin, "plain-user", role="user")
+    page = tab.page
+    page.goto(gateway.url + "/ui/")
+    page.locator("#key").fill(key)
+    page.locator("#signin-form button[type=submit]").click()
+    expect(page.locator(".signin .notice")).to_contain_text("may not use the console")
+    expect(page.locator(".sidebar")).to_have_count(0)
+    assert not any(c["name"] == "bastion_session" for c in tab.context.cookies())
+    assert page.request.get(gateway.url + "/ui/api/session").status == 401
+
+
+def test_create_a_user_and_a_key_use_it_then_revoke_it(
+    tab: Tab, gateway: GatewayProcess, admin_key: str, admin: AdminClient
+) -> None:
+    page = tab.page
+    sign_in(page, gateway.url, admin_key)
+    go(page, gateway.url, "users")
+    page.get_by_role("button", name="New user").click()
+    page.locator("#user-form input[name=name]").fill("ada")
+    page.locator("#user-form select[name=role]").select_option("user")
+    page.locator("#user-form button[type=submit]").click()
+    expect(page.locator("#messages")).to_have_text("Created user ada.")
+    expect(page.locator("[data-user=ada]")).to_be_visible()
+    assert admin.call("users.show", name="ada")["role"] == "user"
+
+    go(page, gateway.url, "keys")
+    page.get_by_role("button", name="New key").click()
+    page.locator("#key-form select[name=user]").select_option("ada")
+    page.locator("#key-form input[name=name]").fill("laptop")
+    page.locator("#key-form input[name=models]").fill(MODEL)
+    page.locator("#key-form select[name=expiry]").select_option("604800")
+    page.locator("#key-form button[type=submit]").click()
+    secret = page.locator("#secret").input_value()
+    assert secret.startswith("bst_")
+    (created,) = admin.call("keys.list", user="ada")["data"]
+    assert created["models"] == [MODEL]
+    assert 6 * 86400 < created["expires_at"] - time.time() <= 7 * 86400
+    assert chat(gateway.url, secret)
+
+    go(page, gateway.url, "overview")
+    go(page, gateway.url, "keys")
+    expect(page.locator("tr", has_text=created["id"])).to_be_visible()
+    assert secret not in page.content()  # shown once, never again
+
+    row = page.locator("tr", has_text=created["id"])
+    row.get_by_role("button", name="Revoke").click()
+    page.locator("dialog").get_by_role("button", name="Revoke").click()
+    expect(page.locator("#messages")).to_have_text(f"Revoked {created['id']}.")
+    assert admin.call("keys.show", id=created["id"])["state"] == "revoked"
+    with pytest.raises(openai.AuthenticationError):
+        chat(gateway.url, secret)
+    assert tab.dialogs == []
+
+
+def test_rotating_a_key_shows_the_new_secret_once_and_the_old_key_keeps_working(
+    tab: Tab, gateway: GatewayProcess, admin_key: str, admin: AdminClient
+) -> None:
+    old = user_with_key(admin, "rotor")
+    (before,) = admin.call("keys.list", user="rotor")["data"]
+    page = tab.page
+    sign_in(page, gateway.url, admin_key)
+    go(page, gateway.url, "keys")
+    page.locator("tr", has_text=before["id"]).get_by_role("button", name="Rotate").click()
+    page.locator("dialog select[name=overlap]").select_option("3600")
+    page.locator("dialog").get_by_role("button", name="Rotate").click()
+    new = page.locator("#secret").input_value()
+    assert new.startswith("bst_")
+    assert new != old
+    assert chat(gateway.url, new)
+    assert chat(gateway.url, old)  # within the hour of overlap
+    keys = {k["id"]: k for k in admin.call("keys.list", user="rotor")["data"]}
+    (replacement,) = [k for k in keys.values() if k["rotated_from"] == before["id"]]
+    assert replacement["state"] == "active"
+    assert 3500 < keys[before["id"]]["expires_at"] - time.time() <= 3600
+
+
+def test_usage_from_real_requests_appears_in_the_charts_and_their_csv(
+    tab: Tab, gateway: GatewayProcess, admin_key: str, admin: AdminClient
+) -> None:
+    key = user_with_key(admin, "carol")
+    for _ in range(3):
+        chat(gateway.url, key)  # the fake upstream reports 8 tokens for each
+    page = tab.page
+    sign_in(page, gateway.url, admin_key)
+    bars = page.locator("[data-metric=total_tokens] rect.bar[data-series=carol]")
+    deadline = time.monotonic() + 15
+    while True:  # usage records are written about once a second
+        go(page, gateway.url, "usage?days=1&period=hour&by=user")
+        if bars.count() or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    values = [float(v or 0) for v in bars.evaluate_all("els => els.map(e => e.dataset.value)")]
+    assert sum(values) == 24
+    requests = page.locator("[data-metric=requests] rect.bar[data-series=carol]")
+    assert requests.evaluate_all("els => els.map(e => Number(e.dataset.value))") == [3]
+    expect(page.locator("[data-metric=cost] svg.chart")).to_be_visible()  # prices are set
+
+    with page.expect_download() as download:
+        page.locator("button[data-csv=total_tokens]").click()
+    lines = Path(download.value.path()).read_text().splitlines()
+    header = lines[0].split(",")
+    assert header[0] == "period_start_utc"
+    assert header[-1] == "total"
+    column = header.index("carol")
+    assert sum(int(line.split(",")[column]) for line in lines[1:]) == 24
+
+
+def test_user_controlled_text_is_shown_as_text(
+    tab: Tab, gateway: GatewayProcess, admin_key: str, admin: AdminClient
+) -> None:
+    admin.call("teams.create", name="red-team", description=XSS)
+    page = tab.page
+    sign_in(page, gateway.url, admin_key)
+    go(page, gateway.url, "users")
+    page.get_by_role("button", name="New user").click()
+    page.locator("#user-form input[name=name]").fill(XSS)  # names have a rule: refused
+    page.locator("#user-form button[type=submit]").click()
+    expect(page.locator("#messages .notice.bad")).to_contain_text("'name'")
+    page.locator("#user-form input[name=name]").fill("mallory")
+    page.locator("#user-form input[name=description]").fill(XSS)
+    page.locator("#user-form button[type=submit]").click()
+    expect(page.locator("#messages")).to_have_text("Created user mallory.")
+    expect(page.locator("tr", has_text="mallory").locator("td", has_text=XSS)).to_have_text(XSS)
+
+    go(page, gateway.url, "teams")
+    expect(page.locator("[data-team=red-team] p", has_text=XSS)).to_have_text(XSS)
+    go(page, gateway.url, "audit?since=3600&action=user.create")
+    expect(page.locator("main tbody tr", has_text="mallory")).to_be_visible()
+    assert page.locator("main img").count() == 0
+    assert tab.dialogs == []
+
+
+class _Attacker(BaseHTTPRequestHandler):
+    """Another origin (same host, another port: the same site, so the browser does send a
+    SameSite=Strict cookie) serving a page that posts to the gateway's admin API."""
+
+    target = ""
+
+    def do_GET(self) -> None:
+        body = f"""<!doctype html><title>prize</title>
+<form id="attack" method="post" enctype="text/plain" action="{self.target}/admin/v1/users">
+<input name='{{"name":"csrf-victim","role":"admin","description":"' value='"}}'>
+<button type="submit">win</button></form>""".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def attacker(gateway: GatewayProcess) -> Iterator[str]:
+    handler = type("Attacker", (_Attacker,), {"target": gateway.url})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_cross_origin_page_cannot_use_the_session(
+    tab: Tab, gateway: GatewayProcess, admin_key: str, admin: AdminClient, attacker: str
+) -> None:
+    page = tab.page
+    sign_in(page, gateway.url, admin_key)
+    # The session cookie alone is not enough, even from the console's own origin.
+    status = page.evaluate(
+        """async () => (await fetch('/admin/v1/users', {credentials: 'same-origin'})).status"""
+    )
+    assert status in (401, 403)
+
+    page.goto(attacker)
+    with page.expect_navigation() as landed:
+        page.locator("#attack button").click()
+    answer = landed.value
+    assert answer is not None
+    assert answer.status in (401, 403)
+    page.goto(attacker)
+    page.evaluate(
+        """async (url) => {
+            const body = JSON.stringify({name: 'csrf-victim', role: 'admin'});
+            await fetch(url, {method: 'POST', mode: 'no-cors', credentials: 'include', body});
+            try {  // a custom header needs a CORS preflight, which the gateway does not grant
+                await fetch(url, {method: 'POST', credentials: 'include', body,
+                    headers: {'X-CSRF-Token': 'guess', 'Content-Type': 'application/json'}});
+            } catch (exc) { /* refused by the browser */ }
+        }""",
+        gateway.url + "/admin/v1/users",
+    )
+    names = {u["name"] for u in admin.call("users.list")["data"]}
+    assert "csrf-victim" not in names
