@@ -304,3 +304,29 @@ def test_a_cross_origin_page_cannot_use_the_session(
     )
     names = {u["name"] for u in admin.call("users.list")["data"]}
     assert "csrf-victim" not in names
+
+
+def test_a_console_viewer_sees_usage_only(
+    tab: Tab, gateway: GatewayProcess, admin: AdminClient
+) -> None:
+    key = user_with_key(admin, "watcher", role="console-viewer")
+    page = tab.page
+    sign_in(page, gateway.url, key)
+    links = page.locator(".sidebar nav a").all_text_contents()
+    assert links == ["Overview", "Usage", "Limits"]
+    for route in ("overview", "usage", "limits"):
+        go(page, gateway.url, route)
+        expect(page.locator("main .notice.bad")).to_have_count(0)
+    page.goto(gateway.url + "/ui/#users")
+    expect(page.locator("main h1")).to_have_text("Overview")  # not offered: back to the start
+
+    # Hiding is a courtesy: the server refuses what the permission does not allow.
+    csrf = page.request.get(gateway.url + "/ui/api/session").json()["csrf"]
+    headers = {"X-CSRF-Token": csrf}
+    assert page.request.get(gateway.url + "/admin/v1/usage", headers=headers).status == 200
+    assert page.request.get(gateway.url + "/admin/v1/users", headers=headers).status == 403
+    created = page.request.post(
+        gateway.url + "/admin/v1/users", headers=headers, data={"name": "sneaky"}
+    )
+    assert created.status == 403
+    assert "sneaky" not in {u["name"] for u in admin.call("users.list")["data"]}

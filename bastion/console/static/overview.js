@@ -38,12 +38,19 @@ function healthTone(model) {
   return model.healthy < model.total ? 'warn' : 'ok';
 }
 
+function upstreamState(u) {
+  if (u.ejected) return badge('ejected', 'bad');
+  if (!u.available) return badge(u.checked && !u.healthy ? 'down' : 'unavailable', 'bad');
+  return badge(u.checked ? 'up' : 'up (unchecked)', 'ok');
+}
+
 function upstreamTable(models) {
   return table([
-    { label: 'Model', value: (m) => m.name || m.model },
+    { label: 'Model', value: (m) => h('span', { class: 'strong' }, m.model) },
     { label: 'Health', value: (m) => badge(`${m.healthy} of ${m.total} healthy`, healthTone(m)) },
-    { label: 'Upstreams', value: (m) => h('ul', { class: 'plain' }, (m.upstreams || []).map((u) =>
-      h('li', {}, badge(u.healthy ? 'up' : 'down', u.healthy ? 'ok' : 'bad'), ' ', u.name || u.url || u.id || '')))},
+    { label: 'Upstreams', value: (m) => h('ul', { class: 'plain' }, m.upstreams.map((u) =>
+      h('li', {}, upstreamState(u), ' ', h('code', {}, u.name),
+        h('span', { class: 'muted small' }, ` · ${fmt.int(u.requests)} requests, ${fmt.int(u.errors)} errors, ${u.outstanding} in flight`)))) },
   ], models, 'No models are configured.');
 }
 
