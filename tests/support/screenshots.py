@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from bastion.admin.client import AdminClient
 from tests.support import console_sample
 from tests.support.browser import chromium, open_tab, sign_in
 from tests.support.clients import close_all, openai_client
+from tests.support.console_sample import MODELS
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import GatewayProcess
 
@@ -42,6 +44,7 @@ def sample_config(upstream: FakeUpstream, state: Path) -> dict[str, Any]:
     )
     return {
         "server": {"host": "127.0.0.1", "state_dir": str(state)},
+        "store": {"last_used_interval": 0.2},
         "models": models,
         "upstream": {"health": {"interval": 0.5, "timeout": 0.5, "unhealthy_after": 1}},
         "usage": {"prices": {"*": {"input": 0.15, "output": 0.6}}},
@@ -60,11 +63,18 @@ def _shoot(page: Page, out: Path, name: str, **options: Any) -> None:
 
 
 def _pages(page: Page, base: str, out: Path) -> None:
-    for route in ("overview", "usage", "users", "teams", "audit", "limits"):
+    for route in (
+        "overview",
+        "usage?days=7&period=day&by=user",
+        "users",
+        "teams",
+        "audit",
+        "limits",
+    ):
         page.goto(f"{base}/ui/#{route}")
         expect(page.locator("main h1")).to_be_visible()
         page.wait_for_load_state("networkidle")
-        _shoot(page, out, route)
+        _shoot(page, out, route.split("?")[0])
     page.goto(f"{base}/ui/#keys")
     page.get_by_role("button", name="New key").click()
     page.locator("#key-form select[name=user]").select_option("linus")
@@ -73,7 +83,7 @@ def _pages(page: Page, base: str, out: Path) -> None:
     page.locator("#key-form select[name=expiry]").select_option("2592000")
     page.locator("#key-form button[type=submit]").click()
     expect(page.locator("#secret")).to_be_visible()
-    _shoot(page, out, "keys", mask=[page.locator("#secret")])
+    _shoot(page, out, "keys", mask=[page.locator("#secret")], mask_color="#d5dbe7")
 
 
 def take(out: Path) -> None:
@@ -88,9 +98,12 @@ def take(out: Path) -> None:
             sample = console_sample.populate(AdminClient(gateway.url, key))
             records = console_sample.week_of_usage(sample)
             console_sample.write_usage(f"sqlite:///{state / 'bastion.db'}", records)
-            for name in ("ada", "ci-bot"):
-                openai_client(gateway.url, sample.secrets[name]).models.list()
+            for name, model in (("ada", MODELS[0]), ("ci-bot", MODELS[0]), ("grace", MODELS[1])):
+                openai_client(gateway.url, sample.secrets[name]).chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "hello"}]
+                )
             close_all()
+            time.sleep(1)  # the keys' last use is written back every 0.2 s, usage every second
             with chromium() as browser:
                 tab = open_tab(browser)
                 tab.page.goto(gateway.url + "/ui/")
