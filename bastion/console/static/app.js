@@ -67,10 +67,11 @@ async function show() {
     replace(root, signin.view(params, () => go('overview')));
     return;
   }
-  const route = ROUTES[name];
+  const route = Object.hasOwn(ROUTES, name) ? ROUTES[name] : null;
   if (!route || !allowed(route)) {
     const first = Object.keys(ROUTES).find((n) => allowed(ROUTES[n]));
-    go(first);
+    if (first) go(first);
+    else replace(root, notice('This session may not use any page of the console.'));
     return;
   }
   document.title = `${route.title} · Bastion`;

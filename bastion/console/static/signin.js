@@ -3,12 +3,22 @@
 import { oidcEnabled, signIn } from './api.js';
 import { h, notice, replace } from './dom.js';
 
-// What the OIDC callback's short error codes mean; anything else is shown as its code.
+// What the OIDC callback's short error codes mean (the server sends only these fixed words,
+// never the provider's own text); an unknown one is shown as its code.
+const AGAIN = 'Please sign in again.';
 const OIDC_ERRORS = {
-  denied: 'The identity provider did not sign you in.',
-  state: 'The sign-in took too long or was started elsewhere. Please try again.',
-  forbidden: 'Your account may not use the console.',
-  invalid: 'The identity provider’s answer was refused.',
+  provider_refused: 'The identity provider did not sign you in.',
+  state_mismatch: `The sign-in was started in another window or took too long. ${AGAIN}`,
+  state_unknown: `The sign-in was started in another window or took too long. ${AGAIN}`,
+  nonce_mismatch: `The identity provider’s answer did not match this sign-in. ${AGAIN}`,
+  wrong_audience: 'The identity provider’s token was made for another application.',
+  token_refused: 'The identity provider’s token was refused.',
+  no_id_token: 'The identity provider sent no identity token.',
+  bad_request: `The identity provider’s answer was incomplete. ${AGAIN}`,
+  forbidden: 'Your account may not use the console (it needs the admin or console permission).',
+  rate_limited: 'Too many attempts. Please wait a moment and try again.',
+  provider_unavailable: 'The identity provider cannot be reached. Please try again later.',
+  failed: 'The sign-in with OIDC failed.',
 };
 
 function refusal(exc) {
@@ -23,7 +33,8 @@ export function view(params, done) {
   document.title = 'Sign in · Bastion';
   const message = h('div', { class: 'messages' });
   if (params.error) {
-    message.append(notice(OIDC_ERRORS[params.error] || `Sign-in with OIDC failed (${params.error}).`));
+    const known = Object.hasOwn(OIDC_ERRORS, params.error);
+    message.append(notice(known ? OIDC_ERRORS[params.error] : `Sign-in with OIDC failed (${params.error}).`));
   }
   const key = h('input', {
     id: 'key', name: 'key', type: 'password', autocomplete: 'off', spellcheck: 'false',
