@@ -333,3 +333,90 @@ def test_a_console_viewer_sees_usage_only(
     )
     assert created.status == 403
     assert "sneaky" not in {u["name"] for u in admin.call("users.list")["data"]}
+
+
+def test_disable_a_user_and_change_roles_from_the_users_page(
+    tab: Tab, gateway: GatewayProcess, admin_key: str, admin: AdminClient
+) -> None:
+    key = user_with_key(admin, "dora")
+    assert chat(gateway.url, key)
+    page = tab.page
+    sign_in(page, gateway.url, admin_key)
+    go(page, gateway.url, "users")
+    row = page.locator("tr", has=page.locator("[data-user=dora]"))
+    row.get_by_role("button", name="Disable").click()
+    expect(page.locator("#messages")).to_have_text("dora is disabled.")
+    assert admin.call("users.show", name="dora")["disabled"] is True
+    with pytest.raises(openai.AuthenticationError):
+        chat(gateway.url, key)
+    row.get_by_role("button", name="Enable").click()
+    expect(page.locator("#messages")).to_have_text("dora is enabled.")
+    assert chat(gateway.url, key)
+
+    row.get_by_label("Role of dora").select_option("viewer")
+    expect(page.locator("#messages")).to_have_text("dora now has the role viewer.")
+    assert admin.call("users.show", name="dora")["role"] == "viewer"
+    with pytest.raises(openai.PermissionDeniedError):
+        chat(gateway.url, key)
+
+    page.get_by_role("button", name="New user").click()
+    page.locator("#user-form input[name=name]").fill("nightly-build")
+    page.locator("#user-form select[name=kind]").select_option("service")
+    page.locator("#user-form button[type=submit]").click()
+    expect(page.locator("#messages")).to_have_text("Created service account nightly-build.")
+    page.get_by_role("link", name="Service accounts").click()
+    expect(page.locator("[data-user=nightly-build]")).to_be_visible()
+    expect(page.locator("[data-user=dora]")).to_have_count(0)
+    assert admin.call("users.show", name="nightly-build")["kind"] == "service"
+
+
+def test_teams_and_their_members(
+    tab: Tab, gateway: GatewayProcess, admin_key: str, admin: AdminClient
+) -> None:
+    admin.call("users.create", name="erin")
+    page = tab.page
+    sign_in(page, gateway.url, admin_key)
+    go(page, gateway.url, "teams")
+    page.get_by_role("button", name="New team").click()
+    page.locator("#team-form input[name=name]").fill("vision")
+    page.locator("#team-form input[name=description]").fill("Image models")
+    page.locator("#team-form button[type=submit]").click()
+    expect(page.locator("#messages")).to_have_text("Created team vision.")
+    team = page.locator("[data-team=vision]")
+    team.get_by_label("User to add to vision").select_option("erin")
+    team.get_by_role("button", name="Add member").click()
+    expect(page.locator("#messages")).to_have_text("Added erin to vision.")
+    assert admin.call("teams.show", name="vision")["members"] == ["erin"]
+    team.get_by_role("button", name="Remove erin from vision").click()
+    expect(page.locator("#messages")).to_have_text("Removed erin from vision.")
+    assert admin.call("teams.show", name="vision")["members"] == []
+    team.get_by_role("button", name="Delete team").click()
+    page.locator("dialog").get_by_role("button", name="Delete").click()
+    expect(page.locator("#messages")).to_have_text("Deleted team vision.")
+    assert "vision" not in {t["name"] for t in admin.call("teams.list")["data"]}
+
+
+def test_revoking_the_signed_in_key_ends_the_session(
+    tab: Tab, gateway: GatewayProcess, admin: AdminClient
+) -> None:
+    key = user_with_key(admin, "second-admin", role="admin")
+    page = tab.page
+    sign_in(page, gateway.url, key)
+    (issued,) = admin.call("keys.list", user="second-admin")["data"]
+    admin.call("keys.revoke", id=issued["id"])
+    page.locator(".sidebar a[data-route=users]").click()
+    expect(page.locator("#key")).to_be_visible()  # the next call answered 401: sign in again
+    assert page.request.get(gateway.url + "/ui/api/session").status == 401
+
+
+def test_an_oidc_refusal_code_is_explained_and_an_unknown_one_shown_as_text(
+    tab: Tab, gateway: GatewayProcess
+) -> None:
+    page = tab.page
+    page.goto(gateway.url + "/ui/#signin?error=state_mismatch")
+    expect(page.locator(".signin .notice")).to_contain_text("started in another window")
+    page.goto(gateway.url + "/ui/#signin?error=" + XSS)
+    page.reload()
+    expect(page.locator(".signin .notice")).to_have_text(f"Sign-in with OIDC failed ({XSS}).")
+    assert page.locator("img:not([src$='logo.svg'])").count() == 0
+    assert tab.dialogs == []
