@@ -420,3 +420,28 @@ def test_an_oidc_refusal_code_is_explained_and_an_unknown_one_shown_as_text(
     expect(page.locator(".signin .notice")).to_have_text(f"Sign-in with OIDC failed ({XSS}).")
     assert page.locator("img:not([src$='logo.svg'])").count() == 0
     assert tab.dialogs == []
+
+
+def test_a_key_limited_to_routes_and_networks_until_a_date(
+    tab: Tab, gateway: GatewayProcess, admin_key: str, admin: AdminClient
+) -> None:
+    admin.call("users.create", name="frank")
+    page = tab.page
+    sign_in(page, gateway.url, admin_key)
+    go(page, gateway.url, "keys")
+    page.get_by_role("button", name="New key").click()
+    form = page.locator("#key-form")
+    form.locator("select[name=user]").select_option("frank")
+    form.locator("input[name=routes]").fill("chat, models")
+    form.locator("input[name=networks]").fill("127.0.0.0/8")
+    form.locator("select[name=expiry]").select_option("date")
+    form.locator("input[name=date]").fill("2099-01-31")
+    form.locator("button[type=submit]").click()
+    secret = page.locator("#secret").input_value()
+    (key,) = admin.call("keys.list", user="frank")["data"]
+    assert key["routes"] == ["chat", "models"]
+    assert key["networks"] == ["127.0.0.0/8"]
+    assert key["expires_at"] == 4073500800  # 2099-01-31T00:00:00Z
+    assert chat(gateway.url, secret)
+    with pytest.raises(openai.PermissionDeniedError):  # not one of its routes
+        openai_client(gateway.url, secret).embeddings.create(model=MODEL, input="x")

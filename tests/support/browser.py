@@ -94,4 +94,7 @@ def sign_in(page: Page, base_url: str, key: str) -> None:
     page.goto(base_url + "/ui/")
     page.locator("#key").fill(key)
     page.locator("#signin-form button[type=submit]").click()
-    page.locator(".sidebar").wait_for()
+    page.locator(".sidebar, .signin .notice").first.wait_for()
+    refused = page.locator(".signin .notice")
+    if refused.count():
+        raise AssertionError(f"the console refused the sign-in: {refused.inner_text()}")

@@ -42,7 +42,10 @@ let expiry;
 function sidebar(active) {
   const me = session();
   const links = Object.entries(ROUTES).filter(([, route]) => allowed(route)).map(([name, route]) =>
-    h('a', { href: `#${name}`, class: name === active ? 'active' : null, 'data-route': name }, route.title));
+    h('a', {
+      href: `#${name}`, class: name === active ? 'active' : null, 'data-route': name,
+      'aria-current': name === active ? 'page' : null,
+    }, route.title));
   return h('aside', { class: 'sidebar' },
     h('a', { class: 'brand', href: '#overview' }, h('img', { src: 'logo.svg', alt: '' }), 'Bastion'),
     h('nav', {}, links),

@@ -23,6 +23,7 @@ export function reloading(main, current, build) {
   }
   async function act(work, success) {
     replace(messages);
+    main.inert = true;  // one change at a time: a double click does not create two keys
     try {
       const result = await work();
       await draw(typeof success === 'function' ? success(result) : success);
@@ -31,6 +32,8 @@ export function reloading(main, current, build) {
       replace(messages, notice(exc.message));
       messages.scrollIntoView({ block: 'nearest' });
       return undefined;
+    } finally {
+      main.inert = false;
     }
   }
   return draw;
