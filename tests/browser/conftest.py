@@ -31,14 +31,15 @@ def upstream() -> Iterator[FakeUpstream]:
 def console_config(
     upstream: FakeUpstream, state: Path, console: dict[str, object] | None = None, **more: object
 ) -> dict[str, object]:
-    """A gateway with a store (so the console is on), one model and prices (so the usage
-    reports carry a cost), and no configured credential: its first start prints an
-    administrator's key. The tests sign in more often than the default ten times a minute
-    that one address may."""
+    """A gateway with a store (so the console is on), one model, prices (so the usage
+    reports carry a cost), a daily token budget per user, and no configured credential: its
+    first start prints an administrator's key. The tests sign in more often than the default
+    ten times a minute that one address may."""
     return {
         "server": {"host": "127.0.0.1", "state_dir": str(state)},
         "models": [{"name": MODEL, "upstreams": [{"url": upstream.url}]}],
         "usage": {"prices": {"*": {"input": 0.5, "output": 1.5}}},
+        "limits": {"per_user": {"tokens_per_day": 100_000}, "models": {MODEL: {"concurrency": 64}}},
         "console": {"sign_in_attempts": 1000, **(console or {})},
         **more,
     }

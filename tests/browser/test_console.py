@@ -6,6 +6,7 @@ outcome where it really lands: the admin API, the official ``openai`` client, th
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import urllib.error
@@ -18,6 +19,7 @@ import openai
 import pytest
 from playwright.sync_api import Page, expect
 
+from bastion.admin.api import ROUTER
 from bastion.admin.client import AdminClient
 from tests.browser.conftest import MODEL
 from tests.support.browser import Tab, sign_in
@@ -445,3 +447,78 @@ def test_a_key_limited_to_routes_and_networks_until_a_date(
     assert chat(gateway.url, secret)
     with pytest.raises(openai.PermissionDeniedError):  # not one of its routes
         openai_client(gateway.url, secret).embeddings.create(model=MODEL, input="x")
+
+
+def test_the_overview_adds_up_what_the_usage_api_reports(
+    tab: Tab, gateway: GatewayProcess, admin_key: str, admin: AdminClient
+) -> None:
+    key = user_with_key(admin, "gina")
+    for _ in range(2):
+        chat(gateway.url, key)
+    deadline = time.monotonic() + 15
+    while requests_of(admin, "gina") < 2:
+        assert time.monotonic() < deadline, "the usage records were not written"
+        time.sleep(0.2)
+    page = tab.page
+    sign_in(page, gateway.url, admin_key)
+    today = time.time() // 86400 * 86400
+    rows = admin.call("usage", by=["model"], period="day", since=today)["data"]
+    go(page, gateway.url, "overview")
+    tiles = page.locator("[data-period=Today]")
+    expect(tiles.locator("[data-stat=requests] .tile-value")).to_have_text(
+        f"{sum(r['requests'] for r in rows):,}"
+    )
+    expect(tiles.locator("[data-stat=tokens] .tile-value")).to_have_text(
+        f"{sum(r['total_tokens'] for r in rows):,}"
+    )
+    health = page.locator("main tr", has_text=MODEL)
+    expect(health).to_contain_text("1 of 1 healthy")
+
+
+def test_the_limits_page_shows_the_budgets_and_who_is_nearest(
+    tab: Tab, gateway: GatewayProcess, admin_key: str, admin: AdminClient
+) -> None:
+    key = user_with_key(admin, "hal")
+    chat(gateway.url, key)  # 8 tokens of a daily 100,000
+    deadline = time.monotonic() + 15
+    while requests_of(admin, "hal") < 1:
+        assert time.monotonic() < deadline, "the usage records were not written"
+        time.sleep(0.2)
+    page = tab.page
+    sign_in(page, gateway.url, admin_key)
+    go(page, gateway.url, "limits")
+    configured = page.locator("main .card", has_text="Configured limits")
+    expect(configured.locator("tr", has_text="Each user")).to_contain_text("100,000")
+    expect(configured.locator("tr", has_text=f"Model {MODEL}")).to_contain_text("64")
+    hal = page.locator("main .card", has_text="Nearest to a budget").locator("tr", has_text="hal")
+    expect(hal).to_contain_text("tokens today")
+    expect(hal.locator("td").nth(2)).to_have_text("8")
+    expect(hal.locator("td").nth(3)).to_have_text("100,000")
+
+
+def test_the_audit_trail_filters(
+    tab: Tab, gateway: GatewayProcess, admin_key: str, admin: AdminClient
+) -> None:
+    key = user_with_key(admin, "ivan")
+    refused = AdminClient(gateway.url, key).exchange(ROUTER.by_name["users.list"].request({}))
+    assert refused.status == 403
+    page = tab.page
+    sign_in(page, gateway.url, admin_key)
+    go(page, gateway.url, "audit")
+    form = page.locator("#audit-filters")
+    form.locator("select[name=outcome]").select_option("denied")
+    form.locator("input[name=actor]").fill("ivan")
+    form.get_by_role("button", name="Apply").click()
+    expect(page).to_have_url(re.compile(r"#audit\?.*outcome=denied"))
+    rows = page.locator("main tbody tr")
+    expect(rows.first).to_contain_text("request.refused")
+    for row in rows.all():
+        expect(row).to_contain_text("ivan")
+        expect(row).to_contain_text("denied")
+    form = page.locator("#audit-filters")
+    form.locator("select[name=outcome]").select_option("ok")
+    form.locator("input[name=actor]").fill("")
+    form.locator("input[name=action]").fill("key.")
+    form.get_by_role("button", name="Apply").click()
+    expect(page.locator("main tbody tr", has_text="key.create").first).to_be_visible()
+    assert "request.refused" not in page.locator("main tbody").inner_text()
