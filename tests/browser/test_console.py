@@ -196,6 +196,8 @@ def test_usage_from_real_requests_appears_in_the_charts_and_their_csv(
     tab: Tab, gateway: GatewayProcess, admin_key: str, admin: AdminClient
 ) -> None:
     key = user_with_key(admin, "carol")
+    admin.call("teams.create", name="analytics")
+    admin.call("teams.add", team="analytics", user="carol")
     for _ in range(3):
         chat(gateway.url, key)  # the fake upstream reports 8 tokens for each
     deadline = time.monotonic() + 15
@@ -219,6 +221,17 @@ def test_usage_from_real_requests_appears_in_the_charts_and_their_csv(
     assert header[-1] == "total"
     column = header.index("carol")
     assert sum(int(line.split(",")[column]) for line in lines[1:]) == 24
+
+    controls = page.locator("#usage-controls")
+    controls.locator("select[name=by]").select_option("team")
+    expect(page).to_have_url(re.compile(r"by=team"))
+    team = page.locator("[data-metric=total_tokens] rect.bar[data-series=analytics]")
+    expect(team.first).to_be_visible()
+    assert sum(team.evaluate_all("els => els.map(e => Number(e.dataset.value))")) == 24
+    controls = page.locator("#usage-controls")
+    controls.locator("select[name=period]").select_option("day")
+    expect(page).to_have_url(re.compile(r"period=day"))
+    expect(page.locator("[data-metric=requests] table")).to_contain_text("Day (UTC)")
 
 
 def test_user_controlled_text_is_shown_as_text(
