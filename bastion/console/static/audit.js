@@ -35,8 +35,8 @@ function shown(name, value) {
 
 function detail(event) {
   if (!event.detail || !Object.keys(event.detail).length) return '';
-  return h('code', { class: 'detail' }, Object.entries(event.detail)
-    .map(([k, v]) => `${k}=${shown(k, v)}`).join(' '));
+  return h('div', { class: 'detail' }, Object.entries(event.detail)
+    .map(([k, v]) => h('code', {}, `${k}=${shown(k, v)}`)));
 }
 
 export async function render(main, params, current) {
@@ -53,7 +53,8 @@ export async function render(main, params, current) {
     { label: 'Action', value: (e) => h('code', {}, e.action) },
     { label: 'Target', value: (e) => e.target },
     { label: 'Outcome', value: (e) => badge(e.status ? `${e.outcome} ${e.status}` : e.outcome, TONES[e.outcome]) },
-    { label: 'From', value: (e) => h('div', {}, e.address, h('div', { class: 'muted small' }, e.request_id)) },
-    { label: 'Detail', value: detail },
+    { label: 'From', value: (e) => h('div', {}, e.address,
+      h('div', { class: 'muted small', title: `request ${e.request_id}` }, e.request_id.slice(0, 12))) },
+    { label: 'Detail', class: 'wide-cell', value: detail },
   ], events.data, 'No events match.')));
 }
