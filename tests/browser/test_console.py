@@ -67,6 +67,32 @@ def requests_of(admin: AdminClient, user: str) -> int:
     return sum(int(row["requests"]) for row in rows)
 
 
+def submit(page: Page, form: str, **values: str) -> None:
+    """Fills the named controls of a form (text typed, menus chosen), then submits it."""
+    for name, value in values.items():
+        control = page.locator(f"{form} [name={name}]")
+        if control.evaluate("el => el.tagName") == "SELECT":
+            control.select_option(value)
+        else:
+            control.fill(value)
+    page.locator(f"{form} button[type=submit]").click()
+
+
+def wait_for_requests(admin: AdminClient, user: str, count: int) -> None:
+    """Until the usage records (written about once a second) hold ``count`` of ``user``'s."""
+    deadline = time.monotonic() + 15
+    while requests_of(admin, user) < count:
+        assert time.monotonic() < deadline, "the usage records were not written"
+        time.sleep(0.2)
+
+
+def signed_in(tab: Tab, gateway: GatewayProcess, key: str, route: str) -> Page:
+    """The tab's page, signed in with ``key`` and showing ``route``."""
+    sign_in(tab.page, gateway.url, key)
+    go(tab.page, gateway.url, route)
+    return tab.page
+
+
 def go(page: Page, base_url: str, route: str) -> None:
     page.goto(f"{base_url}/ui/#{route}")
     expect(page.locator("main h1")).to_be_visible()
@@ -130,24 +156,16 @@ def test_a_principal_without_admin_or_console_permission_is_refused(
 def test_create_a_user_and_a_key_use_it_then_revoke_it(
     tab: Tab, gateway: GatewayProcess, admin_key: str, admin: AdminClient
 ) -> None:
-    page = tab.page
-    sign_in(page, gateway.url, admin_key)
-    go(page, gateway.url, "users")
+    page = signed_in(tab, gateway, admin_key, "users")
     page.get_by_role("button", name="New user").click()
-    page.locator("#user-form input[name=name]").fill("ada")
-    page.locator("#user-form select[name=role]").select_option("user")
-    page.locator("#user-form button[type=submit]").click()
+    submit(page, "#user-form", name="ada", role="user")
     expect(page.locator("#messages")).to_have_text("Created user ada.")
     expect(page.locator("[data-user=ada]")).to_be_visible()
     assert admin.call("users.show", name="ada")["role"] == "user"
 
     go(page, gateway.url, "keys")
     page.get_by_role("button", name="New key").click()
-    page.locator("#key-form select[name=user]").select_option("ada")
-    page.locator("#key-form input[name=name]").fill("laptop")
-    page.locator("#key-form input[name=models]").fill(MODEL)
-    page.locator("#key-form select[name=expiry]").select_option("604800")
-    page.locator("#key-form button[type=submit]").click()
+    submit(page, "#key-form", user="ada", name="laptop", models=MODEL, expiry="604800")
     secret = page.locator("#secret").input_value()
     assert secret.startswith("bst_")
     (created,) = admin.call("keys.list", user="ada")["data"]
@@ -175,9 +193,7 @@ def test_rotating_a_key_shows_the_new_secret_once_and_the_old_key_keeps_working(
 ) -> None:
     old = user_with_key(admin, "rotor")
     (before,) = admin.call("keys.list", user="rotor")["data"]
-    page = tab.page
-    sign_in(page, gateway.url, admin_key)
-    go(page, gateway.url, "keys")
+    page = signed_in(tab, gateway, admin_key, "keys")
     page.locator("tr", has_text=before["id"]).get_by_role("button", name="Rotate").click()
     page.locator("dialog select[name=overlap]").select_option("3600")
     page.locator("dialog").get_by_role("button", name="Rotate").click()
@@ -200,13 +216,8 @@ def test_usage_from_real_requests_appears_in_the_charts_and_their_csv(
     admin.call("teams.add", team="analytics", user="carol")
     for _ in range(3):
         chat(gateway.url, key)  # the fake upstream reports 8 tokens for each
-    deadline = time.monotonic() + 15
-    while requests_of(admin, "carol") < 3:  # usage records are written about once a second
-        assert time.monotonic() < deadline, "the usage records were not written"
-        time.sleep(0.2)
-    page = tab.page
-    sign_in(page, gateway.url, admin_key)
-    go(page, gateway.url, "usage?days=1&period=hour&by=user")
+    wait_for_requests(admin, "carol", 3)
+    page = signed_in(tab, gateway, admin_key, "usage?days=1&period=hour&by=user")
     tokens = page.locator("[data-metric=total_tokens] rect.bar[data-series=carol]")
     assert sum(tokens.evaluate_all("els => els.map(e => Number(e.dataset.value))")) == 24
     requests = page.locator("[data-metric=requests] rect.bar[data-series=carol]")
@@ -238,16 +249,11 @@ def test_user_controlled_text_is_shown_as_text(
     tab: Tab, gateway: GatewayProcess, admin_key: str, admin: AdminClient
 ) -> None:
     admin.call("teams.create", name="red-team", description=XSS)
-    page = tab.page
-    sign_in(page, gateway.url, admin_key)
-    go(page, gateway.url, "users")
+    page = signed_in(tab, gateway, admin_key, "users")
     page.get_by_role("button", name="New user").click()
-    page.locator("#user-form input[name=name]").fill(XSS)  # names have a rule: refused
-    page.locator("#user-form button[type=submit]").click()
+    submit(page, "#user-form", name=XSS)  # names have a rule: refused
     expect(page.locator("#messages .notice.bad")).to_contain_text("'name'")
-    page.locator("#user-form input[name=name]").fill("mallory")
-    page.locator("#user-form input[name=description]").fill(XSS)
-    page.locator("#user-form button[type=submit]").click()
+    submit(page, "#user-form", name="mallory", description=XSS)
     expect(page.locator("#messages")).to_have_text("Created user mallory.")
     expect(page.locator("tr", has_text="mallory").locator("td", has_text=XSS)).to_have_text(XSS)
 
@@ -355,9 +361,7 @@ def test_disable_a_user_and_change_roles_from_the_users_page(
 ) -> None:
     key = user_with_key(admin, "dora")
     assert chat(gateway.url, key)
-    page = tab.page
-    sign_in(page, gateway.url, admin_key)
-    go(page, gateway.url, "users")
+    page = signed_in(tab, gateway, admin_key, "users")
     row = page.locator("tr", has=page.locator("[data-user=dora]"))
     row.get_by_role("button", name="Disable").click()
     expect(page.locator("#messages")).to_have_text("dora is disabled.")
@@ -375,9 +379,7 @@ def test_disable_a_user_and_change_roles_from_the_users_page(
         chat(gateway.url, key)
 
     page.get_by_role("button", name="New user").click()
-    page.locator("#user-form input[name=name]").fill("nightly-build")
-    page.locator("#user-form select[name=kind]").select_option("service")
-    page.locator("#user-form button[type=submit]").click()
+    submit(page, "#user-form", name="nightly-build", kind="service")
     expect(page.locator("#messages")).to_have_text("Created service account nightly-build.")
     page.get_by_role("link", name="Service accounts").click()
     expect(page.locator("[data-user=nightly-build]")).to_be_visible()
@@ -389,13 +391,9 @@ def test_teams_and_their_members(
     tab: Tab, gateway: GatewayProcess, admin_key: str, admin: AdminClient
 ) -> None:
     admin.call("users.create", name="erin")
-    page = tab.page
-    sign_in(page, gateway.url, admin_key)
-    go(page, gateway.url, "teams")
+    page = signed_in(tab, gateway, admin_key, "teams")
     page.get_by_role("button", name="New team").click()
-    page.locator("#team-form input[name=name]").fill("vision")
-    page.locator("#team-form input[name=description]").fill("Image models")
-    page.locator("#team-form button[type=submit]").click()
+    submit(page, "#team-form", name="vision", description="Image models")
     expect(page.locator("#messages")).to_have_text("Created team vision.")
     team = page.locator("[data-team=vision]")
     team.get_by_label("User to add to vision").select_option("erin")
@@ -441,17 +439,17 @@ def test_a_key_limited_to_routes_and_networks_until_a_date(
     tab: Tab, gateway: GatewayProcess, admin_key: str, admin: AdminClient
 ) -> None:
     admin.call("users.create", name="frank")
-    page = tab.page
-    sign_in(page, gateway.url, admin_key)
-    go(page, gateway.url, "keys")
+    page = signed_in(tab, gateway, admin_key, "keys")
     page.get_by_role("button", name="New key").click()
-    form = page.locator("#key-form")
-    form.locator("select[name=user]").select_option("frank")
-    form.locator("input[name=routes]").fill("chat, models")
-    form.locator("input[name=networks]").fill("127.0.0.0/8")
-    form.locator("select[name=expiry]").select_option("date")
-    form.locator("input[name=date]").fill("2099-01-31")
-    form.locator("button[type=submit]").click()
+    page.locator("#key-form select[name=expiry]").select_option("date")  # shows the date
+    submit(
+        page,
+        "#key-form",
+        user="frank",
+        routes="chat, models",
+        networks="127.0.0.0/8",
+        date="2099-01-31",
+    )
     secret = page.locator("#secret").input_value()
     (key,) = admin.call("keys.list", user="frank")["data"]
     assert key["routes"] == ["chat", "models"]
@@ -468,10 +466,7 @@ def test_the_overview_adds_up_what_the_usage_api_reports(
     key = user_with_key(admin, "gina")
     for _ in range(2):
         chat(gateway.url, key)
-    deadline = time.monotonic() + 15
-    while requests_of(admin, "gina") < 2:
-        assert time.monotonic() < deadline, "the usage records were not written"
-        time.sleep(0.2)
+    wait_for_requests(admin, "gina", 2)
     page = tab.page
     sign_in(page, gateway.url, admin_key)
     today = time.time() // 86400 * 86400
@@ -493,13 +488,8 @@ def test_the_limits_page_shows_the_budgets_and_who_is_nearest(
 ) -> None:
     key = user_with_key(admin, "hal")
     chat(gateway.url, key)  # 8 tokens of a daily 100,000
-    deadline = time.monotonic() + 15
-    while requests_of(admin, "hal") < 1:
-        assert time.monotonic() < deadline, "the usage records were not written"
-        time.sleep(0.2)
-    page = tab.page
-    sign_in(page, gateway.url, admin_key)
-    go(page, gateway.url, "limits")
+    wait_for_requests(admin, "hal", 1)
+    page = signed_in(tab, gateway, admin_key, "limits")
     configured = page.locator("main .card", has_text="Configured limits")
     expect(configured.locator("tr", has_text="Each user")).to_contain_text("100,000")
     expect(configured.locator("tr", has_text=f"Model {MODEL}")).to_contain_text("64")
@@ -515,23 +505,14 @@ def test_the_audit_trail_filters(
     key = user_with_key(admin, "ivan")
     refused = AdminClient(gateway.url, key).exchange(ROUTER.by_name["users.list"].request({}))
     assert refused.status == 403
-    page = tab.page
-    sign_in(page, gateway.url, admin_key)
-    go(page, gateway.url, "audit")
-    form = page.locator("#audit-filters")
-    form.locator("select[name=outcome]").select_option("denied")
-    form.locator("input[name=actor]").fill("ivan")
-    form.get_by_role("button", name="Apply").click()
+    page = signed_in(tab, gateway, admin_key, "audit")
+    submit(page, "#audit-filters", outcome="denied", actor="ivan")
     expect(page).to_have_url(re.compile(r"#audit\?.*outcome=denied"))
     rows = page.locator("main tbody tr")
     expect(rows.first).to_contain_text("request.refused")
     for row in rows.all():
         expect(row).to_contain_text("ivan")
         expect(row).to_contain_text("denied")
-    form = page.locator("#audit-filters")
-    form.locator("select[name=outcome]").select_option("ok")
-    form.locator("input[name=actor]").fill("")
-    form.locator("input[name=action]").fill("key.")
-    form.get_by_role("button", name="Apply").click()
+    submit(page, "#audit-filters", outcome="ok", actor="", action="key.")
     expect(page.locator("main tbody tr", has_text="key.create").first).to_be_visible()
     assert "request.refused" not in page.locator("main tbody").inner_text()
