@@ -138,6 +138,10 @@ def test_sign_in_with_a_key_then_log_out_ends_the_session_on_the_server(
     page.reload()
     expect(page.locator("#key")).to_be_visible()
 
+    page.goto(gateway.url + "/ui/#teams")  # a link to a page: that page, once signed in
+    submit(page, "#signin-form", key=admin_key)
+    expect(page.locator("main h1")).to_have_text("Teams")
+
 
 def test_a_principal_without_admin_or_console_permission_is_refused(
     tab: Tab, gateway: GatewayProcess, admin: AdminClient

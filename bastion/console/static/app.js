@@ -47,7 +47,7 @@ function sidebar(active) {
       'aria-current': name === active ? 'page' : null,
     }, route.title));
   return h('aside', { class: 'sidebar' },
-    h('a', { class: 'brand', href: '#overview' }, h('img', { src: 'logo.svg', alt: '' }), 'Bastion'),
+    h('a', { class: 'brand', href: '#overview' }, h('img', { src: '/ui/logo.svg', alt: '' }), 'Bastion'),
     h('nav', {}, links),
     h('div', { class: 'who' },
       h('span', { class: 'principal', id: 'principal' }, me.principal),
@@ -67,7 +67,9 @@ async function show() {
   const ticket = ++rendering;
   const [name, params] = location_();
   if (!session()) {
-    replace(root, signin.view(params, () => go('overview')));
+    // A link to a page (#keys) opens that page once signed in.
+    const wanted = name === 'signin' ? 'overview' : window.location.hash.slice(1);
+    replace(root, signin.view(name === 'signin' ? params : {}, () => go(wanted)));
     return;
   }
   const route = Object.hasOwn(ROUTES, name) ? ROUTES[name] : null;

@@ -9,8 +9,9 @@ export function head(title, ...actions) {
 }
 
 /**
- * A page whose content `build(act)` makes (its heading first); act(work, success) runs an admin call, then rebuilds
- * with `success` as a message, or shows the refusal and leaves the page as it is.
+ * A page whose content `build(act)` makes (its heading first). act(work, success) runs an
+ * admin call, then rebuilds with `success` as a message, or shows the refusal and leaves the
+ * page as it is.
  */
 export function reloading(main, current, build) {
   const messages = h('div', { class: 'messages', id: 'messages' });

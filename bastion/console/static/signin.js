@@ -66,7 +66,7 @@ export function view(params, done) {
   });
   return h('div', { class: 'signin' },
     h('div', { class: 'signin-card' },
-      h('div', { class: 'brand big' }, h('img', { src: 'logo.svg', alt: '' }), 'Bastion'),
+      h('div', { class: 'brand big' }, h('img', { src: '/ui/logo.svg', alt: '' }), 'Bastion'),
       h('p', { class: 'muted' }, 'Sign in to the console with an administrator’s or a viewer’s API key.'),
       message, form, oidc));
 }
