@@ -91,10 +91,10 @@ export function field(label, input, hint) {
   return h('label', { class: 'field' }, h('span', {}, label), input, hint ? h('small', {}, hint) : null);
 }
 
-/** A <select> of [value, label] pairs. */
-export function select(name, options, selected) {
-  return h('select', { name }, options.map(([value, label]) =>
-    h('option', { value, selected: value === selected }, label)));
+/** A <select> of [value, label] pairs; `label` names it for screen readers when no <label> does. */
+export function select(name, options, selected, label) {
+  return h('select', { name, 'aria-label': label }, options.map(([value, text]) =>
+    h('option', { value, selected: value === selected }, text)));
 }
 
 /** A line of text saying what went wrong (or right), as text. */

@@ -70,7 +70,7 @@ function secretPanel(result) {
 
 function askOverlap(key) {
   return new Promise((resolve) => {
-    const overlap = select('overlap', OVERLAPS, '3600');
+    const overlap = select('overlap', OVERLAPS, '3600', 'Overlap');
     const dialog = h('dialog', { class: 'confirm' });
     const done = (value) => { dialog.close(); dialog.remove(); resolve(value); };
     append(dialog, [h('p', {}, `Rotate ${key.prefix}… (${key.name}, ${key.user})? A new key is issued; the old one keeps working for:`),

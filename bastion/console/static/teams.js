@@ -26,8 +26,7 @@ function member(team, name, act) {
 function addMember(team, users, act) {
   const others = users.filter((u) => !team.members.includes(u.name));
   if (!others.length) return null;
-  const picker = select('user', others.map((u) => [u.name, u.name]), others[0].name);
-  picker.setAttribute('aria-label', `User to add to ${team.name}`);
+  const picker = select('user', others.map((u) => [u.name, u.name]), others[0].name, `User to add to ${team.name}`);
   const form = h('form', { class: 'inline' }, picker, h('button', { type: 'submit', class: 'small' }, 'Add member'));
   form.addEventListener('submit', (event) => {
     event.preventDefault();

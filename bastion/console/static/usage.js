@@ -23,8 +23,8 @@ function options(params) {
 
 function controls(chosen) {
   const form = h('form', { class: 'controls', id: 'usage-controls' },
-    select('days', RANGES, chosen.days), select('period', PERIODS, chosen.period),
-    select('by', GROUPS, chosen.by));
+    select('days', RANGES, chosen.days, 'Range'), select('period', PERIODS, chosen.period, 'Period'),
+    select('by', GROUPS, chosen.by, 'Stacked'));
   form.addEventListener('change', () => {
     const values = new URLSearchParams(new FormData(form));
     window.location.hash = `#usage?${values}`;
@@ -80,6 +80,9 @@ export async function render(main, params, current) {
   const common = { rows, chosen, since };
   replace(main,
     h('header', { class: 'page-head' }, h('h1', {}, 'Usage'), controls(chosen)),
+    chosen.by === 'team'
+      ? h('p', { class: 'muted' }, 'By team: a request counts for each team of its user, and requests of users in no team are not shown.')
+      : null,
     chartCard({ ...common, title: 'Tokens', metric: 'total_tokens', format: fmt.int }),
     chartCard({ ...common, title: 'Requests', metric: 'requests', format: fmt.int }),
     priced

@@ -25,8 +25,7 @@ function createForm(roles, act) {
 
 function roleCell(user, roles, act) {
   if (user.name === session().principal) return user.role;  // nobody changes their own role
-  const picker = select('role', roles.map((r) => [r.name, r.name]), user.role);
-  picker.setAttribute('aria-label', `Role of ${user.name}`);
+  const picker = select('role', roles.map((r) => [r.name, r.name]), user.role, `Role of ${user.name}`);
   picker.addEventListener('change', () => act(
     () => call('PATCH', `/users/${seg(user.name)}`, { body: { role: picker.value } }),
     `${user.name} now has the role ${picker.value}.`));
