@@ -16,7 +16,8 @@ function tiles(label, sum) {
     h('h2', {}, label),
     h('div', { class: 'tile-row' }, items.map(([name, value]) =>
       h('div', { class: 'tile', 'data-stat': name.split(' ')[0].toLowerCase() },
-        h('span', { class: 'tile-label' }, name), h('span', { class: 'tile-value' }, value)))));
+        h('span', { class: 'tile-label' }, name),
+        h('span', { class: sum.priced || !name.startsWith('Spend') ? 'tile-value' : 'tile-note' }, value)))));
 }
 
 function lastDay(rows) {
