@@ -14,9 +14,9 @@ from bastion.admin.api import OPERATIONS, ROUTER, AdminApi
 from bastion.admin.overview import Overview
 from bastion.admin.service import AdminService, Caller
 from bastion.errors import MethodNotAllowedError, NotFoundError
+from bastion.pipeline.route import ModelRegistry
 from bastion.policy.policy import Policy
 from bastion.server.reload import ReloadReport
-from bastion.pipeline.route import ModelRegistry
 from bastion.settings import (
     EjectionSettings,
     LimitSettings,
