@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from bastion.auth.apikeys import generate_key, hash_key
 from bastion.pipeline.endpoints import CONSOLE_HEADERS
@@ -16,6 +17,7 @@ from tests.integration.conftest import UPSTREAM_KEY
 from tests.support.console import Answer, ConsoleClient
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import GatewayProcess, Keys, base_config, running_gateway
+from tests.support.tls import client_context, server_files
 
 ROOT = generate_key()
 ALICE = generate_key()
@@ -226,6 +228,9 @@ def test_the_admin_api_takes_the_session_with_its_csrf_token(gateway: GatewayPro
     fetched = browser.admin("DELETE", "users/from-console", csrf, Sec_Fetch_Site="cross-site")
     assert fetched.status == 403
     assert client(gateway).admin("GET", "users", csrf).status == 401  # the token without the cookie
+    # the session opens the admin API only: on the model API a cookie is no credential
+    models = browser.request("GET", "/v1/models", headers={"X-CSRF-Token": csrf})
+    assert models.status == 401
 
 
 def test_an_authorization_header_wins_over_the_cookie(gateway: GatewayProcess) -> None:
@@ -340,6 +345,26 @@ def test_sign_ins_and_sign_outs_are_audited(gateway: GatewayProcess) -> None:
         time.sleep(0.1)
     assert {"console.sign_in", "console.sign_out"} <= actions
     assert all(e["actor"] and e["detail"] == {"method": "key"} for e in events)
+
+
+def test_the_session_cookie_is_secure_under_tls(upstream: FakeUpstream, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert, key, _ = server_files(ca, tmp_path)
+    config = base_config(upstream.url, Keys())
+    config["auth"]["api_keys"].append({"name": "boss", "hash": hash_key(ROOT), "role": "admin"})
+    config["server"]["tls"] = {"certificate": str(cert), "key": str(key)}
+    with running_gateway(config, tmp_path, UPSTREAM_KEY) as process:
+        assert process.url.startswith("https://")
+        browser = ConsoleClient(process.url, context=client_context(ca))
+        answer = browser.sign_in(ROOT)
+        assert answer.status == 200
+        [session_cookie] = answer.cookies()
+        assert "; Secure" in session_cookie and "SameSite=Strict" in session_cookie
+        assert_console_headers(browser.request("GET", "/ui/"))
+        out = browser.request(
+            "DELETE", "/ui/api/session", headers={"X-CSRF-Token": answer.json()["csrf"]}
+        )
+        assert out.status == 204 and "; Secure" in out.cookies()[0]
 
 
 def test_the_console_is_off_without_the_store(upstream: FakeUpstream, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +37,8 @@ class ConsoleClient:
     jar: dict[str, str] = field(default_factory=dict)
     always: dict[str, str] = field(default_factory=dict)
     """Headers sent with every request (a test's own ``X-Forwarded-For``...)."""
+    context: ssl.SSLContext | None = None
+    """For an ``https://`` gateway: the client's TLS context."""
 
     def request(
         self,
@@ -57,7 +60,13 @@ class ConsoleClient:
             sent.setdefault("Content-Type", "application/json")
         if self.jar and "Cookie" not in sent:
             sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.jar.items())
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        connection = (
+            http.client.HTTPSConnection(
+                parts.hostname, parts.port, timeout=10, context=self.context
+            )
+            if parts.scheme == "https"
+            else http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        )
         try:
             connection.request(method, target, body=content, headers=sent)
             response = connection.getresponse()
