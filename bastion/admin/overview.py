@@ -193,4 +193,4 @@ def _use(budget: str, limit: LimitSettings, row: Mapping[str, Any]) -> dict[str,
         used = float(row["completion_tokens"])
     else:
         used = float(row["total_tokens"])
-    return {"used": used, "limit": float(allowed), "fraction": round(used / allowed, 6)}
+    return {"used": used, "limit": float(allowed), "fraction": used / allowed}
