@@ -152,7 +152,13 @@ class Console:
         session_id = read_cookie(ctx.scope["headers"], SESSION_COOKIE)
         if session_id is None:
             raise AuthenticationError()
-        session = await self._book.live(session_id)
+        address = address_of(ctx)
+        self._gate.guard.check(address)
+        try:
+            session = await self._book.live(session_id)
+        except AuthenticationError:
+            self._gate.guard.failed(address)  # a dead or made-up session id: a guess
+            raise
         ctx.identity = session.identity
         self._gate.admit(ctx, session.identity)
         return session
