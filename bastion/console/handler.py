@@ -108,7 +108,11 @@ class Console:
     # -- pages ------------------------------------------------------------------------------
 
     async def _page(self, ctx: RequestContext) -> None:
-        path = canonical_path(ctx.scope.get("raw_path") or ctx.scope["path"].encode())
+        raw = ctx.scope.get("raw_path") or ctx.scope["path"].encode()
+        if raw == b"/ui":  # the pages' relative links need the slash
+            await self._redirect(ctx, "/ui/")
+            return
+        path = canonical_path(raw)
         found = self._files.find(path) if path is not None else None
         if found is None:
             raise NotFoundError()

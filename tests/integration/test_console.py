@@ -15,6 +15,7 @@ from bastion.auth.apikeys import generate_key, hash_key
 from bastion.pipeline.endpoints import CONSOLE_HEADERS
 from tests.integration.conftest import UPSTREAM_KEY
 from tests.support.console import Answer, ConsoleClient
+from tests.support.databases import reset_postgres
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import GatewayProcess, Keys, base_config, running_gateway
 from tests.support.tls import client_context, server_files
@@ -81,6 +82,9 @@ def test_every_ui_answer_carries_the_security_headers(gateway: GatewayProcess) -
     assert page.status == 200 and page.header("content-type") == "text/html; charset=utf-8"
     assert b"<html" in page.body and page.header("cache-control") == "no-store"
     assert browser.request("GET", "/ui/index.html").body == page.body
+    bare = browser.request("GET", "/ui")
+    assert (bare.status, bare.header("location")) == (302, "/ui/")
+    assert_console_headers(bare)
     answers = [
         page,
         browser.request("GET", "/ui/nothing.js"),  # 404
@@ -195,6 +199,15 @@ def test_failed_sign_ins_meet_the_brute_force_guard(gateway: GatewayProcess) -> 
         .status
         == 429
     )
+
+
+def test_made_up_session_cookies_meet_the_guard(gateway: GatewayProcess) -> None:
+    guesser = client(gateway)
+    statuses = []
+    for _ in range(4):
+        guesser.jar = {"bastion_session": generate_key()}
+        statuses.append(guesser.request("GET", "/ui/api/session").status)
+    assert statuses == [401, 401, 401, 429]
 
 
 def test_sign_ins_are_rate_limited_per_address(gateway: GatewayProcess) -> None:
@@ -380,3 +393,31 @@ def test_the_console_is_off_without_the_store(upstream: FakeUpstream, tmp_path: 
         running_gateway(config, tmp_path, UPSTREAM_KEY),
     ):
         pass
+
+
+def test_replicas_share_sessions_through_postgresql(
+    upstream: FakeUpstream, tmp_path: Path, postgres_url: str
+) -> None:
+    """A session opened through one replica works through another, and a sign-out through
+    one ends it on both (the sessions are in the store, not in a replica's memory)."""
+    reset_postgres(postgres_url)
+    config = base_config(upstream.url, Keys())
+    config["auth"]["api_keys"].append({"name": "boss", "hash": hash_key(ROOT), "role": "admin"})
+    config["store"] = {"url": postgres_url, "poll_interval": 0.2}
+    first_dir, second_dir = tmp_path / "a", tmp_path / "b"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    with (
+        running_gateway(dict(config, server={"host": "127.0.0.1"}), first_dir, UPSTREAM_KEY) as a,
+        running_gateway(dict(config, server={"host": "127.0.0.1"}), second_dir, UPSTREAM_KEY) as b,
+    ):
+        on_a = ConsoleClient(a.url)
+        csrf = on_a.sign_in(ROOT).json()["csrf"]
+        on_b = ConsoleClient(b.url, jar=dict(on_a.jar))
+        assert on_b.request("GET", "/ui/api/session").json()["principal"] == "boss"
+        assert on_b.admin("GET", "whoami", csrf).json()["principal"] == "boss"
+        assert (
+            on_a.request("DELETE", "/ui/api/session", headers={"X-CSRF-Token": csrf}).status == 204
+        )
+        assert on_b.request("GET", "/ui/api/session").status == 401
+        assert on_b.admin("GET", "whoami", csrf).status == 401
