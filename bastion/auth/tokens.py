@@ -66,7 +66,9 @@ class JwtAuthenticator:
         self,
         settings: JwtSettings,
         fetch: Fetch = http_get,
-        known_roles: Container[str] = frozenset({"admin", "operator", "user", "viewer"}),
+        known_roles: Container[str] = frozenset(
+            {"admin", "operator", "user", "viewer", "console-viewer"}
+        ),
         keys: KeySet | None = None,
     ) -> None:
         """``keys``: a key set to share (kept across configuration reloads)."""
