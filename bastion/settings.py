@@ -128,6 +128,9 @@ class TlsSettings(_Model):
     ciphers: str | None = None
     """TLS 1.2 cipher suites in OpenSSL's list format, instead of the profile's (for the
     ``intermediate`` profile only: ``modern`` has no TLS 1.2)."""
+    groups: str | None = Field(default=None, min_length=1)
+    """Key-exchange groups in OpenSSL's list format (``X25519:prime256v1``), instead of the
+    profiles' ``X25519:prime256v1:secp384r1``."""
 
     @model_validator(mode="after")
     def _ciphers_need_tls_1_2(self) -> TlsSettings:
