@@ -14,9 +14,11 @@ from tests.support.gateway import GatewayProcess
 MODEL = "test-model"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """The system Chromium (a missing one fails here, with what to install)."""
+    """The system Chromium (a missing one fails here, with what to install). One per module:
+    Playwright's synchronous API runs an event loop of its own while it is open, which the
+    asynchronous tests of other modules could not start theirs beside."""
     with chromium() as launched:
         yield launched
 
