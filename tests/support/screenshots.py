@@ -3,7 +3,9 @@
 Starts a fake upstream and a real gateway in a temporary directory, fills it with the sample
 data of :mod:`tests.support.console_sample` (users, teams, keys, a week of usage), sends a few
 real requests, then signs in with headless Chromium and photographs each page. The one page
-that shows a key's secret has it masked in the picture.
+that shows a key's secret has it masked in the picture. The sign-in page is photographed on a
+second gateway, with OIDC configured (against :mod:`tests.support.idp`), so it shows both ways
+in.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from bastion.admin.client import AdminClient
 from tests.support import console_sample
@@ -24,6 +26,7 @@ from tests.support.clients import close_all, openai_client
 from tests.support.console_sample import MODELS
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import GatewayProcess
+from tests.support.idp import LocalIdp
 
 DOWN_MODEL = "qwen2.5-7b"
 """A model whose one upstream does not answer, so the overview shows a red line too."""
@@ -106,15 +109,31 @@ def take(out: Path) -> None:
             time.sleep(1)  # the keys' last use is written back every 0.2 s, usage every second
             with chromium() as browser:
                 tab = open_tab(browser)
-                tab.page.goto(gateway.url + "/ui/")
-                expect(tab.page.locator("#key")).to_be_visible()
-                _shoot(tab.page, out, "signin")
                 sign_in(tab.page, gateway.url, key)
                 _pages(tab.page, gateway.url, out)
                 tab.close()
+                _sign_in_page(browser, upstream, state / "oidc", out)
         finally:
             gateway.stop()
             upstream.stop()
+
+
+def _sign_in_page(browser: Browser, upstream: FakeUpstream, state: Path, out: Path) -> None:
+    """The sign-in page of a gateway with OIDC configured (so it offers both ways in)."""
+    state.mkdir()
+    with LocalIdp() as idp:
+        config = sample_config(upstream, state)
+        config["auth"] = {"jwt": {"issuer": idp.issuer, "audience": idp.client_id}}
+        config["console"] = {"oidc": {"client_id": idp.client_id}}
+        gateway = GatewayProcess(config, state)
+        try:
+            tab = open_tab(browser)
+            tab.page.goto(gateway.url + "/ui/")
+            expect(tab.page.locator("#oidc-signin")).to_be_visible()
+            _shoot(tab.page, out, "signin")
+            tab.close()
+        finally:
+            gateway.stop()
 
 
 if __name__ == "__main__":
