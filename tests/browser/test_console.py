@@ -337,9 +337,9 @@ def test_a_cross_origin_page_cannot_use_the_session(
 def test_a_console_viewer_sees_usage_only(
     tab: Tab, gateway: GatewayProcess, admin: AdminClient
 ) -> None:
-    key = user_with_key(admin, "watcher", role="console-viewer")
-    page = tab.page
-    sign_in(page, gateway.url, key)
+    page = signed_in(
+        tab, gateway, user_with_key(admin, "watcher", role="console-viewer"), "overview"
+    )
     links = page.locator(".sidebar nav a").all_text_contents()
     assert links == ["Overview", "Usage", "Limits"]
     for route in ("overview", "usage", "limits"):
@@ -416,9 +416,7 @@ def test_teams_and_their_members(
 def test_revoking_the_signed_in_key_ends_the_session(
     tab: Tab, gateway: GatewayProcess, admin: AdminClient
 ) -> None:
-    key = user_with_key(admin, "second-admin", role="admin")
-    page = tab.page
-    sign_in(page, gateway.url, key)
+    page = signed_in(tab, gateway, user_with_key(admin, "second-admin", role="admin"), "keys")
     (issued,) = admin.call("keys.list", user="second-admin")["data"]
     admin.call("keys.revoke", id=issued["id"])
     page.locator(".sidebar a[data-route=users]").click()
