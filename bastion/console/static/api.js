@@ -67,34 +67,57 @@ async function send(method, url, body, headers = {}) {
   return response.status === 204 ? null : response.json();
 }
 
-function withoutEmpty(params) {
-  const query = new URLSearchParams();
-  for (const [name, value] of Object.entries(params || {})) {
-    if (value === undefined || value === null || value === '') continue;
-    query.set(name, Array.isArray(value) ? value.join(',') : String(value));
+let operations;
+
+/** The admin operations by id (operations.json, made from the API's OpenAPI document). */
+function table() {
+  if (!operations) {
+    operations = send('GET', '/ui/operations.json').catch((exc) => {
+      operations = undefined;  // try again on the next call
+      throw exc;
+    });
   }
+  return operations;
+}
+
+function given(value) {
+  return value !== undefined && value !== null && value !== '';
+}
+
+/** The operation's URL and body from its declared parameters; values it does not declare are refused. */
+function request(op, values) {
+  const unknown = Object.keys(values).filter((name) =>
+    !op.query.includes(name) && !op.body.includes(name) && !op.path.includes(`{${name}}`));
+  if (unknown.length) throw new ApiError(0, `Not a parameter of this operation: ${unknown.join(', ')}.`);
+  // Path segments are user-chosen names: always encoded.
+  const path = op.path.replace(/\{(\w+)\}/g, (_, name) => encodeURIComponent(values[name]));
+  const query = new URLSearchParams();
+  for (const name of op.query) {
+    const value = values[name];
+    if (given(value)) query.set(name, Array.isArray(value) ? value.join(',') : String(value));
+  }
+  const body = {};
+  for (const name of op.body) if (given(values[name])) body[name] = values[name];
   const text = query.toString();
-  return text ? `?${text}` : '';
+  return { url: text ? `${path}?${text}` : path, body: op.body.length ? body : undefined };
 }
 
 /**
- * One admin API call: call('GET', '/users'), call('POST', '/keys', {body: {...}}),
- * call('GET', '/usage', {query: {by: 'model'}}). A 401 ends the session: back to sign-in.
+ * One admin API call by its operation id, as the CLI names it: call('users.list'),
+ * call('keys.create', {user: 'ada', models: ['llama-*']}), call('usage', {by: 'model'}).
+ * A 401 ends the session: back to sign-in.
  */
-export async function call(method, path, { query, body } = {}) {
+export async function call(operation, values = {}) {
   if (!current) throw new ApiError(401, 'Not signed in.');
-  const url = `/admin/v1${path}${withoutEmpty(query)}`;
+  const op = (await table())[operation];
+  if (!op) throw new ApiError(0, `The gateway has no operation ${operation}.`);
+  const { url, body } = request(op, values);
   try {
-    return await send(method, url, body, { 'X-CSRF-Token': current.csrf });
+    return await send(op.method, url, body, { 'X-CSRF-Token': current.csrf });
   } catch (exc) {
     if (exc.status === 401) setSession(null);
     throw exc;
   }
-}
-
-/** Path segments are user-chosen names: always encoded. */
-export function seg(value) {
-  return encodeURIComponent(value);
 }
 
 /** Asks whether the cookie names a live session; sets it (or null) and returns it. */

@@ -45,7 +45,7 @@ export async function render(main, params, current) {
     since: since ? now() - Number(since) : undefined,
     actor: params.actor, action: params.action, outcome: params.outcome, limit: params.limit || '100',
   };
-  const events = await call('GET', '/audit', { query });
+  const events = await call('audit', query);
   if (!current()) return;
   replace(main, head('Audit trail'), filters(params), card(null, table([
     { label: 'When (UTC)', value: (e) => stamp(e.at) },

@@ -1,7 +1,7 @@
 // Keys: create (with models, routes, networks, expiry), rotate with an overlap, revoke.
 // A new key's secret is shown once, in this page's memory, and dropped on the next draw.
 
-import { call, seg } from './api.js';
+import { call } from './api.js';
 import { append, badge, card, confirmDialog, field, fmt, formValues, h, select, splitList, stamp, table } from './dom.js';
 import { head, reloading, toggle } from './page.js';
 
@@ -38,7 +38,7 @@ function createForm(users, act) {
     h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary' }, 'Create key')));
   form.addEventListener('submit', (event) => {
     event.preventDefault();
-    act(async () => { issued = await call('POST', '/keys', { body: keyBody(formValues(form)) }); return issued; },
+    act(async () => { issued = await call('keys.create', keyBody(formValues(form))); return issued; },
       (r) => `Created key ${r.key.id} for ${r.key.user}.`);
   });
   return form;
@@ -88,12 +88,12 @@ function actions(key, act) {
   const rotate = h('button', { type: 'button', class: 'small', onclick: async () => {
     const overlap = await askOverlap(key);
     if (overlap === null) return;
-    act(async () => { issued = await call('POST', `/keys/${seg(key.id)}/rotate`, { body: { overlap } }); return issued; },
+    act(async () => { issued = await call('keys.rotate', { id: key.id, overlap }); return issued; },
       (r) => `Rotated ${key.id}: the new key is ${r.key.id}.`);
   } }, 'Rotate');
   const revoke = h('button', { type: 'button', class: 'small danger', 'data-revoke': key.id, onclick: async () => {
     if (await confirmDialog(`Revoke ${key.prefix}… (${key.name}, ${key.user})? It stops working at once.`, 'Revoke')) {
-      act(() => call('POST', `/keys/${seg(key.id)}/revoke`), `Revoked ${key.id}.`);
+      act(() => call('keys.revoke', { id: key.id }), `Revoked ${key.id}.`);
     }
   } }, 'Revoke');
   return h('div', { class: 'row-actions' }, rotate, revoke);
@@ -123,7 +123,7 @@ export async function render(main, params, current) {
   const all = params.all === '1';
   const draw = reloading(main, current, async (act) => {
     const [keys, users] = await Promise.all([
-      call('GET', '/keys', { query: { include_revoked: all } }), call('GET', '/users')]);
+      call('keys.list', { include_revoked: all }), call('users.list')]);
     const [button, form] = toggle('New key', createForm(users.data, act));
     const shown = issued;
     issued = null;

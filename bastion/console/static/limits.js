@@ -56,7 +56,7 @@ function buckets(rows, currency) {
 }
 
 export async function render(main, _params, current) {
-  const answer = await call('GET', '/limits');
+  const answer = await call('limits');
   if (!current()) return;
   replace(main,
     head('Limits', badge(`counted in ${answer.backend === 'redis' ? 'Redis' : 'memory'}`, 'info')),

@@ -57,7 +57,7 @@ function upstreamTable(models) {
 
 async function health() {
   try {
-    const answer = await call('GET', '/upstreams');
+    const answer = await call('upstreams');
     return card('Upstream health', upstreamTable(answer.data || []));
   } catch (exc) {
     return card('Upstream health', notice(exc.message));
@@ -68,8 +68,8 @@ export async function render(main, _params, current) {
   const month = startOfMonth();
   const today = startOfDay();
   const [days, hours, upstreams] = await Promise.all([
-    call('GET', '/usage', { query: { by: 'model', period: 'day', since: month } }),
-    call('GET', '/usage', { query: { by: 'model', period: 'hour', since: now() - 24 * 3600 } }),
+    call('usage', { by: 'model', period: 'day', since: month }),
+    call('usage', { by: 'model', period: 'hour', since: now() - 24 * 3600 }),
     health(),
   ]);
   if (!current()) return;

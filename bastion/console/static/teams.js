@@ -1,6 +1,6 @@
 // Teams: create, delete, add and remove members.
 
-import { call, seg } from './api.js';
+import { call } from './api.js';
 import { card, confirmDialog, field, fmt, formValues, h, select } from './dom.js';
 import { head, reloading, toggle } from './page.js';
 
@@ -12,7 +12,7 @@ function createForm(act) {
     h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary' }, 'Create')));
   form.addEventListener('submit', (event) => {
     event.preventDefault();
-    act(() => call('POST', '/teams', { body: formValues(form) }), (t) => `Created team ${t.name}.`);
+    act(() => call('teams.create', formValues(form)), (t) => `Created team ${t.name}.`);
   });
   return form;
 }
@@ -20,7 +20,7 @@ function createForm(act) {
 function member(team, name, act) {
   return h('li', { class: 'chip' }, name,
     h('button', { type: 'button', class: 'chip-x', 'aria-label': `Remove ${name} from ${team.name}`, onclick: () => act(
-      () => call('DELETE', `/teams/${seg(team.name)}/members/${seg(name)}`), `Removed ${name} from ${team.name}.`) }, '×'));
+      () => call('teams.remove', { team: team.name, user: name }), `Removed ${name} from ${team.name}.`) }, '×'));
 }
 
 function addMember(team, users, act) {
@@ -30,7 +30,7 @@ function addMember(team, users, act) {
   const form = h('form', { class: 'inline' }, picker, h('button', { type: 'submit', class: 'small' }, 'Add member'));
   form.addEventListener('submit', (event) => {
     event.preventDefault();
-    act(() => call('PUT', `/teams/${seg(team.name)}/members/${seg(picker.value)}`), `Added ${picker.value} to ${team.name}.`);
+    act(() => call('teams.add', { team: team.name, user: picker.value }), `Added ${picker.value} to ${team.name}.`);
   });
   return form;
 }
@@ -38,7 +38,7 @@ function addMember(team, users, act) {
 function teamCard(team, users, act) {
   const remove = h('button', { type: 'button', class: 'small danger', onclick: async () => {
     if (await confirmDialog(`Delete the team ${team.name}? Its members stay.`, 'Delete')) {
-      act(() => call('DELETE', `/teams/${seg(team.name)}`), `Deleted team ${team.name}.`);
+      act(() => call('teams.delete', { name: team.name }), `Deleted team ${team.name}.`);
     }
   } }, 'Delete team');
   return h('section', { class: 'card team', 'data-team': team.name },
@@ -51,7 +51,7 @@ function teamCard(team, users, act) {
 
 export async function render(main, _params, current) {
   const draw = reloading(main, current, async (act) => {
-    const [teams, users] = await Promise.all([call('GET', '/teams'), call('GET', '/users')]);
+    const [teams, users] = await Promise.all([call('teams.list'), call('users.list')]);
     const [button, form] = toggle('New team', createForm(act));
     return [
       head('Teams', button),

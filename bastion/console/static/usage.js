@@ -73,7 +73,7 @@ function chartCard(spec) {
 export async function render(main, params, current) {
   const chosen = options(params);
   const since = now() - Number(chosen.days) * SECONDS.day;
-  const answer = await call('GET', '/usage', { query: { by: chosen.by, period: chosen.period, since } });
+  const answer = await call('usage', { by: chosen.by, period: chosen.period, since });
   if (!current()) return;
   const rows = answer.data;
   const priced = rows.find((r) => r.cost !== undefined);

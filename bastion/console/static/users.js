@@ -1,6 +1,6 @@
 // Users and service accounts: create, change role, disable or enable, delete.
 
-import { call, seg, session } from './api.js';
+import { call, session } from './api.js';
 import { badge, card, confirmDialog, field, fmt, formValues, h, select, stamp, table } from './dom.js';
 import { head, reloading, toggle } from './page.js';
 
@@ -18,7 +18,7 @@ function createForm(roles, act) {
   form.addEventListener('submit', (event) => {
     event.preventDefault();
     const v = formValues(form);
-    act(() => call('POST', '/users', { body: v }), (u) => `Created ${u.kind === 'service' ? 'service account' : 'user'} ${u.name}.`);
+    act(() => call('users.create', v), (u) => `Created ${u.kind === 'service' ? 'service account' : 'user'} ${u.name}.`);
   });
   return form;
 }
@@ -27,7 +27,7 @@ function roleCell(user, roles, act) {
   if (user.name === session().principal) return user.role;  // nobody changes their own role
   const picker = select('role', roles.map((r) => [r.name, r.name]), user.role, `Role of ${user.name}`);
   picker.addEventListener('change', () => act(
-    () => call('PATCH', `/users/${seg(user.name)}`, { body: { role: picker.value } }),
+    () => call('users.update', { name: user.name, role: picker.value }),
     `${user.name} now has the role ${picker.value}.`));
   return picker;
 }
@@ -35,11 +35,11 @@ function roleCell(user, roles, act) {
 function actions(user, act) {
   if (user.name === session().principal) return h('span', { class: 'muted' }, 'you');
   const disable = h('button', { type: 'button', class: 'small', onclick: () => act(
-    () => call('PATCH', `/users/${seg(user.name)}`, { body: { disabled: !user.disabled } }),
+    () => call('users.update', { name: user.name, disabled: !user.disabled }),
     `${user.name} is ${user.disabled ? 'enabled' : 'disabled'}.`) }, user.disabled ? 'Enable' : 'Disable');
   const remove = h('button', { type: 'button', class: 'small danger', onclick: async () => {
     if (await confirmDialog(`Delete ${user.name} and all of their keys?`, 'Delete')) {
-      act(() => call('DELETE', `/users/${seg(user.name)}`), `Deleted ${user.name}.`);
+      act(() => call('users.delete', { name: user.name }), `Deleted ${user.name}.`);
     }
   } }, 'Delete');
   return h('div', { class: 'row-actions' }, disable, remove);
@@ -53,7 +53,7 @@ function kindFilter(kind) {
 export async function render(main, params, current) {
   const kind = KINDS.some(([v]) => v === params.kind) ? params.kind : '';
   const draw = reloading(main, current, async (act) => {
-    const [users, roles] = await Promise.all([call('GET', '/users'), call('GET', '/roles')]);
+    const [users, roles] = await Promise.all([call('users.list'), call('roles.list')]);
     const shown = users.data.filter((u) => !kind || u.kind === kind);
     const [button, form] = toggle('New user', createForm(roles.data, act));
     return [
