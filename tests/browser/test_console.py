@@ -518,3 +518,30 @@ def test_the_audit_trail_filters(
     submit(page, "#audit-filters", outcome="ok", actor="", action="key.")
     expect(page.locator("main tbody tr", has_text="key.create").first).to_be_visible()
     assert "request.refused" not in page.locator("main tbody").inner_text()
+
+
+def test_the_pages_call_operations_by_name_with_their_declared_parameters(
+    tab: Tab, gateway: GatewayProcess, admin_key: str
+) -> None:
+    page = signed_in(tab, gateway, admin_key, "overview")
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url) if "/admin/v1/" in r.url else None)
+    outcome = page.evaluate(
+        """async () => {
+            const api = await import('/ui/api.js');
+            const tried = (...args) => api.call(...args).then(
+                (ok) => ({ok}), (e) => ({error: e.message}));
+            return {
+                whoami: await tried('whoami'),
+                bogus: await tried('users.list', {role: 'admin'}),
+                unknown: await tried('users.purge'),
+                dotted: await tried('users.show', {name: '../keys'}),
+            };
+        }"""
+    )
+    assert outcome["whoami"]["ok"]["principal"] == "admin"
+    assert outcome["bogus"] == {"error": "Not a parameter of this operation: role."}
+    assert outcome["unknown"] == {"error": "The gateway has no operation users.purge."}
+    # The gateway resolves escapes and dot segments in a path: this would reach keys.list.
+    assert outcome["dotted"] == {"error": "Not a valid name: ../keys"}
+    assert sent == [f"{gateway.url}/admin/v1/whoami"]  # the refused calls sent nothing

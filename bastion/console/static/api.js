@@ -89,8 +89,15 @@ function request(op, values) {
   const unknown = Object.keys(values).filter((name) =>
     !op.query.includes(name) && !op.body.includes(name) && !op.path.includes(`{${name}}`));
   if (unknown.length) throw new ApiError(0, `Not a parameter of this operation: ${unknown.join(', ')}.`);
-  // Path segments are user-chosen names: always encoded.
-  const path = op.path.replace(/\{(\w+)\}/g, (_, name) => encodeURIComponent(values[name]));
+  // Path segments are names: encoded, and never one that the gateway, which resolves escapes
+  // and dot segments in a path, would read as more than one segment (../keys).
+  const path = op.path.replace(/\{(\w+)\}/g, (_, name) => {
+    const value = String(values[name] ?? '');
+    if (!value || value === '.' || value === '..' || /[/\\]/.test(value)) {
+      throw new ApiError(0, `Not a valid ${name}: ${value}`);
+    }
+    return encodeURIComponent(value);
+  });
   const query = new URLSearchParams();
   for (const name of op.query) {
     const value = values[name];
