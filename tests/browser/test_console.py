@@ -1,32 +1,33 @@
-"""The web console in a real browser (headless system Chromium) against a real gateway.
-
-Each test drives the pages as an operator would (fills forms, clicks buttons) and checks the
-outcome where it really lands: the admin API, the official ``openai`` client, the cookies.
-"""
+"""The web console in a real browser (headless system Chromium) against a real gateway: its
+pages, driven as an operator would (forms filled, buttons clicked), each outcome checked where
+it really lands: the admin API, the official ``openai`` client, the cookies."""
 
 from __future__ import annotations
 
 import re
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import openai
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import expect
 
 from bastion.admin.api import ROUTER
 from bastion.admin.client import AdminClient
 from tests.browser.conftest import MODEL
+from tests.browser.helpers import (
+    chat,
+    go,
+    session_status,
+    signed_in,
+    submit,
+    user_with_key,
+    wait_for_requests,
+)
 from tests.support.browser import Tab, sign_in
 from tests.support.clients import openai_client
 from tests.support.gateway import GatewayProcess
 
-XSS = "<img src=x onerror=alert(1)>"
 PAGES = {
     "overview": "Overview",
     "usage": "Usage",
@@ -36,66 +37,6 @@ PAGES = {
     "audit": "Audit trail",
     "limits": "Limits",
 }
-
-
-def chat(base_url: str, key: str) -> str:
-    client = openai_client(base_url, key)
-    answer = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "hello"}]
-    )
-    return answer.choices[0].message.content or ""
-
-
-def session_status(base_url: str, cookie: str) -> int:
-    """What ``GET /ui/api/session`` answers to this cookie header, outside the browser."""
-    request = urllib.request.Request(base_url + "/ui/api/session", headers={"Cookie": cookie})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        return exc.code
-
-
-def user_with_key(admin: AdminClient, name: str, role: str = "user") -> str:
-    admin.call("users.create", name=name, role=role)
-    return str(admin.call("keys.create", user=name, name="test")["secret"])
-
-
-def requests_of(admin: AdminClient, user: str) -> int:
-    rows = admin.call("usage", by=["user"], period="all", user=user)["data"]
-    return sum(int(row["requests"]) for row in rows)
-
-
-def submit(page: Page, form: str, **values: str) -> None:
-    """Fills the named controls of a form (text typed, menus chosen), then submits it."""
-    for name, value in values.items():
-        control = page.locator(f"{form} [name={name}]")
-        if control.evaluate("el => el.tagName") == "SELECT":
-            control.select_option(value)
-        else:
-            control.fill(value)
-    page.locator(f"{form} button[type=submit]").click()
-
-
-def wait_for_requests(admin: AdminClient, user: str, count: int) -> None:
-    """Until the usage records (written about once a second) hold ``count`` of ``user``'s."""
-    deadline = time.monotonic() + 15
-    while requests_of(admin, user) < count:
-        assert time.monotonic() < deadline, "the usage records were not written"
-        time.sleep(0.2)
-
-
-def signed_in(tab: Tab, gateway: GatewayProcess, key: str, route: str) -> Page:
-    """The tab's page, signed in with ``key`` and showing ``route``."""
-    sign_in(tab.page, gateway.url, key)
-    go(tab.page, gateway.url, route)
-    return tab.page
-
-
-def go(page: Page, base_url: str, route: str) -> None:
-    page.goto(f"{base_url}/ui/#{route}")
-    expect(page.locator("main h1")).to_be_visible()
 
 
 def test_every_page_renders_within_the_content_security_policy(
@@ -141,20 +82,6 @@ def test_sign_in_with_a_key_then_log_out_ends_the_session_on_the_server(
     page.goto(gateway.url + "/ui/#teams")  # a link to a page: that page, once signed in
     submit(page, "#signin-form", key=admin_key)
     expect(page.locator("main h1")).to_have_text("Teams")
-
-
-def test_a_principal_without_admin_or_console_permission_is_refused(
-    tab: Tab, gateway: GatewayProcess, admin: AdminClient
-) -> None:
-    key = user_with_key(admin, "plain-user", role="user")
-    page = tab.page
-    page.goto(gateway.url + "/ui/")
-    page.locator("#key").fill(key)
-    page.locator("#signin-form button[type=submit]").click()
-    expect(page.locator(".signin .notice")).to_contain_text("may not use the console")
-    expect(page.locator(".sidebar")).to_have_count(0)
-    assert not any(c["name"] == "bastion_session" for c in tab.context.cookies())
-    assert page.request.get(gateway.url + "/ui/api/session").status == 401
 
 
 def test_create_a_user_and_a_key_use_it_then_revoke_it(
@@ -249,117 +176,6 @@ def test_usage_from_real_requests_appears_in_the_charts_and_their_csv(
     expect(page.locator("[data-metric=requests] table")).to_contain_text("Day (UTC)")
 
 
-def test_user_controlled_text_is_shown_as_text(
-    tab: Tab, gateway: GatewayProcess, admin_key: str, admin: AdminClient
-) -> None:
-    admin.call("teams.create", name="red-team", description=XSS)
-    page = signed_in(tab, gateway, admin_key, "users")
-    page.get_by_role("button", name="New user").click()
-    submit(page, "#user-form", name=XSS)  # names have a rule: refused
-    expect(page.locator("#messages .notice.bad")).to_contain_text("'name'")
-    submit(page, "#user-form", name="mallory", description=XSS)
-    expect(page.locator("#messages")).to_have_text("Created user mallory.")
-    expect(page.locator("tr", has_text="mallory").locator("td", has_text=XSS)).to_have_text(XSS)
-
-    go(page, gateway.url, "teams")
-    expect(page.locator("[data-team=red-team] p", has_text=XSS)).to_have_text(XSS)
-    go(page, gateway.url, "audit?since=3600&action=user.create")
-    expect(page.locator("main tbody tr", has_text="mallory")).to_be_visible()
-    assert page.locator("main img").count() == 0
-    assert tab.dialogs == []
-
-
-class _Attacker(BaseHTTPRequestHandler):
-    """Another origin (same host, another port: the same site, so the browser does send a
-    SameSite=Strict cookie) serving a page that posts to the gateway's admin API."""
-
-    target = ""
-
-    def do_GET(self) -> None:
-        body = f"""<!doctype html><title>prize</title>
-<form id="attack" method="post" enctype="text/plain" action="{self.target}/admin/v1/users">
-<input name='{{"name":"csrf-victim","role":"admin","description":"' value='"}}'>
-<button type="submit">win</button></form>""".encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def attacker(gateway: GatewayProcess) -> Iterator[str]:
-    handler = type("Attacker", (_Attacker,), {"target": gateway.url})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
-
-
-def test_a_cross_origin_page_cannot_use_the_session(
-    tab: Tab, gateway: GatewayProcess, admin_key: str, admin: AdminClient, attacker: str
-) -> None:
-    page = tab.page
-    sign_in(page, gateway.url, admin_key)
-    # The session cookie alone is not enough, even from the console's own origin.
-    status = page.evaluate(
-        """async () => (await fetch('/admin/v1/users', {credentials: 'same-origin'})).status"""
-    )
-    assert status in (401, 403)
-
-    page.goto(attacker)
-    with page.expect_navigation() as landed:
-        page.locator("#attack button").click()
-    answer = landed.value
-    assert answer is not None
-    assert answer.status in (401, 403)
-    page.goto(attacker)
-    page.evaluate(
-        """async (url) => {
-            const body = JSON.stringify({name: 'csrf-victim', role: 'admin'});
-            await fetch(url, {method: 'POST', mode: 'no-cors', credentials: 'include', body});
-            try {  // a custom header needs a CORS preflight, which the gateway does not grant
-                await fetch(url, {method: 'POST', credentials: 'include', body,
-                    headers: {'X-CSRF-Token': 'guess', 'Content-Type': 'application/json'}});
-            } catch (exc) { /* refused by the browser */ }
-        }""",
-        gateway.url + "/admin/v1/users",
-    )
-    names = {u["name"] for u in admin.call("users.list")["data"]}
-    assert "csrf-victim" not in names
-
-
-def test_a_console_viewer_sees_usage_only(
-    tab: Tab, gateway: GatewayProcess, admin: AdminClient
-) -> None:
-    page = signed_in(
-        tab, gateway, user_with_key(admin, "watcher", role="console-viewer"), "overview"
-    )
-    links = page.locator(".sidebar nav a").all_text_contents()
-    assert links == ["Overview", "Usage", "Limits"]
-    for route in ("overview", "usage", "limits"):
-        go(page, gateway.url, route)
-        expect(page.locator("main .notice.bad")).to_have_count(0)
-    page.goto(gateway.url + "/ui/#users")
-    expect(page.locator("main h1")).to_have_text("Overview")  # not offered: back to the start
-
-    # Hiding is a courtesy: the server refuses what the permission does not allow.
-    csrf = page.request.get(gateway.url + "/ui/api/session").json()["csrf"]
-    headers = {"X-CSRF-Token": csrf}
-    assert page.request.get(gateway.url + "/admin/v1/usage", headers=headers).status == 200
-    assert page.request.get(gateway.url + "/admin/v1/users", headers=headers).status == 403
-    created = page.request.post(
-        gateway.url + "/admin/v1/users", headers=headers, data={"name": "sneaky"}
-    )
-    assert created.status == 403
-    assert "sneaky" not in {u["name"] for u in admin.call("users.list")["data"]}
-
-
 def test_disable_a_user_and_change_roles_from_the_users_page(
     tab: Tab, gateway: GatewayProcess, admin_key: str, admin: AdminClient
 ) -> None:
@@ -411,30 +227,6 @@ def test_teams_and_their_members(
     page.locator("dialog").get_by_role("button", name="Delete").click()
     expect(page.locator("#messages")).to_have_text("Deleted team vision.")
     assert "vision" not in {t["name"] for t in admin.call("teams.list")["data"]}
-
-
-def test_revoking_the_signed_in_key_ends_the_session(
-    tab: Tab, gateway: GatewayProcess, admin: AdminClient
-) -> None:
-    page = signed_in(tab, gateway, user_with_key(admin, "second-admin", role="admin"), "keys")
-    (issued,) = admin.call("keys.list", user="second-admin")["data"]
-    admin.call("keys.revoke", id=issued["id"])
-    page.locator(".sidebar a[data-route=users]").click()
-    expect(page.locator("#key")).to_be_visible()  # the next call answered 401: sign in again
-    assert page.request.get(gateway.url + "/ui/api/session").status == 401
-
-
-def test_an_oidc_refusal_code_is_explained_and_an_unknown_one_shown_as_text(
-    tab: Tab, gateway: GatewayProcess
-) -> None:
-    page = tab.page
-    page.goto(gateway.url + "/ui/#signin?error=state_mismatch")
-    expect(page.locator(".signin .notice")).to_contain_text("started in another window")
-    page.goto(gateway.url + "/ui/#signin?error=" + XSS)
-    page.reload()
-    expect(page.locator(".signin .notice")).to_have_text(f"Sign-in with OIDC failed ({XSS}).")
-    assert page.locator("img:not([src$='logo.svg'])").count() == 0
-    assert tab.dialogs == []
 
 
 def test_a_key_limited_to_routes_and_networks_until_a_date(
@@ -518,30 +310,3 @@ def test_the_audit_trail_filters(
     submit(page, "#audit-filters", outcome="ok", actor="", action="key.")
     expect(page.locator("main tbody tr", has_text="key.create").first).to_be_visible()
     assert "request.refused" not in page.locator("main tbody").inner_text()
-
-
-def test_the_pages_call_operations_by_name_with_their_declared_parameters(
-    tab: Tab, gateway: GatewayProcess, admin_key: str
-) -> None:
-    page = signed_in(tab, gateway, admin_key, "overview")
-    sent: list[str] = []
-    page.on("request", lambda r: sent.append(r.url) if "/admin/v1/" in r.url else None)
-    outcome = page.evaluate(
-        """async () => {
-            const api = await import('/ui/api.js');
-            const tried = (...args) => api.call(...args).then(
-                (ok) => ({ok}), (e) => ({error: e.message}));
-            return {
-                whoami: await tried('whoami'),
-                bogus: await tried('users.list', {role: 'admin'}),
-                unknown: await tried('users.purge'),
-                dotted: await tried('users.show', {name: '../keys'}),
-            };
-        }"""
-    )
-    assert outcome["whoami"]["ok"]["principal"] == "admin"
-    assert outcome["bogus"] == {"error": "Not a parameter of this operation: role."}
-    assert outcome["unknown"] == {"error": "The gateway has no operation users.purge."}
-    # The gateway resolves escapes and dot segments in a path: this would reach keys.list.
-    assert outcome["dotted"] == {"error": "Not a valid name: ../keys"}
-    assert sent == [f"{gateway.url}/admin/v1/whoami"]  # the refused calls sent nothing

@@ -10,12 +10,11 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import console_config
+from tests.browser.helpers import XSS
 from tests.support.browser import Tab
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import GatewayProcess
 from tests.support.idp import LocalIdp
-
-XSS = "<img src=x onerror=alert(1)>"
 
 
 @pytest.fixture(scope="module")
