@@ -155,7 +155,7 @@ class Console:
     async def _live(self, ctx: RequestContext) -> Session:
         session_id = read_cookie(ctx.scope["headers"], SESSION_COOKIE)
         if session_id is None:
-            raise AuthenticationError()
+            raise _not_signed_in()
         address = address_of(ctx)
         self._gate.guard.check(address)
         try:
@@ -295,6 +295,15 @@ class Console:
             raise BadRequestError("The request has no usable Host header.")
         scheme = "https" if ctx.scope.get("scheme") == "https" else "http"
         return f"{scheme}://{host.decode('ascii')}"
+
+
+def _not_signed_in() -> AuthenticationError:
+    """No session cookie at all: every console load asks before its sign-in page, so this
+    is no credential refused and is not written to the audit trail (a cookie that names no
+    live session is, and counts against the brute-force guard)."""
+    error = AuthenticationError("Not signed in.", code="not_signed_in")
+    error.audited = True  # i.e. nothing left for the audit trail to record
+    return error
 
 
 def _shown(error: GatewayError) -> str:

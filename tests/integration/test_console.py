@@ -360,6 +360,28 @@ def test_sign_ins_and_sign_outs_are_audited(gateway: GatewayProcess) -> None:
     assert all(e["actor"] and e["detail"] == {"method": "key"} for e in events)
 
 
+def test_a_console_load_before_sign_in_is_not_an_audited_refusal(gateway: GatewayProcess) -> None:
+    """Each page load asks for its session first; without any cookie that is 401
+    ``not_signed_in`` and no audit event, where a made-up cookie is a refused credential."""
+    since = time.time()
+    anonymous = client(gateway)
+    answer = anonymous.request("GET", "/ui/api/session")
+    assert answer.status == 401 and answer.json()["error"]["code"] == "not_signed_in"
+    guessed = client(gateway)
+    guessed.jar = {"bastion_session": "made-up"}
+    assert guessed.request("GET", "/ui/api/session").status == 401
+    admin, admin_csrf = signed_in(gateway)
+    deadline = time.monotonic() + 5
+    while True:
+        query = f"audit?action=request.refused&since={since}&limit=500"
+        events = admin.admin("GET", query, admin_csrf)
+        refused = [e for e in events.json()["data"] if e["target"] == "/ui/api/session"]
+        if refused or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [e["detail"]["reason"] for e in refused] == ["invalid_api_key"]  # the guess only
+
+
 def test_the_session_cookie_is_secure_under_tls(upstream: FakeUpstream, tmp_path: Path) -> None:
     ca = trustme.CA()
     cert, key, _ = server_files(ca, tmp_path)
