@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bastion.admin.api import AdminApi
+from bastion.admin.overview import Overview
 from bastion.admin.reloading import ReloadHandle
 from bastion.admin.service import AdminService
 from bastion.auth.apikeys import ApiKeyAuthenticator, ApiKeyRecord
@@ -14,6 +15,8 @@ from bastion.auth.htpasswd import HtpasswdAuthenticator
 from bastion.auth.identity import Authenticator
 from bastion.auth.jwks import KeySet
 from bastion.auth.tokens import JwtAuthenticator
+from bastion.console.build import ConsoleParts, build_console
+from bastion.console.static import StaticFiles
 from bastion.limits.backends import build_limiter
 from bastion.limits.limiter import Limiter
 from bastion.limits.plan import Planner
@@ -50,6 +53,7 @@ from bastion.settings import (
 from bastion.store.audit import AuditTrail
 from bastion.store.calls import StoreCalls
 from bastion.store.owners import OwnerLedger, ResponseOwners
+from bastion.store.sessions import SessionLedger
 from bastion.store.store import Store
 from bastion.store.sync import StoreSync
 from bastion.store.usage import Prices, UsageQueue
@@ -62,7 +66,9 @@ __all__ = ["Services", "authenticators", "build_endpoints", "build_gateway"]
 
 def build_endpoints(settings: Settings, *, admin: bool = True) -> EndpointTable:
     """The route table; control routes are absent unless administrators may use them, the
-    admin API when there is no store to administer, metrics when they are off."""
+    admin API and the console when there is no store to administer (the console also when
+    it is turned off), metrics when they are off."""
+    console = admin and settings.console_on
     allow_control = settings.routes.control == "admin"
     return EndpointTable(
         tuple(
@@ -70,6 +76,7 @@ def build_endpoints(settings: Settings, *, admin: bool = True) -> EndpointTable:
             for r in DEFAULT_ENDPOINTS
             if (allow_control or r.kind is not EndpointKind.CONTROL)
             and (admin or r.kind is not EndpointKind.ADMIN)
+            and (console or r.kind is not EndpointKind.CONSOLE)
             and (settings.metrics.enabled or r is not METRICS_ENDPOINT)
         )
     )
@@ -142,6 +149,9 @@ class Services:
                 self.usage,
                 settings.usage.retention_days,
             )
+        self.sessions = SessionLedger(store) if store is not None else None
+        """Console sessions (in the store, shared with the other workers and replicas)."""
+        self._console_files: StaticFiles | None = None
         self.owners = ResponseOwners(
             settings.responses,
             OwnerLedger(store) if store is not None else None,
@@ -209,6 +219,12 @@ class Services:
         if self._jwt_keys is None or self._jwt_keys[0] != settings:
             self._jwt_keys = (settings, KeySet(settings))
         return self._jwt_keys[1]
+
+    def console_files(self) -> StaticFiles:
+        """The console's pages, read from the package once."""
+        if self._console_files is None:
+            self._console_files = StaticFiles()
+        return self._console_files
 
     def guard(self, settings: BruteForceSettings) -> FailureGuard:
         """The brute-force guard; what it knows survives a reload unless its settings change."""
@@ -284,12 +300,18 @@ def build_gateway(
     configuration is made here."""
     policy = Policy(settings)
     store = services.store
-    admin = None
+    registry = ModelRegistry(models, services.upstreams, settings.upstream.health.path)
+    admin = console = None
     if store is not None:
         assert services.sync is not None and services.store_calls is not None
         service = AdminService(store, policy, Prices.of(settings.usage))
-        admin = AdminApi(service, services.sync, reload, calls=services.store_calls)
-    registry = ModelRegistry(models, services.upstreams, settings.upstream.health.path)
+        overview = Overview(
+            registry, settings.limits, settings.upstream.health.enabled, settings.usage.currency
+        )
+        admin = AdminApi(
+            service, services.sync, reload, calls=services.store_calls, overview=overview
+        )
+        console = _console(settings, services, policy)
     tracer = None if services.traces is None else Tracer(settings.tracing, services.traces)
     readiness = Readiness(registry, services, checked=settings.upstream.health.enabled)
     return Gateway(
@@ -300,6 +322,7 @@ def build_gateway(
             services.guard(settings.auth.brute_force),
             _client_certificates(settings, policy),
             services.metrics,
+            sessions=console.sessions if console is not None else None,
         ),
         authorize=Authorize(policy, FieldPolicy(settings.fields, policy.roles)),
         models=registry,
@@ -315,9 +338,28 @@ def build_gateway(
         ),
         readiness=readiness,
         admin=admin,
+        console=console.handler if console is not None else None,
         admit=_admit(settings, services),
         metrics=services.metrics,
         tracer=tracer,
+    )
+
+
+def _console(settings: Settings, services: Services, policy: Policy) -> ConsoleParts | None:
+    """The web console, when it is on (it needs the store, which keeps its sessions)."""
+    if not settings.console_on or services.sessions is None or services.store_calls is None:
+        return None
+    jwt = settings.auth.jwt
+    return build_console(
+        settings,
+        policy=policy,
+        ledger=services.sessions,
+        calls=services.store_calls,
+        api_keys=services.api_keys,
+        guard=services.guard(settings.auth.brute_force),
+        audit=services.audit,
+        files=services.console_files(),
+        provider_keys=services.jwt_keys(jwt) if jwt is not None else None,
     )
 
 

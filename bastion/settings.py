@@ -30,6 +30,8 @@ __all__ = [
     "AuthSettings",
     "BruteForceSettings",
     "ClientCertificateSettings",
+    "ConsoleOidcSettings",
+    "ConsoleSettings",
     "EngineSettings",
     "FieldsSettings",
     "HtpasswdSettings",
@@ -126,6 +128,9 @@ class TlsSettings(_Model):
     ciphers: str | None = None
     """TLS 1.2 cipher suites in OpenSSL's list format, instead of the profile's (for the
     ``intermediate`` profile only: ``modern`` has no TLS 1.2)."""
+    groups: str | None = Field(default=None, min_length=1)
+    """Key-exchange groups in OpenSSL's list format (``X25519:prime256v1``), instead of the
+    profiles' ``X25519:prime256v1:secp384r1``."""
 
     @model_validator(mode="after")
     def _ciphers_need_tls_1_2(self) -> TlsSettings:
@@ -345,6 +350,18 @@ _ASYMMETRIC = frozenset(
 )
 
 
+def _public_key_algorithms(value: tuple[str, ...]) -> tuple[str, ...]:
+    if not value:
+        raise ValueError("name at least one algorithm")
+    unknown = [a for a in value if a not in _ASYMMETRIC]
+    if unknown:
+        raise ValueError(
+            f"{', '.join(unknown)}: only public-key algorithms are accepted "
+            f"({', '.join(sorted(_ASYMMETRIC))})"
+        )
+    return value
+
+
 class JwtClaims(_Model):
     """Which claims name the user, the teams and the role."""
 
@@ -381,15 +398,7 @@ class JwtSettings(_Model):
     @field_validator("algorithms")
     @classmethod
     def _asymmetric_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value:
-            raise ValueError("name at least one algorithm")
-        unknown = [a for a in value if a not in _ASYMMETRIC]
-        if unknown:
-            raise ValueError(
-                f"{', '.join(unknown)}: only public-key algorithms are accepted "
-                f"({', '.join(sorted(_ASYMMETRIC))})"
-            )
-        return value
+        return _public_key_algorithms(value)
 
     @model_validator(mode="after")
     def _one_key_source(self) -> JwtSettings:
@@ -783,6 +792,73 @@ class TracingSettings(_Model):
         return value
 
 
+class ConsoleOidcSettings(_Model):
+    """Sign-in to the web console through an OpenID Connect provider: the authorization code
+    flow with PKCE (S256), ``state`` and ``nonce``. The provider is ``auth.jwt``'s unless
+    ``issuer`` names another; roles come from the same claims as bearer tokens."""
+
+    client_id: str = Field(min_length=1, max_length=256)
+    """The console's client id at the provider; also the ``aud`` its id tokens must carry."""
+    client_secret: Secret | None = None
+    """For a confidential client (sent with HTTP Basic to the token endpoint); None: a public
+    client, PKCE alone."""
+    issuer: str | None = None
+    """A provider other than ``auth.jwt``'s (None: ``auth.jwt.issuer``, and its key source,
+    algorithms, claims and admin roles)."""
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    redirect_base: str | None = None
+    """The gateway's public URL (``https://gateway.example.com``); the provider sends the
+    browser back to ``{redirect_base}/ui/oidc/callback``. None: built from the request's
+    Host header (register the exact redirect URI at the provider, which then refuses any
+    other); set it behind a proxy."""
+    claims: JwtClaims | None = None
+    """With a separate ``issuer``: which claims name the user, teams and role (default:
+    ``sub``, ``groups``, ``role``)."""
+    admin_roles: tuple[str, ...] | None = None
+    """With a separate ``issuer``: role claim values that make an administrator."""
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    """With a separate ``issuer``: accepted id token signature algorithms."""
+    login_timeout: float = Field(default=300.0, gt=0, le=3600)
+    """How long a sign-in started at the provider may take to come back."""
+
+    @field_validator("issuer", "redirect_base")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/") if value is not None and value.endswith("/") else value
+
+    @field_validator("scopes")
+    @classmethod
+    def _openid_scope(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if "openid" not in value:
+            raise ValueError("must include openid")
+        if any(not s or not s.isascii() or " " in s for s in value):
+            raise ValueError("scopes are words without spaces")
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _public_key_algorithms(value)
+
+
+class ConsoleSettings(_Model):
+    """The web console under ``/ui/`` (docs/admin.md): on with the store, off without it."""
+
+    enabled: bool = True
+    """False: no ``/ui`` at all (the admin API stays). Needs the store: asking for the
+    console with ``store.enabled: false`` is refused; left at its default, it is off then."""
+    session_lifetime: float = Field(default=8 * 3600.0, gt=0, le=7 * 86400)
+    """A console session ends this long after sign-in, whatever happens."""
+    idle_timeout: float = Field(default=3600.0, gt=0, le=7 * 86400)
+    """...and earlier when it is not used for this long."""
+    sign_in_attempts: int = Field(default=10, ge=1)
+    """Sign-ins (with a key, or OIDC starts) one address may try per minute; more wait for
+    the minute to end (429). Failed ones also count against ``auth.brute_force``."""
+    oidc: ConsoleOidcSettings | None = None
+
+
 class LoggingSettings(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
@@ -808,6 +884,7 @@ class Settings(_Model):
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
     tracing: TracingSettings = TracingSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @model_validator(mode="after")
     def _unique_models(self) -> Settings:
@@ -852,6 +929,27 @@ class Settings(_Model):
         if problem is not None:
             raise ValueError(problem)
         return self
+
+    @model_validator(mode="after")
+    def _console_needs_the_store(self) -> Settings:
+        console = self.console
+        if not self.store.enabled and console.enabled and "enabled" in console.model_fields_set:
+            raise ValueError(
+                "console.enabled needs the store (its sessions and the admin API live there); "
+                "with store.enabled: false the console is off"
+            )
+        oidc = console.oidc
+        if oidc is not None and oidc.issuer is None and self.auth.jwt is None:
+            raise ValueError(
+                "console.oidc needs an identity provider: configure auth.jwt, or give "
+                "console.oidc.issuer"
+            )
+        return self
+
+    @property
+    def console_on(self) -> bool:
+        """Whether the gateway serves the console (asked for, and a store to keep sessions)."""
+        return self.console.enabled and self.store.enabled
 
     @property
     def workers_problem(self) -> str | None:

@@ -39,6 +39,7 @@ from bastion.admin.operations import (
     path,
     query,
 )
+from bastion.admin.overview import Overview
 from bastion.admin.reloading import ReloadReport
 from bastion.admin.service import MAX_OVERLAP, AdminService, Caller
 from bastion.errors import (
@@ -76,6 +77,8 @@ class Call:
     args: dict[str, Any]
     reload: Reload | None = None
     run: Run = asyncio.to_thread
+    overview: Overview | None = None
+    """The running gateway's facts (None: the CLI on a local store, which has none)."""
 
 
 # -- handlers ------------------------------------------------------------------------------------
@@ -181,6 +184,18 @@ async def _reload_config(call: Call) -> dict[str, Any]:
     return report.public()
 
 
+async def _upstreams(call: Call) -> dict[str, Any]:
+    if call.overview is None:
+        raise NotFoundError()
+    return _listed(call.overview.upstreams())
+
+
+def _limits(call: Call) -> dict[str, Any]:
+    if call.overview is None:
+        raise NotFoundError()
+    return call.overview.report(call.service.usage, call.service.users())
+
+
 async def _openapi(call: Call) -> dict[str, Any]:
     return description()
 
@@ -202,7 +217,7 @@ _Op = Operation  # the table below gives its type: Operation[Call]
 # fmt: off
 OPERATIONS: tuple[Operation[Call], ...] = (
     _Op("whoami", "GET", "/whoami", _whoami, "The caller's principal and credential id",
-        returns=shapes.Whoami),
+        returns=shapes.Whoami, permission="console"),
     _Op("roles.list", "GET", "/roles", lambda c: _listed(c.service.roles()),
         "Roles with their routes, models and networks", returns=shapes.ListOf[shapes.Role]),
     _Op("users.list", "GET", "/users", lambda c: _listed(u.public() for u in c.service.users()),
@@ -293,7 +308,14 @@ OPERATIONS: tuple[Operation[Call], ...] = (
             query("user", _NAME),
             query("team", _NAME),
             query("model", Text(200)),
-        ), returns=shapes.ListOf[shapes.UsageRow]),
+        ), returns=shapes.ListOf[shapes.UsageRow], permission="console"),
+    _Op("upstreams", "GET", "/upstreams", _upstreams,
+        "Each model's upstreams and their health, as this gateway process sees them",
+        returns=shapes.ListOf[shapes.ModelUpstreams], errors=(404,), permission="console",
+        blocking=False),
+    _Op("limits", "GET", "/limits", _limits,
+        "The configured limits, and who is nearest to a budget",
+        returns=shapes.Limits, errors=(404,), permission="console"),
     _Op("reload", "POST", "/reload", _reload_config, "Re-read the config file and apply it",
         returns=shapes.Reloaded, errors=(404, 422), blocking=False),
     _Op("openapi", "GET", "/openapi.json", _openapi,
@@ -319,6 +341,7 @@ class AdminApi:
         reload: Reload | None = None,
         *,
         calls: StoreCalls | None = None,
+        overview: Overview | None = None,
     ) -> None:
         """``calls`` runs the service's blocking store work (threads of its own, deadlines);
         without it (the CLI on a local store) a worker thread of asyncio's does."""
@@ -326,6 +349,7 @@ class AdminApi:
         self._sync = sync
         self._reload = reload
         self._run: Run = calls.run if calls is not None else asyncio.to_thread
+        self._overview = overview
 
     async def __call__(self, ctx: RequestContext) -> None:
         raw_path = ctx.scope.get("raw_path") or ctx.scope["path"].encode()
@@ -340,11 +364,14 @@ class AdminApi:
         """Perform one admin request, from the HTTP server or from the CLI in-process: its
         status and JSON answer. Refusals raise."""
         operation, in_path = ROUTER.find(method, raw_path)
-        if caller.access is not None and not caller.access.allows_route(operation.permission):
+        access = caller.access
+        if access is not None and not (
+            access.allows_route("admin") or access.allows_route(operation.permission)
+        ):
             raise PermissionDeniedError()
         in_body = json_object(content) if content else {}
         args = operation.arguments(in_path, _query(query_string), in_body)
-        call = Call(self._service, caller, args, self._reload, self._run)
+        call = Call(self._service, caller, args, self._reload, self._run, self._overview)
         if not operation.blocking:
             return operation.status, await operation.handler(call)
         result = await self._run(operation.handler, call)

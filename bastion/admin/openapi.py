@@ -54,8 +54,10 @@ _REFUSALS: dict[int, tuple[type[GatewayError], str, str]] = {
     401: (AuthenticationError, "Unauthorized",
           "No credential, or one the gateway does not know, or an expired key."),
     403: (PermissionDeniedError, "Forbidden",
-          "The caller's access lacks the `admin` permission, or the operation would give more "
-          "than the caller has (such refusals are written to the audit trail)."),
+          "The caller's access lacks the `admin` permission (the `console` permission allows "
+          "only the operations that say so), the operation would give more than the caller "
+          "has (such refusals are written to the audit trail), or a console session's call "
+          "lacks its `X-CSRF-Token` or comes from another site."),
     404: (NotFoundError, "NotFound", "No such user, team, key or membership."),
     408: (RequestTimeoutError, "RequestTimeout", "The body did not arrive in time."),
     409: (ConflictError, "Conflict",
@@ -77,7 +79,8 @@ _INFO = {
     "description": (
         "Users, teams, roles, keys, the audit trail, usage reports and configuration reloads "
         "of a Bastion gateway. Every operation needs a credential whose access includes the "
-        "`admin` permission, and gives nobody more than the caller has. Bodies are JSON; a "
+        "`admin` permission (a few read-only ones the `console` permission as well), and "
+        "gives nobody more than the caller has. Bodies are JSON; a "
         "body field given as `null`, or a query parameter given empty, counts as not given. "
         "Times are Unix times in seconds. A created or rotated key's secret appears once, in "
         "the answer that created it."
@@ -94,6 +97,15 @@ _SECURITY_SCHEMES = {
         "type": "http",
         "scheme": "basic",
         "description": "A user of the gateway's htpasswd file, where it has one.",
+    },
+    "consoleSession": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "bastion_session",
+        "description": (
+            "A web console session (signed in at `/ui/`), without an `Authorization` header; "
+            "every call must also carry the session's CSRF token in `X-CSRF-Token`."
+        ),
     },
 }
 
@@ -156,7 +168,7 @@ def document(operations: Sequence[Operation[Any]]) -> dict[str, Any]:
             "headers": {"NoStore": _NO_STORE},
             "securitySchemes": _SECURITY_SCHEMES,
         },
-        "security": [{"bearer": []}, {"basic": []}],
+        "security": [{"bearer": []}, {"basic": []}, {"consoleSession": []}],
     }
 
 
@@ -207,7 +219,11 @@ def _tag(op: Operation[Any]) -> str:
 
 
 def _description(op: Operation[Any]) -> str:
-    text = f"Needs the `{op.permission}` permission."
+    text = (
+        "Needs the `admin` permission."
+        if op.permission == "admin"
+        else f"Needs the `admin` or the `{op.permission}` permission."
+    )
     if op.writes:
         text += (
             " Changes the store, and writes the change to the audit trail; this gateway "

@@ -21,11 +21,17 @@ __all__ = [
     "ErrorDetail",
     "IssuedKey",
     "Key",
+    "LimitBucket",
+    "LimitUse",
+    "LimitValues",
+    "Limits",
     "ListOf",
+    "ModelUpstreams",
     "OpenApiDocument",
     "Reloaded",
     "Role",
     "Team",
+    "UpstreamState",
     "UsageRow",
     "User",
     "Whoami",
@@ -196,3 +202,84 @@ class OpenApiDocument(TypedDict):
     paths: dict[str, Any]
     components: dict[str, Any]
     security: list[dict[str, list[str]]]
+
+
+@with_config(_CLOSED)
+class UpstreamState(TypedDict):
+    """One upstream of a model, as this gateway process sees it now."""
+
+    name: str
+    """``host:port`` (never a credential)."""
+    weight: int
+    available: bool
+    """It would be given a request now (healthy, and not ejected)."""
+    healthy: bool
+    """What active health checks say (true until one fails)."""
+    checked: bool
+    """An active health check has answered at least once."""
+    ejected: bool
+    """Taken out for failing requests (passive ejection)."""
+    outstanding: int
+    """Requests in flight."""
+    requests: int
+    """Requests sent since the process started."""
+    errors: int
+
+
+@with_config(_CLOSED)
+class ModelUpstreams(TypedDict):
+    model: str
+    healthy: int
+    """Upstreams that can take a request now (with health checks on: once checked)."""
+    total: int
+    upstreams: list[UpstreamState]
+
+
+@with_config(_CLOSED)
+class LimitValues(TypedDict):
+    """The limits of one bucket (those it sets; see docs/limits.md)."""
+
+    count: Literal["total", "prompt", "completion"]
+    requests_per_minute: NotRequired[int]
+    burst: NotRequired[int]
+    tokens_per_minute: NotRequired[int]
+    concurrency: NotRequired[int]
+    tokens_per_day: NotRequired[int]
+    tokens_per_month: NotRequired[int]
+    cost_per_day: NotRequired[float]
+    cost_per_month: NotRequired[float]
+
+
+@with_config(_CLOSED)
+class LimitBucket(TypedDict):
+    scope: Literal[
+        "per_key", "per_user", "per_team", "per_model", "all",
+        "keys", "users", "roles", "teams", "models",
+    ]  # fmt: skip
+    """The ``limits`` setting it comes from."""
+    name: str | None
+    """The key, user, role, team or model it names (None for ``per_*`` and ``all``)."""
+    limits: LimitValues
+
+
+@with_config(_CLOSED)
+class LimitUse(TypedDict):
+    """How much of one budget a key, user, team or model has used (UTC day or month)."""
+
+    bucket: Literal["key", "user", "team", "model"]
+    name: str
+    budget: Literal["tokens_per_day", "tokens_per_month", "cost_per_day", "cost_per_month"]
+    used: float
+    """Tokens, or cost in ``currency``, from the usage rollups (a little behind)."""
+    limit: float
+    fraction: float
+    """``used / limit``: 1 or more is exhausted."""
+
+
+@with_config(_CLOSED)
+class Limits(TypedDict):
+    backend: Literal["memory", "redis"]
+    currency: str
+    buckets: list[LimitBucket]
+    nearest: list[LimitUse]
+    """The buckets nearest to a budget, nearest first (at most 50)."""

@@ -111,6 +111,7 @@ class ApiKeyAuthenticator:
 
     def __init__(self, records: Iterable[ApiKeyRecord]) -> None:
         self._by_digest: dict[bytes, tuple[bytes, Identity, float, str | None]] = {}
+        self._by_credential: dict[str, tuple[bytes, Identity, float, str | None]] = {}
         self.used: dict[str, float] = {}
         """Store key id -> when it was last used; taken and cleared by the synchronizer."""
         self.store_valid_until = math.inf
@@ -132,10 +133,32 @@ class ApiKeyAuthenticator:
             )
             expires = record.expires_at if record.expires_at is not None else math.inf
             by_digest[digest] = (digest, identity, expires, record.key_id)
+        by_credential: dict[str, tuple[bytes, Identity, float, str | None]] = {}
+        shared: set[str] = set()
+        for found in by_digest.values():
+            credential = found[1].credential_id
+            if credential in by_credential:
+                shared.add(credential)
+            by_credential[credential] = found
+        for credential in shared:  # a config key named like a store key's id: neither
+            del by_credential[credential]
         self._by_digest = by_digest
+        self._by_credential = by_credential
 
     def __len__(self) -> int:
         return len(self._by_digest)
+
+    def find(self, credential_id: str) -> Identity | None:
+        """The identity of the key with this credential id (a store key's id, a config key's
+        name) if it is usable now: None once it is revoked, expired, its owner disabled or
+        deleted. Raises 503 for a store key while the store is out of reach for too long.
+        (A console session signed in with a key asks this on each use.)"""
+        found = self._by_credential.get(credential_id)
+        if found is None or found[2] <= time.time():
+            return None
+        if found[3] is not None and time.time() > self.store_valid_until:
+            raise StoreUnavailableError()
+        return found[1]
 
     async def authenticate(self, scheme: bytes, credential: bytes) -> Identity | None:
         if scheme != b"bearer" or not credential.startswith(b"bst_"):

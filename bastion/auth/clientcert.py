@@ -24,7 +24,7 @@ __all__ = ["ClientCertificateAuthenticator", "certificate_user"]
 
 log = logging.getLogger("bastion.auth")
 
-_BUILT_IN_ROLES = frozenset({"admin", "operator", "user", "viewer"})
+_BUILT_IN_ROLES = frozenset({"admin", "operator", "user", "viewer", "console-viewer"})
 _FIELDS = {"common_name": "common name", "email": "email address"}
 
 

@@ -24,7 +24,7 @@ from bastion.settings import JwtSettings, UpstreamClientSettings
 from bastion.upstream.client import UpstreamPool
 from bastion.upstream.origin import Origin
 
-__all__ = ["Fetch", "KeySet", "SigningKey", "http_get"]
+__all__ = ["Fetch", "KeySet", "SigningKey", "http_call", "http_get"]
 
 log = logging.getLogger("bastion.auth")
 
@@ -34,21 +34,29 @@ _FETCH_SETTINGS = UpstreamClientSettings(
 )
 
 
-async def http_get(url: str) -> bytes:
-    """GET ``url`` and return its body; raises :class:`BastionError` unless the status is 200."""
+async def http_call(
+    method: bytes, url: str, body: bytes = b"", headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> tuple[int, bytes]:
+    """One request to an identity provider on a connection of its own: status and body."""
     origin = Origin.from_url(url)
     rest = url.split("://", 1)[1]
     target = ("/" + rest.split("/", 1)[1]) if "/" in rest else "/"
     pool = UpstreamPool(_FETCH_SETTINGS)
     try:
         response = await pool.request(
-            origin, b"GET", target.encode(), [(b"accept", b"application/json")], b""
+            origin, method, target.encode(), [(b"accept", b"application/json"), *headers], body
         )
-        body = await response.read()
+        content = await response.read()
     finally:
         await pool.aclose()
-    if response.status != 200:
-        raise BastionError(f"GET {url} answered {response.status}")
+    return response.status, content
+
+
+async def http_get(url: str) -> bytes:
+    """GET ``url`` and return its body; raises :class:`BastionError` unless the status is 200."""
+    status, body = await http_call(b"GET", url)
+    if status != 200:
+        raise BastionError(f"GET {url} answered {status}")
     return body
 
 

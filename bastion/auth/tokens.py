@@ -66,7 +66,9 @@ class JwtAuthenticator:
         self,
         settings: JwtSettings,
         fetch: Fetch = http_get,
-        known_roles: Container[str] = frozenset({"admin", "operator", "user", "viewer"}),
+        known_roles: Container[str] = frozenset(
+            {"admin", "operator", "user", "viewer", "console-viewer"}
+        ),
         keys: KeySet | None = None,
     ) -> None:
         """``keys``: a key set to share (kept across configuration reloads)."""
@@ -81,6 +83,10 @@ class JwtAuthenticator:
         self._cache: OrderedDict[bytes, tuple[Identity, float]] = OrderedDict()
         self.verifications = 0
 
+    @property
+    def settings(self) -> JwtSettings:
+        return self._settings
+
     async def authenticate(self, scheme: bytes, credential: bytes) -> Identity | None:
         if scheme != b"bearer" or credential.count(b".") != 2 or credential.startswith(b"bst_"):
             return None
@@ -88,14 +94,16 @@ class JwtAuthenticator:
         cached = self._cache.get(digest)
         if cached is not None and cached[1] > time.time():
             return cached[0]
-        claims = await self._verify(credential)
-        identity = self._identity(claims)
+        claims = await self.verify(credential)
+        identity = self.identity(claims)
         self._cache[digest] = (identity, float(claims["exp"]) + self._settings.leeway)
         while len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
         return identity
 
-    async def _verify(self, token: bytes) -> dict[str, Any]:
+    async def verify(self, token: bytes) -> dict[str, Any]:
+        """The token's claims once its header, signature, issuer, audience and times are
+        checked (raises :class:`AuthenticationError`, or 503 while no key is known)."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -128,7 +136,8 @@ class JwtAuthenticator:
             raise AuthenticationError()
         return claims
 
-    def _identity(self, claims: dict[str, Any]) -> Identity:
+    def identity(self, claims: dict[str, Any]) -> Identity:
+        """The identity verified claims name: user, teams, and a role from the role claim."""
         names = self._settings.claims
         user = claims.get(names.user)
         if not isinstance(user, str) or not user:

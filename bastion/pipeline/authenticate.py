@@ -1,13 +1,15 @@
 """Phase ``authenticate``: who is calling? Asks each configured authenticator in turn.
 
 A request with an ``Authorization`` header is judged by that header alone. One without it is
-named by its verified client certificate when ``auth.client_certificate`` is configured;
-otherwise it is refused.
+named, on the admin API only, by a web console session when it brings the session's cookie
+(and CSRF token: see :mod:`bastion.console.sessions`); else by its verified client
+certificate when ``auth.client_certificate`` is configured; otherwise it is refused.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from bastion.auth.clientcert import ClientCertificateAuthenticator
 from bastion.auth.guard import FailureGuard
@@ -15,8 +17,13 @@ from bastion.auth.identity import Authenticator, Identity
 from bastion.errors import AuthenticationError, RateLimitError
 from bastion.observability.instruments import GatewayMetrics
 from bastion.pipeline.context import RequestContext
+from bastion.pipeline.endpoints import EndpointKind
 
-__all__ = ["Authenticate"]
+__all__ = ["Authenticate", "SessionCheck"]
+
+SessionCheck = Callable[[RequestContext], Awaitable[Identity | None]]
+"""The console session a request brings (None: it brings no session cookie); refuses a dead
+session (401) and a missing or wrong CSRF token (403). Built by the layer above."""
 
 log = logging.getLogger("bastion.auth")
 
@@ -37,8 +44,10 @@ class Authenticate:
         guard: FailureGuard,
         certificates: ClientCertificateAuthenticator | None = None,
         metrics: GatewayMetrics | None = None,
+        sessions: SessionCheck | None = None,
     ) -> None:
         self._authenticators = authenticators
+        self._sessions = sessions
         self._guard = guard
         self._certificates = certificates
         self._metrics = metrics
@@ -61,10 +70,8 @@ class Authenticate:
                 self._metrics.auth_failed("blocked")
             raise
         try:
-            if ctx.authorization is None and self._certificates is not None:
-                downstream = ctx.downstream
-                certificate = downstream.peer_certificate if downstream is not None else None
-                ctx.identity = self._certificates.identify(certificate)
+            if ctx.authorization is None:
+                ctx.identity = await self._without_header(ctx)
             else:
                 ctx.identity = await self._identify(ctx.authorization)
         except AuthenticationError:
@@ -79,6 +86,23 @@ class Authenticate:
                 extra=ctx.log_fields(),
             )
             raise
+
+    async def _without_header(self, ctx: RequestContext) -> Identity:
+        """A console session (admin API only), else a client certificate, else 401."""
+        endpoint = ctx.endpoint
+        if (
+            self._sessions is not None
+            and endpoint is not None
+            and endpoint.kind is EndpointKind.ADMIN
+        ):
+            identity = await self._sessions(ctx)
+            if identity is not None:
+                return identity
+        if self._certificates is not None:
+            downstream = ctx.downstream
+            certificate = downstream.peer_certificate if downstream is not None else None
+            return self._certificates.identify(certificate)
+        raise AuthenticationError()
 
     async def _identify(self, header: bytes | None) -> Identity:
         parsed = _credential(header) if header else None

@@ -32,7 +32,10 @@ class Authorize:
         access = self._policy.access(ctx.identity)
         ctx.access = access
         endpoint = ctx.endpoint
-        if access is None or not access.allows_route(endpoint.permission):
+        if access is None or not (
+            access.allows_route(endpoint.permission)
+            or (endpoint.also is not None and access.allows_route(endpoint.also))
+        ):
             if endpoint.kind is EndpointKind.CONTROL:
                 raise NotFoundError()
             raise PermissionDeniedError()

@@ -30,6 +30,8 @@ from urllib.parse import unquote_to_bytes
 
 __all__ = [
     "ADMIN_ENDPOINT",
+    "CONSOLE_ENDPOINTS",
+    "CONSOLE_HEADERS",
     "READY_ENDPOINT",
     "READY_VERBOSE",
     "RESOURCE_ID",
@@ -53,6 +55,9 @@ class EndpointKind(StrEnum):
     STORED = "stored"
     """An object an upstream keeps (a stored response), named in the path: forwarded only
     for its owner, to the upstream that keeps it (see :mod:`.ownership`)."""
+    CONSOLE = "console"
+    """The web console (``/ui``), answered by the gateway: its pages, sign-in and sessions
+    (credentials are its own business: a key in a JSON body, OIDC, a session cookie)."""
 
 
 class BodyKind(StrEnum):
@@ -71,7 +76,8 @@ class Endpoint:
     permission: str
     """The permission a caller needs (coarse; refined by the identity and access work)."""
     public: bool = False
-    """Answered without a credential (liveness and readiness only)."""
+    """Answered without an ``Authorization`` credential: liveness and readiness, and the
+    console's routes (which check credentials of their own)."""
     prefix: bool = False
     """Also matches every path below this one (the admin API only)."""
     anthropic: bool = False
@@ -83,6 +89,12 @@ class Endpoint:
     resource: str | None = None
     """For an entry whose path has an ``{id}`` segment: the id this request named (the
     entry as matched is a copy bound to it)."""
+    also: str | None = None
+    """A second permission that lets a caller in as well (the admin API: ``console``, whose
+    holders the API itself then limits to its read-only operations)."""
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    """Sent with every response the gateway makes on it, refusals included (the console's
+    security headers)."""
 
     @property
     def target(self) -> bytes:
@@ -119,6 +131,7 @@ ADMIN_ENDPOINT = Endpoint(
     BodyKind.ANY,
     "admin",
     prefix=True,
+    also="console",
 )
 
 METRICS_ENDPOINT = Endpoint("/bastion/metrics", _GET, EndpointKind.LOCAL, BodyKind.NONE, "metrics")
@@ -129,6 +142,40 @@ READY_ENDPOINT = Endpoint("/ready", _GET, EndpointKind.LOCAL, BodyKind.NONE, "he
 READY_VERBOSE = Endpoint("/ready", _GET, EndpointKind.LOCAL, BodyKind.NONE, "metrics")
 """``/ready?verbose``: never matched on its own; a verbose ``/ready`` becomes it, and so needs
 the ``metrics`` permission (it names the models, as the metrics do)."""
+
+CONSOLE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        b"connect-src 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+        b"base-uri 'none'",
+    ),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+)
+"""On every ``/ui`` response: a strict Content-Security-Policy (no inline script or style,
+nothing from elsewhere, no framing) and the older headers that say the same."""
+
+
+def _console(path: str, *methods: str, prefix: bool = False) -> Endpoint:
+    return Endpoint(
+        path, frozenset(methods), EndpointKind.CONSOLE, BodyKind.ANY, "console",
+        public=True, prefix=prefix, headers=CONSOLE_HEADERS,
+    )  # fmt: skip
+
+
+CONSOLE_ENDPOINTS: tuple[Endpoint, ...] = (
+    _console("/ui", "GET", prefix=True),  # the pages: /ui/ and the files below it
+    _console("/ui/api/session", "GET", "POST", "DELETE"),
+    _console("/ui/api/oidc/config", "GET"),
+    _console("/ui/oidc/start", "GET"),
+    _console("/ui/oidc/callback", "GET"),
+)
+"""The console's entries (``public``: no ``Authorization`` header is asked for; each checks
+its own credential). Only with the console on (``app.build_endpoints``)."""
 
 DEFAULT_ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/health", _GET, EndpointKind.LOCAL, BodyKind.NONE, "health", public=True),
@@ -174,6 +221,7 @@ DEFAULT_ENDPOINTS: tuple[Endpoint, ...] = (
     _inference("/v1/decisions", "decisions"),
     _inference("/v1/systemone", "decisions"),
     ADMIN_ENDPOINT,
+    *CONSOLE_ENDPOINTS,
     *(
         _control(p)
         for p in (

@@ -71,6 +71,8 @@ log = logging.getLogger("bastion")
 
 AdminHandler = Callable[[RequestContext], Awaitable[None]]
 """Answers a request on an admin route (the admin API, built by the layer above)."""
+ConsoleHandler = Callable[[RequestContext], Awaitable[None]]
+"""Answers a request on a console route (``/ui``, built by the layer above), body read."""
 
 
 class Gateway:
@@ -89,6 +91,7 @@ class Gateway:
         ownership: Ownership,
         readiness: Readiness,
         admin: AdminHandler | None = None,
+        console: ConsoleHandler | None = None,
         admit: Admit | None = None,
         metrics: GatewayMetrics | None = None,
         tracer: Tracer | None = None,
@@ -103,6 +106,7 @@ class Gateway:
         self._ownership = ownership
         self._readiness = readiness
         self._admin = admin
+        self._console = console
         self._admit = admit
         self._metrics = metrics
         self._tracer = tracer
@@ -165,6 +169,9 @@ class Gateway:
         if endpoint is READY_ENDPOINT and verbose_asked(ctx.scope.get("query_string", b"")):
             endpoint = ctx.endpoint = READY_VERBOSE  # it names the models: a credential, then
         if endpoint.public:
+            if endpoint.kind is EndpointKind.CONSOLE:
+                await self._answer_console(ctx)
+                return
             _check_method(ctx, endpoint)
             await self._answer_local(ctx)
             return
@@ -249,6 +256,13 @@ class Gateway:
         finally:
             watcher.remove_done_callback(on_message)
             watcher.cancel()
+
+    async def _answer_console(self, ctx: RequestContext) -> None:
+        """A console route: it checks its own credential (a key, OIDC, a session)."""
+        if self._console is None:  # pragma: no cover - its routes exist only with it
+            raise NotFoundError()
+        await self._accept.read_body(ctx)
+        await self._console(ctx)
 
     def _models_listing(self, ctx: RequestContext) -> bytes:
         """``/v1/models`` as the caller sees it: only the models it may use."""

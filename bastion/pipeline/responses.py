@@ -112,7 +112,10 @@ async def send_error(ctx: RequestContext, error: GatewayError) -> None:
     anthropic = endpoint is not None and endpoint.anthropic
     if not ctx.response_started:
         body = anthropic_error_body(error) if anthropic else error_body(error)
-        await send_json(ctx, error.status, body, error.headers)
+        headers = error.headers
+        if endpoint is not None and endpoint.headers:
+            headers = headers + endpoint.headers
+        await send_json(ctx, error.status, body, headers)
         return
     if ctx.response_done or ctx.client_disconnected:
         return

@@ -40,7 +40,7 @@ INFERENCE = frozenset(
         "decisions",
     }
 )
-PERMISSIONS = INFERENCE | {"models", "control", "admin", "metrics"}
+PERMISSIONS = INFERENCE | {"models", "control", "admin", "metrics", "console"}
 GROUPS: dict[str, frozenset[str]] = {"inference": INFERENCE, "*": frozenset(PERMISSIONS)}
 
 BUILTIN_ROLES: dict[str, RoleSettings] = {
@@ -48,6 +48,7 @@ BUILTIN_ROLES: dict[str, RoleSettings] = {
     "operator": RoleSettings(routes=("inference", "models", "control")),
     "user": RoleSettings(routes=("inference", "models")),
     "viewer": RoleSettings(routes=("models",)),
+    "console-viewer": RoleSettings(routes=("models", "console")),
 }
 
 

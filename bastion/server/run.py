@@ -9,7 +9,6 @@ import logging
 import math
 import resource
 import select
-import shlex
 import signal
 import socket
 import sys
@@ -32,9 +31,10 @@ from bastion.observability.watches import watch_certificate, watch_connections, 
 from bastion.server import notify
 from bastion.server.protocol import ConnectionCounts, GuardedHttpToolsProtocol, protocol_class
 from bastion.server.reload import GatewaySwitch, Reloader
-from bastion.server.startup import Welcome, open_store, startup_keys
+from bastion.server.startup import open_store, startup_keys
 from bastion.server.tls import CertificateReloader
-from bastion.settings import ModelSettings, Secret, Settings, UpstreamTarget
+from bastion.server.welcome import engine_model, listen_url, print_welcome
+from bastion.settings import ModelSettings, Settings
 from bastion.state import StateDir
 from bastion.store.store import Store
 from bastion.upstream.client import UpstreamPool
@@ -133,7 +133,7 @@ async def serve(
             engine = ManagedEngine(settings.engine, state.ensure())
             log.info("starting the %s engine (model %s)", settings.engine.kind, engine.served_name)
             await engine.start()
-            models = (_engine_model(engine),)
+            models = (engine_model(engine),)
         if not models:
             raise ConfigError("no model to serve: declare 'models' or enable 'engine'", "models")
         keys, welcome = await asyncio.to_thread(startup_keys, settings, state, store)
@@ -177,7 +177,7 @@ async def serve(
         else:
             sock = bind(settings.server.host, settings.server.port)
         tls = settings.server.tls
-        url = _url(sock, https=tls is not None)
+        url = listen_url(sock, https=tls is not None)
         if tls is not None:
             certificates = CertificateReloader(tls)
             if services.metrics is not None:
@@ -194,7 +194,7 @@ async def serve(
                 log.info("Bastion listening on %s serving %s", url, serving)
                 notify.ready(f"serving {serving} on {url}")
                 if welcome is not None:
-                    _print_welcome(out, url, models[0].name, welcome)
+                    print_welcome(out, url, models[0].name, welcome)
             if on_ready is not None:
                 on_ready(url)
 
@@ -351,16 +351,6 @@ def _apply_log_level(settings: Settings) -> None:
     logging.getLogger().setLevel(settings.logging.level.upper())
 
 
-def _engine_model(engine: ManagedEngine) -> ModelSettings:
-    target = UpstreamTarget(
-        url=engine.base_url,
-        api_key=Secret(value=engine.api_key),
-        send_request_id=engine.accepts_request_ids,
-        health_path=engine.health_path,
-    )
-    return ModelSettings(name=engine.served_name, upstreams=(target,))
-
-
 def _protocol(
     settings: Settings, services: Services, certificates: CertificateReloader | None
 ) -> type[GuardedHttpToolsProtocol]:
@@ -398,54 +388,6 @@ def _uvicorn_config(
 def _verifies_clients(settings: Settings) -> bool:
     tls = settings.server.tls
     return tls is not None and tls.client_ca is not None
-
-
-def _url(sock: socket.socket, *, https: bool = False) -> str:
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    if host in ("0.0.0.0", "::"):
-        shown = "127.0.0.1"
-    return f"{'https' if https else 'http'}://{shown}:{port}"
-
-
-def _print_welcome(out: TextIO, url: str, model: str, welcome: Welcome) -> None:
-    if welcome.new_key is None:
-        out.write(
-            f"\nBastion is serving {model} at {url}\n"
-            f"The administrator key was shown when it was created; only its hash is kept "
-            f"(in {welcome.kept_in}). {welcome.recover}\n\n"
-        )
-        out.flush()
-        return
-    key = welcome.new_key
-    python = shlex.quote(sys.executable)  # the interpreter that has the openai package
-    out.write(
-        f"""
-Bastion is serving {model} at {url}
-
-Administrator API key (shown this once; only its hash is kept in {welcome.kept_in}):
-
-    {key}
-
-Try it:
-
-    curl {url}/v1/chat/completions \\
-      -H "Authorization: Bearer {key}" \\
-      -H "Content-Type: application/json" \\
-      -d '{{"model": "{model}", "max_tokens": 32,
-           "messages": [{{"role": "user", "content": "Hello!"}}]}}'
-
-    {python} - <<'PY'
-    from openai import OpenAI
-    client = OpenAI(base_url="{url}/v1", api_key="{key}")
-    reply = client.chat.completions.create(
-        model="{model}", messages=[{{"role": "user", "content": "Hello!"}}], max_tokens=32)
-    print(reply.choices[0].message.content)
-    PY
-
-"""
-    )
-    out.flush()
 
 
 def run(

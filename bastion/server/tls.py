@@ -8,10 +8,12 @@ parameters are loaded; 6.0 dropped them); ``modern`` is TLS 1.3 only. TLS 1.3's 
 OpenSSL's defaults, which are the profiles' three. The client chooses among the suites, as
 the profiles say (all are strong; one without AES instructions picks ChaCha20).
 
-Key-exchange groups are not set: before Python 3.15, ``ssl`` can only name one group
-(``set_ecdh_curve``), and the profiles list three (X25519, prime256v1, secp384r1), so
-OpenSSL's default list stays, which adds X448 and secp521r1 (and, for TLS 1.3, the ffdhe
-groups). docs/configuration.md shows how to set the list for the process with ``OPENSSL_CONF``.
+Key-exchange groups are the profiles' three (X25519, prime256v1, secp384r1), or
+``server.tls.groups``; OpenSSL's default list would add X448 and secp521r1 (and, for TLS 1.3,
+the ffdhe groups). Python's ``ssl`` cannot set a list before 3.15, so
+:mod:`bastion.server.tlsgroups` does it through OpenSSL itself; where even that is not
+possible, a configured list stops start-up and the profile's default is logged as not
+applied, once.
 
 A reload builds a fresh context from the files and points new handshakes at it: the context
 the listening socket was given switches each handshake to the latest one in its server-name
@@ -28,6 +30,7 @@ a caller resuming a TLS session made before the reload is not verified again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import ssl
@@ -44,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 
 from bastion.errors import ConfigError
+from bastion.server.tlsgroups import PROFILE_GROUPS, GroupsUnsupportedError, set_groups
 from bastion.settings import TlsSettings
 
 __all__ = ["INTERMEDIATE_CIPHERS", "CertificateReloader", "server_context"]
@@ -107,6 +111,31 @@ def _apply_profile(context: ssl.SSLContext, settings: TlsSettings) -> None:
         raise ConfigError(
             f"no cipher suite that OpenSSL knows in {settings.ciphers!r}", "server.tls.ciphers"
         ) from None
+    _apply_groups(context, settings.groups)
+
+
+def _apply_groups(context: ssl.SSLContext, groups: str | None) -> None:
+    """The configured key-exchange groups, or the profile's (see the module's documentation)."""
+    try:
+        set_groups(context, groups or PROFILE_GROUPS)
+    except ValueError as exc:
+        raise ConfigError(str(exc), "server.tls.groups") from None
+    except GroupsUnsupportedError as exc:
+        if groups is not None:
+            raise ConfigError(
+                f"cannot set key-exchange groups with this Python and OpenSSL ({exc})",
+                "server.tls.groups",
+            ) from None
+        _warn_groups_once(str(exc))
+
+
+@functools.cache
+def _warn_groups_once(reason: str) -> None:
+    log.warning(
+        "TLS key-exchange groups left at OpenSSL's defaults (%s): this Python's ssl module "
+        "cannot set them (see server.tls.groups in docs/configuration.md)",
+        reason,
+    )
 
 
 def _check_pair(certificate: Path, key: Path) -> x509.Certificate:

@@ -41,9 +41,10 @@ from bastion.observability.snapshots import Gathered
 from bastion.server import notify
 from bastion.server.children import Child, how_it_ended
 from bastion.server.reload import keep_fixed
-from bastion.server.run import _engine_model, _print_welcome, _url, bind, configure_logging
+from bastion.server.run import bind, configure_logging
 from bastion.server.startup import open_store, startup_keys
 from bastion.server.tls import CertificateReloader
+from bastion.server.welcome import engine_model, listen_url, print_welcome
 from bastion.settings import ModelSettings, Settings
 from bastion.sources import ConfigSource
 from bastion.state import StateDir
@@ -184,7 +185,7 @@ class Supervisor:
                 "starting the %s engine (model %s)", settings.engine.kind, self._engine.served_name
             )
             await self._engine.start()
-            models = self._engine_models = (_engine_model(self._engine),)
+            models = self._engine_models = (engine_model(self._engine),)
         if not models:
             raise ConfigError("no model to serve: declare 'models' or enable 'engine'", "models")
         # once, here: the workers find the key made (or the store's administrator) and make none
@@ -194,7 +195,7 @@ class Supervisor:
             CertificateReloader(settings.server.tls)  # loads the files: refused here, not N times
         await self._start_listener()
         self._sock = bind(settings.server.host, settings.server.port)
-        url = _url(self._sock, https=settings.server.tls is not None)
+        url = listen_url(self._sock, https=settings.server.tls is not None)
         self._keepers = [
             asyncio.create_task(self._keep(slot), name=f"bastion-worker-{slot.index}")
             for slot in self._slots
@@ -204,7 +205,7 @@ class Supervisor:
         names = ", ".join(m.name for m in models)
         log.info("Bastion listening on %s serving %s (%d workers)", url, names, len(self._slots))
         if welcome is not None:
-            _print_welcome(self._out, url, models[0].name, welcome)
+            print_welcome(self._out, url, models[0].name, welcome)
         if self._hooks.on_ready is not None:
             self._hooks.on_ready(url)
 

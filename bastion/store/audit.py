@@ -47,6 +47,10 @@ class AuditTrail:
 
     def refused(self, event: AuditEvent) -> None:
         """Record the event of a refused request (built by the ``account`` phase)."""
+        self.record(event)
+
+    def record(self, event: AuditEvent) -> None:
+        """Record an event off the request path (refusals; console sign-ins and sign-outs)."""
         self.recorded += 1
         if not self._to_store:
             log.info("audit %s", orjson.dumps(event.public()).decode())

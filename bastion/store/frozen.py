@@ -25,7 +25,7 @@ from sqlalchemy import (
     Text,
 )
 
-__all__ = ["V1", "V2", "V3"]
+__all__ = ["V1", "V2", "V3", "V4"]
 
 _ID = BigInteger().with_variant(Integer, "sqlite")
 
@@ -158,4 +158,34 @@ Table(
     Column("created_at", Float, nullable=False, index=True),
     comment="Who created each response an upstream stores (principal '': contested, nobody); "
     "pruned after responses.retention_days.",
+)
+
+V4 = MetaData()
+"""Migration 4: web console sessions and OIDC sign-ins under way."""
+
+Table(
+    "console_sessions",
+    V4,
+    Column("id_hash", String(64), primary_key=True),
+    Column("principal", Text, nullable=False),
+    Column("method", String(16), nullable=False),
+    Column("credential", Text, nullable=False),
+    Column("role", String(64), nullable=False),
+    Column("teams", Text, nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
+    Column("last_seen_at", Float, nullable=False),
+    Column("revoked_at", Float),
+    comment="Web console sessions, by the SHA-256 of their id (the id itself is never kept).",
+)
+Table(
+    "console_logins",
+    V4,
+    Column("state_hash", String(64), primary_key=True),
+    Column("nonce", String(64), nullable=False),
+    Column("verifier", String(128), nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
+    comment="OIDC sign-ins under way, by the SHA-256 of their state; each is used once.",
 )

@@ -45,10 +45,15 @@ def _v3_response_owners(conn: Connection) -> None:
     frozen.V3.create_all(conn)
 
 
+def _v4_console_sessions(conn: Connection) -> None:
+    frozen.V4.create_all(conn)
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[Connection], None]], ...] = (
     ("users, teams, api keys, audit log", _v1_initial),
     ("usage records and hourly rollups", _v2_usage),
     ("owners of stored responses", _v3_response_owners),
+    ("web console sessions and sign-ins", _v4_console_sessions),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

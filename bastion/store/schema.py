@@ -27,6 +27,8 @@ from sqlalchemy import (
 __all__ = [
     "api_keys",
     "audit_log",
+    "console_logins",
+    "console_sessions",
     "metadata",
     "principals",
     "response_owners",
@@ -179,4 +181,32 @@ response_owners = Table(
     Column("created_at", Float, nullable=False, index=True),
     comment="Who created each response an upstream stores (principal '': contested, nobody); "
     "pruned after responses.retention_days.",
+)
+
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("principal", Text, nullable=False),
+    Column("method", String(16), nullable=False),
+    Column("credential", Text, nullable=False),
+    Column("role", String(64), nullable=False),
+    Column("teams", Text, nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
+    Column("last_seen_at", Float, nullable=False),
+    Column("revoked_at", Float),
+    comment="Web console sessions, by the SHA-256 of their id (the id itself is never kept).",
+)
+
+console_logins = Table(
+    "console_logins",
+    metadata,
+    Column("state_hash", String(64), primary_key=True),
+    Column("nonce", String(64), nullable=False),
+    Column("verifier", String(128), nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
+    comment="OIDC sign-ins under way, by the SHA-256 of their state; each is used once.",
 )

@@ -56,6 +56,7 @@ def setup(
     config["auth"]["brute_force"] = {"max_failures": MAX_FAILURES, "block": BLOCK}
     config["http"] = {"max_body_bytes": MAX_BODY, "request_body_timeout": 0.5}
     config["usage"] = {"prices": {"test-model": {"input": 1.0, "output": 2.0}}}
+    config["limits"] = {"per_user": {"tokens_per_day": 1_000_000, "cost_per_month": 100.0}}
     config["store"] = {"poll_interval": 0.2, "connect_timeout": 2, "statement_timeout": 2}
     proxy = None
     if request.param == "postgresql":
@@ -199,6 +200,13 @@ def _usage(setup: Setup, check: Conformance, key_id: str, secret: str) -> None:
     assert rows[0]["currency"] == "USD" and rows[0]["cost"] > 0
     check(200, "usage", period="all", user="ann", team="ml", model="test-model", since=0)
     check(400, "usage", by="user,user")
+    [model] = check(200, "upstreams")["data"]
+    assert (model["model"], model["total"]) == ("test-model", 1)
+    limits = check(200, "limits")
+    assert [b["scope"] for b in limits["buckets"]] == ["per_user"]
+    near = {(n["bucket"], n["name"], n["budget"]): n for n in limits["nearest"]}
+    assert near[("user", "ann", "tokens_per_day")]["used"] == rows[0]["total_tokens"]
+    assert 0 < near[("user", "ann", "cost_per_month")]["fraction"] < 1
 
 
 def _reload(setup: Setup, check: Conformance) -> None:

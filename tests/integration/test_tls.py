@@ -131,39 +131,31 @@ def test_tls_1_2_cbc_suites_are_refused(https: tuple[GatewayProcess, Path]) -> N
         assert (version, answer[:12]) == ("TLSv1.2", b"HTTP/1.1 200")
 
 
-def test_key_exchange_groups_can_be_set_for_the_process_with_openssl_conf(
-    upstream: FakeUpstream, ca: trustme.CA, https: tuple[GatewayProcess, Path], tmp_path: Path
+@pytest.mark.parametrize("name", ["TLSv1.2", "TLSv1.3"])
+def test_only_the_profiles_key_exchange_groups_are_offered(
+    https: tuple[GatewayProcess, Path], name: str
 ) -> None:
-    """Python's ssl cannot set the group list (docs/configuration.md): OpenSSL's default,
-    which offers X448 and secp521r1, stays unless the documented OPENSSL_CONF file sets it."""
+    """Mozilla's profiles: X25519, prime256v1 and secp384r1; not OpenSSL's X448 or secp521r1.
+    (The certificate here is ECDSA P-256, which TLS 1.2 can use only with prime256v1 offered.)"""
+    gateway, ca_file = https
+    version = ssl.TLSVersion[name.replace(".", "_")]
+    for refused in ("X448", "secp521r1"):
+        with pytest.raises(ssl.SSLError):
+            _handshake(gateway, _offering(ca_file, version, group=refused))
+    accepted = ("X25519", "prime256v1", "secp384r1") if name == "TLSv1.3" else ("prime256v1",)
+    for group in accepted:
+        assert _handshake(gateway, _offering(ca_file, version, group=group)) == name
+
+
+def test_configured_key_exchange_groups_replace_the_profiles(
+    upstream: FakeUpstream, ca: trustme.CA, tmp_path: Path
+) -> None:
     tls13 = ssl.TLSVersion.TLSv1_3
-    default, ca_file = https
-    assert _handshake(default, _offering(ca_file, tls13, group="X448")) == "TLSv1.3"
-    conf = tmp_path / "openssl.cnf"
-    conf.write_text(_documented_openssl_conf())
-    cert, key, ca_file = server_files(ca, tmp_path)
-    config = base_config(upstream.url, KEYS)
-    config["server"].update(state_dir=str(tmp_path), tls={"certificate": str(cert),
-                                                          "key": str(key)})  # fmt: skip
-    gateway = GatewayProcess(
-        config, tmp_path, env={"TEST_UPSTREAM_KEY": UPSTREAM_KEY, "OPENSSL_CONF": str(conf)}
-    )
-    try:
-        for refused in ("X448", "secp521r1"):
-            with pytest.raises(ssl.SSLError):
-                _handshake(gateway, _offering(ca_file, tls13, group=refused))
-        for accepted in ("X25519", "prime256v1", "secp384r1"):
+    for gateway, ca_file in _gateway(upstream, ca, tmp_path, groups="X448:secp384r1"):
+        for accepted in ("X448", "secp384r1"):
             assert _handshake(gateway, _offering(ca_file, tls13, group=accepted)) == "TLSv1.3"
-    finally:
-        gateway.stop()
-
-
-def _documented_openssl_conf() -> str:
-    """The OpenSSL configuration file that docs/configuration.md shows (server.tls)."""
-    docs = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
-    blocks = docs.split("```")[1::2]
-    (recipe,) = [b for b in blocks if "system_default_sect" in b]
-    return recipe.lstrip("\n")
+        with pytest.raises(ssl.SSLError):
+            _handshake(gateway, _offering(ca_file, tls13, group="X25519"))
 
 
 def test_mutual_tls_refuses_callers_without_a_certificate(

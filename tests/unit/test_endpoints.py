@@ -54,7 +54,13 @@ def test_every_default_route_is_canonical_and_inference_routes_are_post() -> Non
         if route.kind is EndpointKind.INFERENCE:
             assert route.methods == frozenset({"POST"})
     public = {r.path for r in DEFAULT_ENDPOINTS if r.public}
-    assert public == {"/health", "/ready"}
+    console = {r.path for r in DEFAULT_ENDPOINTS if r.kind is EndpointKind.CONSOLE}
+    assert public == {"/health", "/ready"} | console
+    assert console == {
+        "/ui", "/ui/api/session", "/ui/api/oidc/config", "/ui/oidc/start", "/ui/oidc/callback"
+    }  # fmt: skip
+    for route in DEFAULT_ENDPOINTS:  # each console answer carries the security headers
+        assert (route.kind is EndpointKind.CONSOLE) == bool(route.headers), route.path
 
 
 def test_duplicate_or_non_canonical_route_is_rejected() -> None:

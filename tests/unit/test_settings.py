@@ -138,3 +138,23 @@ def test_the_command_line_server_settings_win_over_the_file(tmp_path: Path) -> N
         ConfigSource(path, server_flags({"workers": 2})).parse(
             "limits: {per_key: {concurrency: 1}}\n"
         )
+
+
+def test_the_console_needs_the_store_when_asked_for() -> None:
+    assert parse_settings({"store": {"enabled": False}}).console_on is False  # quietly off
+    assert parse_settings({}).console_on is True
+    assert parse_settings({"console": {"enabled": False}}).console_on is False
+    with pytest.raises(ConfigError, match=r"console\.enabled needs the store"):
+        parse_settings({"store": {"enabled": False}, "console": {"enabled": True}})
+
+
+def test_console_oidc_needs_a_provider_and_the_openid_scope() -> None:
+    with pytest.raises(ConfigError, match=r"console\.oidc needs an identity provider"):
+        parse_settings({"console": {"oidc": {"client_id": "c"}}})
+    separate = {"client_id": "c", "issuer": "https://idp.example/", "scopes": ["openid"]}
+    oidc = parse_settings({"console": {"oidc": separate}}).console.oidc
+    assert oidc is not None and oidc.issuer == "https://idp.example"
+    with pytest.raises(ConfigError, match="must include openid"):
+        parse_settings({"console": {"oidc": {**separate, "scopes": ["profile"]}}})
+    with pytest.raises(ConfigError, match="only public-key algorithms"):
+        parse_settings({"console": {"oidc": {**separate, "algorithms": ["HS256"]}}})

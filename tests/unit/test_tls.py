@@ -9,6 +9,7 @@ import ssl
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import trustme
@@ -17,7 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from bastion.errors import ConfigError
 from bastion.observability.instruments import GatewayMetrics
 from bastion.observability.watches import watch_certificate
+from bastion.server import tlsgroups
 from bastion.server.tls import CertificateReloader, server_context
+from bastion.server.tlsgroups import PROFILE_GROUPS
 from bastion.settings import MetricsSettings, TlsSettings
 from tests.support.tls import client_context, common_name, handshake, negotiated, write_leaf
 
@@ -149,6 +152,75 @@ def test_custom_tls_1_2_ciphers(tmp_path: Path) -> None:
         server_context(TlsSettings(certificate=cert, key=key, ciphers="NO-SUCH-CIPHER"))
     with pytest.raises(ValueError, match="modern"):
         TlsSettings(certificate=cert, key=key, profile="modern", ciphers=only)
+
+
+def offering_group(ca: trustme.CA, group: str, version: ssl.TLSVersion) -> ssl.SSLContext:
+    context = offering(ca, version=version)
+    context.set_ecdh_curve(group)  # a client context offers only this group
+    return context
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+@pytest.mark.parametrize("profile", ["intermediate", "modern"])
+def test_the_profiles_key_exchange_groups_only(
+    tmp_path: Path, profile: Literal["intermediate", "modern"], version: ssl.TLSVersion
+) -> None:
+    """An RSA certificate: with ECDSA, TLS 1.2's groups also bound the certificate's curve."""
+    if profile == "modern" and version is ssl.TLSVersion.TLSv1_2:
+        return  # modern has no TLS 1.2 (test_the_modern_profile_is_tls_1_3_only)
+    ca, cert, key = rsa_files(tmp_path)
+    server = server_context(TlsSettings(certificate=cert, key=key, profile=profile))
+    for group in PROFILE_GROUPS.split(":"):
+        negotiated(server, offering_group(ca, group, version))
+    for group in ("X448", "secp521r1"):
+        with pytest.raises(ssl.SSLError):
+            negotiated(server, offering_group(ca, group, version))
+
+
+def test_configured_groups_and_names_openssl_does_not_know(tmp_path: Path) -> None:
+    ca, cert, key = rsa_files(tmp_path)
+    server = server_context(TlsSettings(certificate=cert, key=key, groups="secp521r1"))
+    negotiated(server, offering_group(ca, "secp521r1", ssl.TLSVersion.TLSv1_3))
+    with pytest.raises(ssl.SSLError):
+        negotiated(server, offering_group(ca, "X25519", ssl.TLSVersion.TLSv1_3))
+    with pytest.raises(ConfigError, match=r"server\.tls\.groups"):
+        server_context(TlsSettings(certificate=cert, key=key, groups="no-such-group"))
+
+
+def test_groups_that_cannot_be_set_stop_a_configured_list_and_warn_for_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Python whose SSLContext is not laid out as expected: the check finds no SSL_CTX."""
+    cert, key, _ = files(tmp_path)
+
+    def unsupported(context: ssl.SSLContext, library: object) -> int:
+        raise tlsgroups.GroupsUnsupportedError("the context's OpenSSL object was not found")
+
+    monkeypatch.setattr(tlsgroups, "_ssl_ctx", unsupported)
+    with pytest.raises(ConfigError, match=r"server\.tls\.groups.*cannot set"):
+        server_context(TlsSettings(certificate=cert, key=key, groups="X25519"))
+    with caplog.at_level(logging.WARNING, logger="bastion.tls"):
+        server_context(TlsSettings(certificate=cert, key=key))
+    assert "left at OpenSSL's defaults" in caplog.text
+
+
+def test_the_ssl_ctx_check_refuses_a_pointer_whose_options_do_not_follow_the_context() -> None:
+    """OpenSSL must report the context's options for the pointer, also after one is flipped
+    through Python: a pointer to anything else is refused, never written through."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    library = tlsgroups._library()
+    assert tlsgroups._ssl_ctx(context, library)  # the real layout passes
+
+    class Stale:  # reports the options as they were, whatever Python sets since
+        def __init__(self, options: int) -> None:
+            self.options = options
+
+        def SSL_CTX_get_options(self, pointer: int) -> int:
+            return self.options
+
+    with pytest.raises(tlsgroups.GroupsUnsupportedError):
+        tlsgroups._ssl_ctx(context, Stale(int(context.options)))  # type: ignore[arg-type]
+    assert context.options == ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).options
 
 
 # Reloading: fresh files reach new handshakes; broken ones never replace working ones.

@@ -11,13 +11,23 @@ import pytest
 from pydantic import TypeAdapter
 
 from bastion.admin.api import OPERATIONS, ROUTER, AdminApi
+from bastion.admin.overview import Overview
 from bastion.admin.service import AdminService, Caller
 from bastion.errors import MethodNotAllowedError, NotFoundError
+from bastion.pipeline.route import ModelRegistry
 from bastion.policy.policy import Policy
 from bastion.server.reload import ReloadReport
-from bastion.settings import Settings
+from bastion.settings import (
+    EjectionSettings,
+    LimitSettings,
+    LimitsSettings,
+    ModelSettings,
+    Settings,
+    UpstreamTarget,
+)
 from bastion.store.store import Store
 from bastion.store.usage import UsageLedger, UsageRecord
+from bastion.upstream.balancer import UpstreamSet
 
 LOCAL = Caller.local("local:ops")
 
@@ -34,7 +44,11 @@ def api(store: Store) -> AdminApi:
     async def reload() -> ReloadReport:
         return ReloadReport("bastion.yaml", ("m",), ("server.port",))
 
-    return AdminApi(AdminService(store, Policy(Settings())), None, reload)
+    model = ModelSettings(name="m", upstreams=(UpstreamTarget(url="http://127.0.0.1:9"),))
+    registry = ModelRegistry((model,), UpstreamSet(EjectionSettings()), "/health")
+    limits = LimitsSettings(per_user=LimitSettings(tokens_per_day=16, requests_per_minute=5))
+    overview = Overview(registry, limits, checked=False)
+    return AdminApi(AdminService(store, Policy(Settings())), None, reload, overview=overview)
 
 
 class Driver:
@@ -84,6 +98,17 @@ async def test_every_operation_answers_in_its_declared_shape(api: AdminApi, stor
     [row] = (await do("usage", by="user,model", period="all"))["data"]
     assert (row["user"], row["model"], row["total_tokens"]) == ("bob", "m", 8)
     assert (await do("reload"))["restart_required"] == ["server.port"]
+    [model] = (await do("upstreams"))["data"]
+    assert (model["model"], model["healthy"], model["total"]) == ("m", 1, 1)
+    assert model["upstreams"][0]["name"] == "127.0.0.1:9"
+    limits = await do("limits")
+    assert limits["buckets"] == [
+        {"scope": "per_user", "name": None,
+         "limits": {"count": "total", "requests_per_minute": 5, "tokens_per_day": 16}},
+    ]  # fmt: skip
+    assert [(n["name"], n["budget"], n["fraction"]) for n in limits["nearest"]] == [
+        ("bob", "tokens_per_day", 0.5)
+    ]
     assert await do("teams.delete", name="ml") == {"name": "ml", "deleted": True}
     assert await do("users.delete", name="bob") == {"name": "bob", "deleted": True}
     assert (await do("openapi"))["paths"]["/admin/v1/users/{name}"]["patch"]["operationId"] == (
@@ -100,7 +125,10 @@ def test_the_table_is_consistent() -> None:
         assert placeholders == [p.name for p in op.params if p.where == "path"], op.name
         assert len({p.name for p in op.params}) == len(op.params), op.name
         assert op.returns is not None and op.summary, op.name
-        assert op.permission == "admin"
+        # the console permission (a read-only viewer) gets only operations that read
+        assert op.permission == "admin" or (op.method == "GET" and not op.writes), op.name
+    viewer_ops = {op.name for op in OPERATIONS if op.permission == "console"}
+    assert viewer_ops == {"whoami", "usage", "upstreams", "limits"}
 
 
 @pytest.mark.parametrize("name", ["bob", "a.b@c+d-e", "x_1"])

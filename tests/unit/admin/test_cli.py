@@ -159,7 +159,7 @@ def test_teams(cli: Cli) -> None:
 
 def test_roles_list(cli: Cli) -> None:
     roles = {r["name"]: r for r in cli.json("roles", "list")}
-    assert set(roles) == {"admin", "operator", "user", "viewer", "llama-user"}
+    assert set(roles) == {"admin", "operator", "user", "viewer", "console-viewer", "llama-user"}
     assert roles["admin"]["builtin"] is True
     assert roles["admin"]["routes"] == ["*"]
     assert roles["viewer"]["routes"] == ["models"]
@@ -169,8 +169,8 @@ def test_roles_list(cli: Cli) -> None:
     table = rows(cli.ok("roles", "list"))
     assert table[0] == ["NAME", "ROUTES", "MODELS", "NETWORKS"]
     names = [row[0] for row in table[1:]]
-    assert names == ["admin", "llama-user", "operator", "user", "viewer"]
-    assert table[2][:2] == ["llama-user", "(custom)"]
+    assert names == ["admin", "console-viewer", "llama-user", "operator", "user", "viewer"]
+    assert table[3][:2] == ["llama-user", "(custom)"]
 
 
 # -- keys -------------------------------------------------------------------------------------
