@@ -176,6 +176,10 @@ def _write_watch(limits: HttpSettings) -> _DeadlineWatch:
     return _DeadlineWatch(limits.write_timeout, lambda conn: conn.on_write_timeout())
 
 
+def _idle_watch(limits: HttpSettings) -> _DeadlineWatch:
+    return _DeadlineWatch(limits.keep_alive_timeout, lambda conn: conn.on_idle_timeout())
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """One instance per connection; the class carries the limits (see :func:`protocol_class`).
 
@@ -187,6 +191,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     limits: ClassVar[HttpSettings] = HttpSettings()
     head_watch: ClassVar[_DeadlineWatch] = _head_watch(limits)
     write_watch: ClassVar[_DeadlineWatch] = _write_watch(limits)
+    idle_watch: ClassVar[_DeadlineWatch] = _idle_watch(limits)
+    """Kept-alive connections between requests (``http.keep_alive_timeout``): uvicorn arms
+    a timer per response for it, which cost as much as a header's parsing per request."""
     address_limit: ClassVar[AddressLimit | None] = None
     tls: ClassVar[ssl.SSLContext | None] = None
     """The server's TLS context: connections are plain TCP until this protocol's handshake."""
@@ -277,6 +284,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._release()
         self.head_watch.disarm(self)
         self.write_watch.disarm(self)
+        self.idle_watch.disarm(self)
         if self.downstream is None:  # refused, or its TLS handshake never finished
             return
         super().connection_lost(exc)
@@ -315,6 +323,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         if self not in self.head_watch.waiting:
             self.head_watch.arm(self, self.loop)
+
+    def _unset_keepalive_if_required(self) -> None:
+        """A kept-alive connection is busy again (uvicorn cancels its timer here)."""
+        self.idle_watch.disarm(self)
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, with the keep-alive deadline in the idle watch instead of a timer."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.idle_watch.disarm(self)
+        self.flow.resume_reading()
+        if self.pipeline:  # pipelined requests: start the next one
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self.idle_watch.arm(self, self.loop)
+
+    def on_idle_timeout(self) -> None:
+        """Called by the idle watch when a kept-alive connection has been idle too long."""
+        if not self.transport.is_closing():
+            self.transport.close()
 
     # data_received, on_url and on_header do uvicorn's work themselves (one Python call per
     # callback, not two); tests/unit/test_uvicorn_internals.py fails when uvicorn's versions
@@ -430,6 +460,7 @@ def protocol_class(
         "limits": limits,
         "head_watch": _head_watch(limits),
         "write_watch": _write_watch(limits),
+        "idle_watch": _idle_watch(limits),
         "address_limit": AddressLimit(cap) if cap is not None else None,
         "tls": tls,
         "peer_certificates": peer_certificates,
