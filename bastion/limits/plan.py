@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bastion.auth.identity import Identity
 from bastion.settings import LimitSettings, LimitsSettings, PriceSettings
@@ -38,6 +38,16 @@ class Limit:
     prices: tuple[float, float] = (0.0, 0.0)
     """For a spending bucket (``count == "cost"``): the model's price per million input and
     output tokens, so that :meth:`tokens` counts millionths of the currency."""
+    counts_tokens: bool = field(init=False, compare=False)
+    """Whether any of its limits counts tokens (computed once: read for every request)."""
+
+    def __post_init__(self) -> None:
+        counts = (
+            self.tokens_per_minute is not None
+            or self.tokens_per_day is not None
+            or self.tokens_per_month is not None
+        )
+        object.__setattr__(self, "counts_tokens", counts)
 
     @classmethod
     def of(cls, settings: LimitSettings) -> Limit:
@@ -81,14 +91,6 @@ class Limit:
             tokens_per_day=self.cost_per_day,
             tokens_per_month=self.cost_per_month,
             prices=prices,
-        )
-
-    @property
-    def counts_tokens(self) -> bool:
-        return (
-            self.tokens_per_minute is not None
-            or self.tokens_per_day is not None
-            or self.tokens_per_month is not None
         )
 
     def tokens(self, prompt: int, completion: int) -> int:
