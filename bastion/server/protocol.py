@@ -24,7 +24,7 @@ from typing import Any, ClassVar, cast
 import httptools
 import uvloop
 import uvloop.loop
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from bastion.errors import (
     BadRequestError,
@@ -34,6 +34,7 @@ from bastion.errors import (
     RequestTimeoutError,
 )
 from bastion.pipeline.responses import error_body
+from bastion.server.cycle import Cycle
 from bastion.server.downstream import CorkableTransport, DownstreamConnection
 from bastion.settings import HttpSettings
 from bastion.types import DOWNSTREAM_SCOPE_KEY
@@ -375,6 +376,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(BadRequestError(_NOT_A_PATH, code="invalid_target"))
         cast(dict[str, Any], self.scope)[DOWNSTREAM_SCOPE_KEY] = self.downstream
         super().on_headers_complete()
+        # uvicorn made its cycle (and a task that has not run yet): give it Bastion's send
+        if type(self.cycle) is RequestResponseCycle:
+            self.cycle.__class__ = Cycle
 
     def _refuse(self, error: GatewayError) -> None:
         self._refusal = error

@@ -27,6 +27,7 @@ import uvloop
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
+from bastion.server.cycle import Cycle
 from bastion.server.protocol import GuardedHttpToolsProtocol, protocol_class
 from bastion.settings import HttpSettings
 from bastion.types import DOWNSTREAM_SCOPE_KEY, Message, Receive, Scope, Send
@@ -125,6 +126,20 @@ def test_the_methods_bastion_re_implements_are_unchanged_in_uvicorn(name: str) -
         f"uvicorn {uvicorn.__version__} changed HttpToolsProtocol.{name}, which "
         f"{PROTOCOL}.{name} re-implements: carry the change over (or decide it does not apply), "
         f"then record {digest} here. Its source now:\n{source}"
+    )
+
+
+CYCLE_SEND = "abdd8601b3"
+"""sha256 of RequestResponseCycle.send in the uvicorn that bastion/server/cycle.py follows."""
+
+
+def test_the_cycles_send_that_bastion_re_implements_is_unchanged_in_uvicorn() -> None:
+    source = inspect.getsource(RequestResponseCycle.send)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:10]
+    assert digest == CYCLE_SEND, (
+        f"uvicorn {uvicorn.__version__} changed RequestResponseCycle.send, which "
+        f"bastion/server/cycle.py Cycle.send re-implements: carry the change over, then "
+        f"record {digest} here. Its source now:\n{source}"
     )
 
 
@@ -232,7 +247,7 @@ def test_a_connection_through_bastions_protocol_uses_uvicorn_as_expected(
     scope = seen["scopes"][0]
     assert scope[DOWNSTREAM_SCOPE_KEY] is not None  # on_headers_complete kept Bastion's key
     assert scope["path"] == "/one" and (b"x-pad", b"padded") in scope["headers"]
-    assert seen["cycles"] == [(RequestResponseCycle, True), (RequestResponseCycle, True)]
+    assert seen["cycles"] == [(Cycle, True), (Cycle, True)]  # Bastion's send
     # the keep-alive deadline armed after the first response was disarmed when the second
     # request's bytes arrived (data_received -> _unset_keepalive_if_required); uvicorn's own
     # timer per response is never armed

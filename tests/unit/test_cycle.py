@@ -1,0 +1,110 @@
+"""The request cycle's own ``send`` (bastion/server/cycle.py): the heads uvicorn's would
+write, and the header names and values it would refuse."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+from bastion.server.cycle import Cycle
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        self.written.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def _cycle(kind: type[RequestResponseCycle], method: str = "POST") -> tuple[Any, _Transport]:
+    transport = _Transport()
+    scope: Any = {"method": method, "http_version": "1.1", "client": None, "path": "/"}
+    done: list[bool] = []
+    cycle = kind(
+        scope=scope,
+        transport=transport,
+        flow=FlowControl(transport),
+        logger=None,  # type: ignore[arg-type]
+        access_logger=None,  # type: ignore[arg-type]
+        access_log=False,
+        default_headers=[(b"date", b"Sat, 05 Dec 2026 07:00:00 GMT")],
+        message_event=asyncio.Event(),
+        expect_100_continue=False,
+        keep_alive=True,
+        on_response=lambda: done.append(True),
+    )
+    cycle.done = done
+    return cycle, transport
+
+
+async def _exchange(kind: type[RequestResponseCycle], messages: list[dict[str, Any]]) -> Any:
+    cycle, transport = _cycle(kind)
+    try:
+        for message in messages:
+            await cycle.send(message)
+    except RuntimeError as exc:
+        return ("refused", str(exc), transport.written)
+    return (transport.written, cycle.response_complete, cycle.done, cycle.keep_alive)
+
+
+RESPONSES = [
+    [
+        {"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", b"2"),
+            (b"x-ratelimit-limit-requests", b"100"), (b"x-ratelimit-reset-tokens", b"1.5s")]},
+        {"type": "http.response.body", "body": b"{}"},
+    ],
+    [  # no length: chunked, in pieces, then the terminating chunk
+        {"type": "http.response.start", "status": 200, "headers": [
+            (b"Content-Type", b"text/event-stream")]},
+        {"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True},
+        {"type": "http.response.body", "body": b"", "more_body": False},
+    ],
+    [  # the caller asked to close
+        {"type": "http.response.start", "status": 404, "headers": [
+            (b"connection", b"Close"), (b"content-length", b"0")]},
+        {"type": "http.response.body", "body": b""},
+    ],
+    [{"type": "http.response.start", "status": 200, "headers": [(b"bad name", b"v")]}],
+    [{"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"v\r\nx-b: 1")]}],
+    [{"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"ok"), (b"x:b", b"v")]}],
+    [{"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"\x00")]}],
+    [  # a tab is allowed in a value
+        {"type": "http.response.start", "status": 200, "headers": [
+            (b"x-a", b"a\tb"), (b"content-length", b"0")]},
+        {"type": "http.response.body", "body": b""},
+    ],
+    [  # longer than announced
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1")]},
+        {"type": "http.response.body", "body": b"ab"},
+    ],
+    [{"type": "http.response.body", "body": b""}],  # no start
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("messages", RESPONSES, ids=range(len(RESPONSES)))
+def test_bastions_send_writes_and_refuses_what_uvicorns_does(
+    messages: list[dict[str, Any]],
+) -> None:
+    ours = asyncio.run(_exchange(Cycle, messages))
+    theirs = asyncio.run(_exchange(RequestResponseCycle, messages))
+    assert ours == theirs
+
+
+def test_a_refused_header_is_refused_before_anything_is_written() -> None:
+    messages = RESPONSES[4]
+    outcome = asyncio.run(_exchange(Cycle, messages))
+    assert outcome == ("refused", "Invalid HTTP header value.", [])
