@@ -86,8 +86,6 @@ _DROP_RESPONSE = frozenset(
     }
 )
 _WHOLE_BODY_LIMIT = 1024 * 1024
-_EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
-"""How an event stream's event ends: a blank line (LF or CRLF)."""
 # Answers that say "this server cannot take it now", not "this request is wrong".
 _RETRY_STATUSES = frozenset({502, 503, 504})
 
@@ -310,6 +308,7 @@ def _relayed(
     stops inside an event, so that an error event can start a new one."""
     started = ctx.started
     sse = ctx.response_sse
+    feed = None if meter is None else meter.feeder
 
     def relayed(piece: bytes) -> bytes:
         if ctx.time_to_first_byte is None:
@@ -317,9 +316,10 @@ def _relayed(
         ctx.response_bytes += len(piece)
         if created is not None and created.open:
             created.feed(piece)
-        out = piece if meter is None else meter.feed(piece)
+        out = piece if feed is None else feed(piece)
         if sse and out:
-            ctx.response_event_open = not out.endswith(_EVENT_ENDS)
+            # slices compared, not endswith(): this runs for every relayed piece
+            ctx.response_event_open = out[-2:] != b"\n\n" and out[-4:] != b"\r\n\r\n"
         return out
 
     return relayed
