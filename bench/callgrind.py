@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,7 +57,8 @@ class _Client(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self._done: asyncio.Future[int] | None = None
-        self.failures = 0
+        self.failures: Counter[int] = Counter()
+        """Answers other than 200, by status."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -76,8 +78,9 @@ class _Client(asyncio.Protocol):
         assert self._transport is not None
         self._done = asyncio.get_running_loop().create_future()
         self._transport.write(self._request)
-        if await self._done != 200:
-            self.failures += 1
+        status = await self._done
+        if status != 200:
+            self.failures[status] += 1
 
 
 def _chat_request(auth: str) -> bytes:
@@ -90,8 +93,8 @@ def _chat_request(auth: str) -> bytes:
     return head.encode() + body
 
 
-async def _requests(auth: str, total: int, connections: int) -> int:
-    """Send ``total`` requests over ``connections`` connections; the failures."""
+async def _requests(auth: str, total: int, connections: int) -> Counter[int]:
+    """Send ``total`` requests over ``connections`` connections; the failures by status."""
     loop = asyncio.get_running_loop()
     clients = []
     for _ in range(connections):
@@ -107,7 +110,7 @@ async def _requests(auth: str, total: int, connections: int) -> int:
             await client.one()
 
     await asyncio.gather(*(run(c) for c in clients))
-    return sum(c.failures for c in clients)
+    return sum((c.failures for c in clients), Counter())
 
 
 async def _streams(auth: str, streams: int, rounds: int) -> Recorder:
@@ -203,7 +206,9 @@ def _measure(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
         loop, others = grind.dump()
         figures["loop_instructions_per_request"] = loop / args.requests
         figures["other_threads_instructions_per_request"] = others / args.requests
-        figures["request_failures"] = failures
+        figures["request_failures"] = sum(failures.values())
+        if failures:
+            print(f"request failures by status: {dict(failures)}", file=sys.stderr)
         if args.streams:
             grind.zero()
             recorder = run(_streams(preset.authorization, args.streams, args.rounds))
@@ -213,6 +218,8 @@ def _measure(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
             figures["other_threads_instructions_per_event"] = others / events
             figures["events"] = recorder.events
             figures["stream_failures"] = sum(recorder.errors.values())
+            if recorder.errors:
+                print(f"stream failures: {dict(recorder.errors)}", file=sys.stderr)
     return figures
 
 
