@@ -220,6 +220,8 @@ def _measure(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
             figures["stream_failures"] = sum(recorder.errors.values())
             if recorder.errors:
                 print(f"stream failures: {dict(recorder.errors)}", file=sys.stderr)
+        if figures.get("request_failures") or figures.get("stream_failures"):
+            print(f"the gateway's log ends:\n{proc.log_tail(3000)}", file=sys.stderr)
     return figures
 
 
