@@ -1,4 +1,5 @@
-"""The request-response cycle of a connection: uvicorn's, with a cheaper ``send``.
+"""The request-response cycle of a connection: uvicorn's, with a cheaper ``send`` and a
+``respond`` that writes a whole response at once.
 
 uvicorn makes one :class:`~uvicorn.protocols.http.httptools_impl.RequestResponseCycle` per
 request; the server protocol (:mod:`bastion.server.protocol`) turns it into a :class:`Cycle`
@@ -22,7 +23,7 @@ __all__ = ["Cycle"]
 
 
 class Cycle(RequestResponseCycle):
-    """uvicorn's request-response cycle with a cheaper ``send``.
+    """uvicorn's request-response cycle with a cheaper ``send``, and :meth:`respond`.
 
     uvicorn checks every response header name and value with a regular expression of its
     own, two searches per header: with the rate-limit headers that was two dozen searches
@@ -49,12 +50,31 @@ class Cycle(RequestResponseCycle):
                 raise RuntimeError(
                     f"Expected ASGI message 'http.response.body', but got '{message['type']}'."
                 )
-            self._body(message.get("body", b""), message.get("more_body", False))
+            more_body = message.get("more_body", False)
+            data = self._body(message.get("body", b""), more_body)
+            if data:
+                self.transport.write(data)
+            if not more_body:
+                self._complete()
         else:
             raise RuntimeError(
                 f"Unexpected ASGI message '{message['type']}' sent, after response already "
                 "completed."
             )
+
+    def respond(self, status: int, headers: Any, body: bytes) -> bool:
+        """A whole response, head and body in one write, as ``send`` would write its start
+        and its one body message, without awaiting either. False, and nothing done, when
+        the response has begun, the caller is gone, or its socket is full (then ``send``,
+        which waits for it to drain, must be used)."""
+        if self.response_started or self.disconnected or self.flow.write_paused:
+            return False
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        head = self._head(status, headers)
+        self.transport.write(head + self._body(body, False))
+        self._complete()
+        return True
 
     def _head(self, status: int, given: Any) -> bytes:
         headers = self.default_headers + list(given)
@@ -99,24 +119,27 @@ class Cycle(RequestResponseCycle):
         content.append(b"\r\n")
         return b"".join(content)
 
-    def _body(self, body: bytes, more_body: bool) -> None:
+    def _body(self, body: bytes, more_body: bool) -> bytes:
+        """What to write for a body message (framed, when chunked)."""
         if self.scope["method"] == "HEAD":
             self.expected_content_length = 0
-        elif self.chunked_encoding:
+            return b""
+        if self.chunked_encoding:
             content = [b"%x\r\n" % len(body), body, b"\r\n"] if body else []
             if not more_body:
                 content.append(b"0\r\n\r\n")
-            self.transport.write(b"".join(content))
-        else:
-            if len(body) > self.expected_content_length:
-                raise RuntimeError("Response content longer than Content-Length")
-            self.expected_content_length -= len(body)
-            self.transport.write(body)
-        if not more_body:
-            if self.expected_content_length != 0:
-                raise RuntimeError("Response content shorter than Content-Length")
-            self.response_complete = True
-            self.message_event.set()
-            if not self.keep_alive:
-                self.transport.close()
-            self.on_response()
+            return b"".join(content)
+        if len(body) > self.expected_content_length:
+            raise RuntimeError("Response content longer than Content-Length")
+        self.expected_content_length -= len(body)
+        return body
+
+    def _complete(self) -> None:
+        """The last body message was written."""
+        if self.expected_content_length != 0:
+            raise RuntimeError("Response content shorter than Content-Length")
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()

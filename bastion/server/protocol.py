@@ -37,7 +37,7 @@ from bastion.pipeline.responses import error_body
 from bastion.server.cycle import Cycle
 from bastion.server.downstream import CorkableTransport, DownstreamConnection
 from bastion.settings import HttpSettings
-from bastion.types import DOWNSTREAM_SCOPE_KEY
+from bastion.types import DOWNSTREAM_SCOPE_KEY, RESPOND_SCOPE_KEY
 
 __all__ = ["AddressLimit", "ConnectionCounts", "GuardedHttpToolsProtocol", "protocol_class"]
 
@@ -377,8 +377,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         cast(dict[str, Any], self.scope)[DOWNSTREAM_SCOPE_KEY] = self.downstream
         super().on_headers_complete()
         # uvicorn made its cycle (and a task that has not run yet): give it Bastion's send
-        if type(self.cycle) is RequestResponseCycle:
-            self.cycle.__class__ = Cycle
+        cycle = self.cycle
+        if type(cycle) is RequestResponseCycle:
+            cycle.__class__ = Cycle
+            cast(dict[str, Any], self.scope)[RESPOND_SCOPE_KEY] = cast(Cycle, cycle).respond
 
     def _refuse(self, error: GatewayError) -> None:
         self._refusal = error

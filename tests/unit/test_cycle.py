@@ -56,8 +56,8 @@ async def _exchange(kind: type[RequestResponseCycle], messages: list[dict[str, A
         for message in messages:
             await cycle.send(message)
     except RuntimeError as exc:
-        return ("refused", str(exc), transport.written)
-    return (transport.written, cycle.response_complete, cycle.done, cycle.keep_alive)
+        return ("refused", str(exc), b"".join(transport.written))
+    return (b"".join(transport.written), cycle.response_complete, cycle.done, cycle.keep_alive)
 
 
 RESPONSES = [
@@ -107,4 +107,47 @@ def test_bastions_send_writes_and_refuses_what_uvicorns_does(
 def test_a_refused_header_is_refused_before_anything_is_written() -> None:
     messages = RESPONSES[4]
     outcome = asyncio.run(_exchange(Cycle, messages))
-    assert outcome == ("refused", "Invalid HTTP header value.", [])
+    assert outcome == ("refused", "Invalid HTTP header value.", b"")
+
+
+WHOLE = [
+    (200, [(b"content-type", b"application/json"), (b"content-length", b"2")], b"{}"),
+    (404, [(b"connection", b"close"), (b"content-length", b"0")], b""),
+    (200, [(b"content-type", b"text/plain")], b"no length: chunked"),
+]
+
+
+@pytest.mark.parametrize(("status", "headers", "body"), WHOLE)
+def test_respond_writes_in_one_write_what_send_writes_in_two(
+    status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    async def answered() -> tuple[Any, ...]:
+        cycle, transport = _cycle(Cycle)
+        assert cycle.respond(status, headers, body) is True
+        return (transport.written, cycle.response_complete, cycle.done, cycle.keep_alive)
+
+    start = {"type": "http.response.start", "status": status, "headers": headers}
+    sent = asyncio.run(
+        _exchange(RequestResponseCycle, [start, {"type": "http.response.body", "body": body}])
+    )
+    written, *rest = asyncio.run(answered())
+    assert len(written) == 1
+    assert (written[0], *rest) == sent
+    assert rest[1] == [True]  # uvicorn's on_response ran: the connection serves the next one
+
+
+def test_respond_declines_when_send_must_be_used() -> None:
+    async def declined() -> list[tuple[bool, list[bytes]]]:
+        outcomes = []
+        started, transport = _cycle(Cycle)
+        await started.send({"type": "http.response.start", "status": 200, "headers": []})
+        outcomes.append((started.respond(200, [], b"x"), transport.written[1:]))
+        gone, transport = _cycle(Cycle)
+        gone.disconnected = True
+        outcomes.append((gone.respond(200, [], b"x"), transport.written))
+        full, transport = _cycle(Cycle)
+        full.flow.pause_writing()  # the caller's socket buffer is full: send waits for it
+        outcomes.append((full.respond(200, [], b"x"), transport.written))
+        return outcomes
+
+    assert asyncio.run(declined()) == [(False, []), (False, []), (False, [])]
