@@ -41,11 +41,14 @@ import yaml
 from bench.presets import PresetFacts, build_preset
 from bench.procs import Proc, wait_until_ready
 from bench.streams import Recorder, StreamConnection, Target, stream_request
-from bench.systems import BASTION_PORT, BENCH_DIR, UPSTREAM_PORT, generate_bastion_key
+from bench.systems import BENCH_DIR, generate_bastion_key
 from bench.wrk import CHAT_BODY
 
 __all__ = ["main"]
 
+# ports of their own, so that bench.run can measure on the same machine meanwhile
+BASTION_PORT = 18180
+UPSTREAM_PORT = 18101
 _TOTALS = re.compile(rb"^(?:totals|summary): (\d+)", re.MULTILINE)
 
 
