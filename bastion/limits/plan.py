@@ -135,6 +135,8 @@ class Planner:
             (self._per_key, self._per_user, self._per_team, self._per_model, self._all)
         ) or any((self._keys, self._users, self._roles, self._teams, self._models))
         self._cache: dict[tuple[str, str, str, str, tuple[str, ...], str], tuple[Bucket, ...]] = {}
+        priority = settings.priority
+        self._priority_off = priority.default is None and not priority.roles and not priority.teams
 
     def plan(self, identity: Identity, model: str | None) -> tuple[Bucket, ...]:
         cache_key = (identity.method, identity.credential_id, identity.principal, identity.role,
@@ -187,15 +189,14 @@ class Planner:
 
     @property
     def priority_off(self) -> bool:
-        p = self._settings.priority
-        return p.default is None and not p.roles and not p.teams
+        return self._priority_off
 
     def priority(self, identity: Identity) -> int | None:
         """The ``priority`` to forward for this caller (it replaces the caller's own), or
         None when priorities are not configured (the body is left alone)."""
-        settings = self._settings.priority
-        if self.priority_off:
+        if self._priority_off:
             return None
+        settings = self._settings.priority
         values = [settings.teams[t] for t in identity.teams if t in settings.teams]
         if identity.role in settings.roles:
             values.append(settings.roles[identity.role])

@@ -29,6 +29,7 @@ class RequestContext:
     """
 
     __slots__ = (
+        "_client_host",
         "access",
         "address",
         "api_key",
@@ -125,6 +126,7 @@ class RequestContext:
         """Fields the gateway sets in (or removes from) the forwarded JSON body."""
         self.trace: Trace | None = None
         """The request's trace, when tracing is on (see :mod:`.tracing`)."""
+        self._client_host: str | None = None
 
     def billed_tokens(self) -> tuple[int, int]:
         """(prompt, completion) tokens to bill, as the meter counts them (none without one).
@@ -158,8 +160,12 @@ class RequestContext:
 
     @property
     def client_host(self) -> str:
-        client = self.scope.get("client")
-        return str(client[0]) if client else "-"
+        """The peer's address as text (``-`` when the server gives none); read once."""
+        host = self._client_host
+        if host is None:
+            client = self.scope.get("client")
+            host = self._client_host = str(client[0]) if client else "-"
+        return host
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000.0
