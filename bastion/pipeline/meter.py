@@ -186,7 +186,9 @@ class UsageTap:
         if not self._held and piece[-2:] == _BLANK and b'"usage"' not in piece:
             # the usual piece: whole events, none about usage; pass it on as it is (a slice
             # compared, not endswith: bytes methods that take arguments parse them per call)
-            self.content_events += self._count(piece)
+            mark = self._mark
+            found = 0 if mark is None else piece.count(mark)
+            self.content_events += found or self._count(piece)
             return piece
         return self._take(piece)
 
