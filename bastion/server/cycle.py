@@ -21,15 +21,21 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 __all__ = ["Cycle"]
 
+# The bytes uvicorn's expressions refuse (each is one character class), for bytes.translate:
+# deleting them is one pass over a table, several times cheaper than a regular expression
+_BAD_NAME = bytes(b for b in range(256) if HEADER_RE.search(bytes((b,))))
+_BAD_VALUE = bytes(b for b in range(256) if HEADER_VALUE_RE.search(bytes((b,))))
+
 
 class Cycle(RequestResponseCycle):
     """uvicorn's request-response cycle with a cheaper ``send``, and :meth:`respond`.
 
     uvicorn checks every response header name and value with a regular expression of its
     own, two searches per header: with the rate-limit headers that was two dozen searches
-    per response, more than the rest of writing the head. This checks all names in one
-    search and all values in another (joined by a character each class allows), with the
-    same expressions, so the same heads are refused. The rest is uvicorn's ``send``.
+    per response, more than the rest of writing the head. This checks all names at once and
+    all values at once (joined by a character each class allows), deleting the bytes
+    uvicorn's expressions match, so the same heads are refused. The rest is uvicorn's
+    ``send``.
     """
 
     async def send(self, message: Any) -> None:
@@ -78,9 +84,11 @@ class Cycle(RequestResponseCycle):
 
     def _head(self, status: int, given: Any) -> bytes:
         headers = self.default_headers + list(given)
-        if HEADER_RE.search(b"-".join([name for name, _ in headers])):
+        names = b"-".join([name for name, _ in headers])
+        if len(names.translate(None, _BAD_NAME)) != len(names):
             raise RuntimeError("Invalid HTTP header name.")
-        if HEADER_VALUE_RE.search(b"\t".join([value for _, value in headers])):
+        values = b"\t".join([value for _, value in headers])
+        if len(values.translate(None, _BAD_VALUE)) != len(values):
             raise RuntimeError("Invalid HTTP header value.")
         if self.access_log:
             self.access_logger.info(

@@ -151,3 +151,23 @@ def test_respond_declines_when_send_must_be_used() -> None:
         return outcomes
 
     assert asyncio.run(declined()) == [(False, []), (False, []), (False, [])]
+
+
+def test_the_names_and_values_refused_are_those_uvicorns_expressions_match() -> None:
+    from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
+
+    async def refused(header: tuple[bytes, bytes]) -> bool:
+        cycle, _ = _cycle(Cycle)
+        start = {"type": "http.response.start", "status": 200, "headers": [header]}
+        try:
+            await cycle.send(start)
+        except RuntimeError:
+            return True
+        return False
+
+    for byte in range(256):
+        one = bytes((byte,))
+        name_refused = asyncio.run(refused((b"x" + one, b"v")))
+        value_refused = asyncio.run(refused((b"x-a", b"v" + one)))
+        assert name_refused == (HEADER_RE.search(one) is not None), byte
+        assert value_refused == (HEADER_VALUE_RE.search(one) is not None), byte
