@@ -174,9 +174,15 @@ class Forward:
                 if isinstance(answer, UpstreamError):
                     trace.failed(error_type(answer))
             retryable = isinstance(answer, UpstreamError) or answer.status in _RETRY_STATUSES
-            more = len(tried) < self._retries and time.monotonic() - first < self._window
-            more = more and pinned is None  # only the pinned upstream keeps what it names
-            other = balancer.pick_other((*tried, upstream)) if retryable and more else None
+            # only the pinned upstream keeps what it names; the clock is read only when the
+            # answer could be retried (not for every request)
+            more = (
+                retryable
+                and pinned is None
+                and len(tried) < self._retries
+                and time.monotonic() - first < self._window
+            )
+            other = balancer.pick_other((*tried, upstream)) if more else None
             if other is None:
                 if isinstance(answer, UpstreamError):
                     raise answer
