@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from urllib.parse import unquote_to_bytes
 
@@ -84,12 +84,12 @@ class Endpoint:
     """For an entry whose path has an ``{id}`` segment: the id this request named (the
     entry as matched is a copy bound to it)."""
 
-    @property
-    def target(self) -> bytes:
-        """The path to forward: the canonical path the decision was made on."""
-        if self.resource is None:
-            return self.path.encode("ascii")
-        return self.path.replace(_ID_SEGMENT, self.resource).encode("ascii")
+    target: bytes = field(init=False, repr=False, compare=False)
+    """The path to forward: the canonical path the decision was made on (made once)."""
+
+    def __post_init__(self) -> None:
+        path = self.path if self.resource is None else self.path.replace(_ID_SEGMENT, self.resource)
+        object.__setattr__(self, "target", path.encode("ascii"))
 
 
 _ID_SEGMENT = "{id}"

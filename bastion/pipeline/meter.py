@@ -30,7 +30,15 @@ from typing import Any
 
 import orjson
 
-__all__ = ["MAX_EVENT_BYTES", "Meter", "UsageTap", "billed", "stream_usage_override", "usage_of"]
+__all__ = [
+    "MAX_EVENT_BYTES",
+    "Meter",
+    "UsageTap",
+    "billed",
+    "json_usage",
+    "stream_usage_override",
+    "usage_of",
+]
 
 MAX_EVENT_BYTES = 1024 * 1024
 """The default limit on the partial event held back to be read."""
@@ -66,6 +74,26 @@ def usage_of(document: Any, previous: tuple[int, int] | None = None) -> tuple[in
     if prompt < 0:
         return None
     return prompt, max(0, completion)
+
+
+def json_usage(body: bytes) -> tuple[int, int] | None:
+    """The usage a JSON response body reports (as :func:`usage_of` reads the document).
+
+    Usually only its tail is parsed: in valid JSON the bytes ``"usage":`` (the quote not
+    escaped) can only be a key, and when it is a key of the top-level object, ``{`` plus the
+    body from there is itself a document holding that object's keys from ``usage`` on.
+    Parsing that is a fraction of parsing the whole answer. When the last such key is
+    nested deeper, that tail has brackets left over and does not parse: then, and whenever
+    the tail reports nothing, the whole body is parsed."""
+    at = body.rfind(b'"usage":')
+    if at > 0 and body[at - 1] != 0x5C:  # not \" (a quote inside a string)
+        with contextlib.suppress(orjson.JSONDecodeError):
+            found = usage_of(orjson.loads(b"{" + body[at:]))
+            if found is not None:
+                return found
+    with contextlib.suppress(orjson.JSONDecodeError):
+        return usage_of(orjson.loads(body))
+    return None
 
 
 def _usage_object(document: Any) -> dict[str, Any] | None:
@@ -344,8 +372,7 @@ class Meter:
             return body
         if not sse:
             if b'"usage"' in body:
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    self.usage = usage_of(orjson.loads(body))
+                self.usage = json_usage(body)
             return body
         tap = UsageTap(sse=True, strip=self.strip, max_event_bytes=self.max_event_bytes)
         kept = tap.feed(body) + tap.end()
