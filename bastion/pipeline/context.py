@@ -58,7 +58,7 @@ class RequestContext:
         "request_id",
         "response_bytes",
         "response_done",
-        "response_event_open",
+        "response_last",
         "response_sse",
         "response_started",
         "scope",
@@ -112,8 +112,9 @@ class RequestContext:
         self.response_started = False
         self.response_done = False
         self.response_sse = False
-        self.response_event_open = False
-        """The event stream relayed so far stops inside an event (not on a blank line)."""
+        self.response_last = b""
+        """The last piece of the body relayed so far (whether a stream stopped inside an
+        event is read from it only when an error event must follow)."""
         self.response_bytes = 0
         self.time_to_first_byte: float | None = None
         self.client_disconnected = False
@@ -152,6 +153,12 @@ class RequestContext:
     def log_fields(self) -> dict[str, str]:
         """The request's ids for a log record's ``extra`` (fields of a JSON log line)."""
         return request_fields(self.request_id, self.caller_request_id)
+
+    @property
+    def response_event_open(self) -> bool:
+        """The event stream relayed so far stops inside an event (not on a blank line)."""
+        last = self.response_last
+        return bool(last) and last[-2:] != b"\n\n" and last[-4:] != b"\r\n\r\n"
 
     @property
     def echoed_request_id(self) -> str:

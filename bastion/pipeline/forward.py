@@ -324,8 +324,7 @@ def _relayed(
             created.feed(piece)
         out = piece if feed is None else feed(piece)
         if sse and out:
-            # slices compared, not endswith(): this runs for every relayed piece
-            ctx.response_event_open = out[-2:] != b"\n\n" and out[-4:] != b"\r\n\r\n"
+            ctx.response_last = out  # where an error event would follow (if one must)
         return out
 
     return relayed
