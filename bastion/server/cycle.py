@@ -2,9 +2,9 @@
 ``respond`` that writes a whole response at once.
 
 uvicorn makes one :class:`~uvicorn.protocols.http.httptools_impl.RequestResponseCycle` per
-request; the server protocol (:mod:`bastion.server.protocol`) turns it into a :class:`Cycle`
-before its task first runs. ``tests/unit/test_uvicorn_internals.py`` fails when uvicorn's
-``send`` changes, so that a change there is carried over here.
+request; the server protocol (:mod:`bastion.server.protocol`) makes a :class:`Cycle` instead.
+``tests/unit/test_uvicorn_internals.py`` fails when uvicorn's ``send`` changes, so that a
+change there is carried over here.
 """
 
 from __future__ import annotations

@@ -18,13 +18,15 @@ import asyncio
 import asyncio.sslproto
 import logging
 import ssl
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
 import httptools
 import uvloop
 import uvloop.loop
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bastion.errors import (
     BadRequestError,
@@ -35,6 +37,7 @@ from bastion.errors import (
 )
 from bastion.pipeline.responses import error_body
 from bastion.server.cycle import Cycle
+from bastion.server.deadlines import DeadlineWatch
 from bastion.server.downstream import CorkableTransport, DownstreamConnection
 from bastion.settings import HttpSettings
 from bastion.types import DOWNSTREAM_SCOPE_KEY, RESPOND_SCOPE_KEY
@@ -135,50 +138,16 @@ class AddressLimit:
         )
 
 
-class _DeadlineWatch:
-    """One kind of deadline for every connection, enforced by one sweeping timer.
-
-    A timer per request (armed at the head's first byte, cancelled when it is complete) cost
-    more than the rest of the protocol's own work; a dict entry costs next to nothing. A
-    deadline is noticed at most ``tick`` late; ``expire`` is called for each connection
-    whose deadline passed, and ``expired`` counts them.
-    """
-
-    def __init__(self, timeout: float, expire: Callable[[GuardedHttpToolsProtocol], None]) -> None:
-        self.timeout = timeout
-        self.tick = min(0.25, timeout / 4)
-        self.expire = expire
-        self.expired = 0
-        self.waiting: dict[GuardedHttpToolsProtocol, float] = {}
-        self._timer: asyncio.TimerHandle | None = None
-
-    def arm(self, conn: GuardedHttpToolsProtocol, loop: asyncio.AbstractEventLoop) -> None:
-        self.waiting[conn] = loop.time() + self.timeout
-        if self._timer is None:
-            self._timer = loop.call_later(self.tick, self._sweep, loop)
-
-    def disarm(self, conn: GuardedHttpToolsProtocol) -> None:
-        self.waiting.pop(conn, None)
-
-    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time()
-        for conn in [c for c, deadline in self.waiting.items() if deadline <= now]:
-            del self.waiting[conn]
-            self.expired += 1
-            self.expire(conn)
-        self._timer = loop.call_later(self.tick, self._sweep, loop) if self.waiting else None
+def _head_watch(limits: HttpSettings) -> DeadlineWatch[GuardedHttpToolsProtocol]:
+    return DeadlineWatch(limits.request_head_timeout, lambda conn: conn.on_head_timeout())
 
 
-def _head_watch(limits: HttpSettings) -> _DeadlineWatch:
-    return _DeadlineWatch(limits.request_head_timeout, lambda conn: conn.on_head_timeout())
+def _write_watch(limits: HttpSettings) -> DeadlineWatch[GuardedHttpToolsProtocol]:
+    return DeadlineWatch(limits.write_timeout, lambda conn: conn.on_write_timeout())
 
 
-def _write_watch(limits: HttpSettings) -> _DeadlineWatch:
-    return _DeadlineWatch(limits.write_timeout, lambda conn: conn.on_write_timeout())
-
-
-def _idle_watch(limits: HttpSettings) -> _DeadlineWatch:
-    return _DeadlineWatch(limits.keep_alive_timeout, lambda conn: conn.on_idle_timeout())
+def _idle_watch(limits: HttpSettings) -> DeadlineWatch[GuardedHttpToolsProtocol]:
+    return DeadlineWatch(limits.keep_alive_timeout, lambda conn: conn.on_idle_timeout())
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -190,9 +159,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """
 
     limits: ClassVar[HttpSettings] = HttpSettings()
-    head_watch: ClassVar[_DeadlineWatch] = _head_watch(limits)
-    write_watch: ClassVar[_DeadlineWatch] = _write_watch(limits)
-    idle_watch: ClassVar[_DeadlineWatch] = _idle_watch(limits)
+    head_watch: ClassVar[DeadlineWatch[GuardedHttpToolsProtocol]] = _head_watch(limits)
+    write_watch: ClassVar[DeadlineWatch[GuardedHttpToolsProtocol]] = _write_watch(limits)
+    idle_watch: ClassVar[DeadlineWatch[GuardedHttpToolsProtocol]] = _idle_watch(limits)
     """Kept-alive connections between requests (``http.keep_alive_timeout``): uvicorn arms
     a timer per response for it, which cost as much as a header's parsing per request."""
     address_limit: ClassVar[AddressLimit | None] = None
@@ -374,13 +343,54 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(_upgrade_refusal(self.parser.get_method(), self.headers))
         if self.url[:1] != b"/":  # absolute-form, asterisk-form: not a request for a path
             self._refuse(BadRequestError(_NOT_A_PATH, code="invalid_target"))
-        cast(dict[str, Any], self.scope)[DOWNSTREAM_SCOPE_KEY] = self.downstream
-        super().on_headers_complete()
-        # uvicorn made its cycle (and a task that has not run yet): give it Bastion's send
-        cycle = self.cycle
-        if type(cycle) is RequestResponseCycle:
-            cycle.__class__ = Cycle
-            cast(dict[str, Any], self.scope)[RESPOND_SCOPE_KEY] = cast(Cycle, cycle).respond
+        scope = cast(dict[str, Any], self.scope)
+        scope[DOWNSTREAM_SCOPE_KEY] = self.downstream
+        self._start_cycle(scope)
+
+    def _start_cycle(self, scope: dict[str, Any]) -> None:
+        """uvicorn's ``on_headers_complete`` from the parsed head on, making Bastion's
+        :class:`Cycle` itself. (Turning uvicorn's cycle into one afterwards, by assigning its
+        ``__class__``, cost more than the cheaper ``send`` saved: CPython then keeps the
+        object's attributes in a dict of its own, off the fast path.) Upgrades never get
+        here: they were refused above."""
+        parser = self.parser
+        http_version = parser.get_http_version()
+        scope["method"] = parser.get_method().decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        parsed_url = httptools.parse_url(self.url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope["path"] = self.root_path + path
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = parsed_url.query or b""
+        app = self.app
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            app = service_unavailable
+            self.logger.warning("Exceeded concurrency limit.")
+        existing = self.cycle
+        self.cycle = cycle = Cycle(
+            scope=self.scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
+            on_response=self.on_response_complete,
+        )
+        scope[RESPOND_SCOPE_KEY] = cycle.respond
+        if existing is None or existing.response_complete:
+            self._start_asgi_task(cycle, app)
+        else:  # pipelined: it waits for the one in progress
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, app))
 
     def _refuse(self, error: GatewayError) -> None:
         self._refusal = error

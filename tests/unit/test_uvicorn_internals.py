@@ -47,7 +47,9 @@ CALLABLES: list[tuple[Any, str, str, str]] = [
     (HttpToolsProtocol, "resume_writing", "(self)", f"{PROTOCOL}.resume_writing"),
     (HttpToolsProtocol, "on_message_begin", "(self)", f"{PROTOCOL}.on_message_begin"),
     (HttpToolsProtocol, "on_headers_complete", "(self)",
-     f"{PROTOCOL}.on_headers_complete adds the Downstream to self.scope before calling it"),
+     f"{PROTOCOL}.on_headers_complete re-implements it (making Bastion's Cycle)"),
+    (HttpToolsProtocol, "_start_asgi_task", "(self, cycle, app)",
+     f"{PROTOCOL}._start_cycle starts the request's task with it"),
     (HttpToolsProtocol, "data_received", "(self, data)",
      f"{PROTOCOL}.data_received re-implements it"),
     (HttpToolsProtocol, "on_url", "(self, url)", f"{PROTOCOL}.on_url re-implements it"),
@@ -73,6 +75,7 @@ REIMPLEMENTED = {
     "on_url": "37be44e962",
     "on_header": "1e86ebb6ce",
     "on_response_complete": "64e254f28e",
+    "on_headers_complete": "1ea8589acf",
     "_unset_keepalive_if_required": "00a6a4e472",
 }
 
