@@ -53,23 +53,9 @@ class _Clock:
 def format_text(records: Sequence[Record]) -> bytes:
     clock = _Clock()
     lines = []
-    for (
-        when,
-        rid,
-        caller_id,
-        client,
-        method,
-        route,
-        status,
-        model,
-        who,
-        upstream,
-        ms,
-        ttfb,
-        err,
-        _,
-        used,
-    ) in records:
+    for record in records:
+        (when, rid, caller_id, client, method, route, status, model, who, upstream, ms, ttfb,
+         err, _, used) = record  # fmt: skip
         lines.append(
             f'{clock.format(when)} access {rid} {client} "{method} {route}" {status} '
             f"model={model or '-'} principal={who or '-'} upstream={upstream or '-'} "
@@ -87,48 +73,30 @@ def format_json(records: Sequence[Record]) -> bytes:
     clock = _Clock()
     dumps = orjson.dumps
     newline = orjson.OPT_APPEND_NEWLINE
-    return b"".join(
-        [
-            dumps(
-                {
-                    "time": clock.format(when),
-                    "request_id": rid,
-                    "caller_request_id": caller_id,
-                    "client": client,
-                    "method": method,
-                    "route": route,
-                    "status": status,
-                    "model": model,
-                    "principal": who,
-                    "upstream": upstream,
-                    "latency_ms": ms,
-                    "ttfb_ms": ttfb,
-                    "error": err,
-                    "bytes": sent,
-                    "prompt_tokens": used[0] if used else None,
-                    "completion_tokens": used[1] if used else None,
-                },
-                option=newline,
-            )
-            for (
-                when,
-                rid,
-                caller_id,
-                client,
-                method,
-                route,
-                status,
-                model,
-                who,
-                upstream,
-                ms,
-                ttfb,
-                err,
-                sent,
-                used,
-            ) in records
-        ]
-    )
+    lines = []
+    for record in records:
+        (when, rid, caller_id, client, method, route, status, model, who, upstream, ms, ttfb,
+         err, sent, used) = record  # fmt: skip
+        line = {
+            "time": clock.format(when),
+            "request_id": rid,
+            "caller_request_id": caller_id,
+            "client": client,
+            "method": method,
+            "route": route,
+            "status": status,
+            "model": model,
+            "principal": who,
+            "upstream": upstream,
+            "latency_ms": ms,
+            "ttfb_ms": ttfb,
+            "error": err,
+            "bytes": sent,
+            "prompt_tokens": used[0] if used else None,
+            "completion_tokens": used[1] if used else None,
+        }
+        lines.append(dumps(line, option=newline))
+    return b"".join(lines)
 
 
 class AccessLogWriter:
