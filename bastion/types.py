@@ -7,15 +7,17 @@ pipeline sees it only through the :class:`Downstream` protocol.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, Protocol
 
 __all__ = [
     "DOWNSTREAM_SCOPE_KEY",
+    "RESPOND_SCOPE_KEY",
     "Downstream",
     "Message",
     "PeerCertificate",
     "Receive",
+    "Respond",
     "Scope",
     "Send",
     "SpliceSource",
@@ -29,6 +31,15 @@ PeerCertificate = dict[str, Any]
 """A verified client certificate as :meth:`ssl.SSLSocket.getpeercert` decodes it."""
 
 DOWNSTREAM_SCOPE_KEY = "bastion.downstream"
+
+RESPOND_SCOPE_KEY = "bastion.respond"
+"""Under Bastion's server, the request's :data:`Respond` (per request, not per connection:
+a pipelined request's cycle is not the one being answered)."""
+
+Respond = Callable[[int, Sequence[tuple[bytes, bytes]], bytes], bool]
+"""Write a whole response (status, headers, body) at once, as ``send`` would its start and
+one body message, without awaiting either; False, and nothing written, when it cannot (the
+response began, the caller is gone, or its socket is full): then send through ASGI."""
 
 
 class SpliceSource(Protocol):

@@ -152,6 +152,37 @@ def _redis_limits(facts: PresetFacts) -> Preset:
     return Preset({**preset.config, "limits": limits}, preset.authorization)
 
 
+def _production(facts: PresetFacts) -> Preset:
+    """Everything a production gateway runs at once: API-key auth with model rules (a
+    custom role and the key narrowed to the served model), per-key limits on requests,
+    tokens, concurrency and a daily budget (in memory, all too high to refuse), usage
+    records in the identity store, metrics, and the access log in JSON. Issue 15's targets
+    are judged on this preset."""
+    preset = _memory_limits(facts)
+    key = {"name": "bench", "hash": facts.key_hash, "role": "inference",
+           "models": [facts.model]}  # fmt: skip
+    config = {
+        **preset.config,
+        "auth": {"api_keys": [key]},
+        "roles": {"inference": {"routes": ["inference", "models"], "models": ["bench-*"]}},
+        "usage": {"enabled": True},
+        "metrics": {"enabled": True},
+        "logging": {"access_log": True, "format": "json"},
+    }
+    return Preset(config, preset.authorization)
+
+
+def _production_redis(facts: PresetFacts) -> Preset:
+    """``production`` with its limits kept in the local Redis, as ``redis-limits``. Its
+    ``redis.timeout`` is 1 s, not the shipped 0.1 s: on a shared two-core machine the loaded
+    gateway's event loop stalls past 0.1 s at times, and the limiter then fails closed (503),
+    so the run would measure refusals instead of admissions."""
+    preset = _production(facts)
+    limits = _redis_limits(facts).config["limits"]
+    limits = {**limits, "redis": {**limits["redis"], "timeout": 1.0}}
+    return Preset({**preset.config, "limits": limits}, preset.authorization)
+
+
 def _access_log_json(facts: PresetFacts) -> Preset:
     """The baseline with the access log in JSON."""
     preset = _apikey(facts)
@@ -213,6 +244,8 @@ PRESETS: dict[str, Callable[[PresetFacts], Preset]] = {
     "memory-limits": _memory_limits,
     "redis-limits": _redis_limits,
     "access-log-json": _access_log_json,
+    "production": _production,
+    "production-redis": _production_redis,
     "tracing-0": _tracing(0.0),
     "tracing-1": _tracing(0.01),
     "tracing-100": _tracing(1.0),

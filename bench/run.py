@@ -47,6 +47,7 @@ from bench.systems import (
     BENCH_DIR,
     UPSTREAM_PORT,
     BastionOptions,
+    BastionSystem,
     System,
     check_preset,
     make_systems,
@@ -384,7 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "meta": _meta(args, params, layout, nofile),
         "systems": {
-            s.name: {"unavailable": s.unavailable, "notes": s.notes, "scenarios": found[s.name]}
+            s.name: {
+                "unavailable": s.unavailable,
+                "notes": s.notes,
+                "scenarios": found[s.name],
+                **({"limits_backend": s.limits_backend} if isinstance(s, BastionSystem) else {}),
+            }
             for s in systems
         },
     }

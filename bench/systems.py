@@ -192,6 +192,9 @@ class BastionSystem(System):
     sink: Proc | None = None
     """The OTLP traces sink, for the tracing presets (on the load core, like the upstream)."""
     _wants_sink: bool = False
+    limits_backend: str | None = None
+    """Where the config keeps its limits (``memory``, ``redis``; None: no limits): the
+    report judges the ratio to nginx against a looser target with limits in Redis."""
 
     def prepare(self, workdir: Path) -> None:
         try:
@@ -220,6 +223,7 @@ class BastionSystem(System):
             loaded: Any = yaml.safe_load(given.read_text())
             server = loaded.get("server", {}) if isinstance(loaded, dict) else {}
             self.port = int(server.get("port", 8080))
+            self.limits_backend = _limits_backend(loaded)
             self.notes.append(f"config: {given}")
             return given
         key, key_hash = generate_bastion_key()
@@ -227,6 +231,7 @@ class BastionSystem(System):
         preset = build_preset(self.options.preset, facts)
         self.auth = preset.authorization
         self._wants_sink = preset.otlp_sink
+        self.limits_backend = _limits_backend(preset.config)
         path = workdir / f"bastion-{self.options.preset}.yaml"
         path.write_text(yaml.safe_dump(preset.config, sort_keys=False))
         self.notes.append(f"preset: {self.options.preset}")
@@ -238,6 +243,13 @@ class BastionSystem(System):
         if self.options.workers > 1:
             argv += ["--workers", str(self.options.workers)]
         return Proc("bastion", layout.gateway_prefix() + argv, workdir, nofile=nofile)
+
+
+def _limits_backend(config: Any) -> str | None:
+    limits = config.get("limits") if isinstance(config, dict) else None
+    if not isinstance(limits, dict):
+        return None
+    return str(limits.get("backend", "memory"))
 
 
 def _start_sink(workdir: Path) -> Proc:

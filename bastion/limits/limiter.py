@@ -105,6 +105,21 @@ def _period_left(now: float, month: bool) -> float:
     return max(1.0, end - now)
 
 
+_NO_RATES = RateInfo()
+
+
+def _rate_info(
+    requests: tuple[int, int, float] | None, tokens: tuple[int, int, float] | None
+) -> RateInfo:
+    """The headers' figures: (remaining, limit, reset) of the tightest bucket of each kind."""
+    if requests is None and tokens is None:
+        return _NO_RATES
+    return RateInfo(
+        *(requests[1], requests[0], requests[2]) if requests else (None, None, None),
+        *(tokens[1], tokens[0], tokens[2]) if tokens else (None, None, None),
+    )
+
+
 def never_fits(bucket: Bucket, need: int) -> BadRequestError:
     if bucket.limit.count == "cost":
         return BadRequestError(
@@ -125,36 +140,37 @@ def rate_headers(
     info: RateInfo, retry_after: float | None = None
 ) -> tuple[tuple[bytes, bytes], ...]:
     """The headers OpenAI clients understand, for a response or a refusal."""
-    headers: list[tuple[bytes, bytes]] = []
+    # bytes formatting (b"%d"), not str().encode(): this runs for every admitted response
+    headers: tuple[tuple[bytes, bytes], ...] = ()
     if info.limit_requests is not None:
-        headers += [
-            (b"x-ratelimit-limit-requests", str(info.limit_requests).encode()),
-            (b"x-ratelimit-remaining-requests", str(info.remaining_requests or 0).encode()),
+        headers = (
+            (b"x-ratelimit-limit-requests", b"%d" % info.limit_requests),
+            (b"x-ratelimit-remaining-requests", b"%d" % (info.remaining_requests or 0)),
             (b"x-ratelimit-reset-requests", _duration(info.reset_requests or 0.0)),
-        ]
+        )
     if info.limit_tokens is not None:
-        headers += [
-            (b"x-ratelimit-limit-tokens", str(info.limit_tokens).encode()),
-            (b"x-ratelimit-remaining-tokens", str(info.remaining_tokens or 0).encode()),
+        headers += (
+            (b"x-ratelimit-limit-tokens", b"%d" % info.limit_tokens),
+            (b"x-ratelimit-remaining-tokens", b"%d" % (info.remaining_tokens or 0)),
             (b"x-ratelimit-reset-tokens", _duration(info.reset_tokens or 0.0)),
-        ]
+        )
     if retry_after is not None:
-        headers += [
-            (b"retry-after", str(max(1, math.ceil(retry_after))).encode()),
-            (b"retry-after-ms", str(max(1, math.ceil(retry_after * 1000))).encode()),
-        ]
-    return tuple(headers)
+        headers += (
+            (b"retry-after", b"%d" % max(1, math.ceil(retry_after))),
+            (b"retry-after-ms", b"%d" % max(1, math.ceil(retry_after * 1000))),
+        )
+    return headers
 
 
 def _duration(seconds: float) -> bytes:
     """OpenAI's reset format: ``20ms``, ``1.5s``, ``6m0s``."""
     millis = max(0, round(seconds * 1000))
     if millis < 1000:
-        return f"{millis}ms".encode()
+        return b"%dms" % millis
     if millis < 60_000:
-        return f"{millis / 1000:g}s".encode()
+        return b"%gs" % (millis / 1000)
     minutes, rest = divmod(millis, 60_000)
-    return f"{minutes}m{rest / 1000:g}s".encode()
+    return b"%dm%gs" % (minutes, rest / 1000)
 
 
 class MemoryLimiter:
@@ -187,7 +203,8 @@ class MemoryLimiter:
             rpm = limit.requests_per_minute
             if rpm is not None:
                 interval = 60.0 / rpm
-                ahead = max(self._requests.get(key, now), now) + interval - now
+                tat = self._requests.get(key, now)
+                ahead = (tat if tat > now else now) + interval - now
                 window = limit.burst * interval
                 if ahead - window > _EPSILON:
                     wait = max(wait, ahead - window)
@@ -199,7 +216,8 @@ class MemoryLimiter:
                 if need > tpm:
                     raise never_fits(bucket, need)
                 per_token = 60.0 / tpm
-                ahead = max(self._tokens.get(key, now), now) + need * per_token - now
+                tat = self._tokens.get(key, now)
+                ahead = (tat if tat > now else now) + need * per_token - now
                 if ahead - 60.0 > _EPSILON:
                     wait = max(wait, ahead - 60.0)
                 left = max(0, int((60.0 - ahead) / per_token + _EPSILON))
@@ -211,10 +229,7 @@ class MemoryLimiter:
                 left_period = self._budget_wait(bucket, need, now, day, month)
                 if left_period is not None:
                     quota_wait = max(quota_wait or 0.0, left_period)
-        info = RateInfo(
-            *(requests[1], requests[0], requests[2]) if requests else (None, None, None),
-            *(tokens[1], tokens[0], tokens[2]) if tokens else (None, None, None),
-        )
+        info = _rate_info(requests, tokens)
         if quota_wait is not None:
             raise QuotaExceededError(headers=rate_headers(info, quota_wait))
         if wait > 0:
@@ -228,17 +243,19 @@ class MemoryLimiter:
         self, bucket: Bucket, need: int, now: float, day: str, month: str
     ) -> float | None:
         """Seconds until a budget that cannot take ``need`` renews; None if all can."""
-        wait = None
-        for budget, period, is_month in (
-            (bucket.limit.tokens_per_day, day, False),
-            (bucket.limit.tokens_per_month, month, True),
-        ):
-            if budget is None:
-                continue
+        limit, used, wait = bucket.limit, self._used, None
+        budget = limit.tokens_per_day
+        if budget is not None:
             if need > budget:
                 raise never_fits(bucket, need)
-            if self._used.get((bucket.key, period), 0) + need > budget:
-                wait = max(wait or 0.0, _period_left(now, is_month))
+            if used.get((bucket.key, day), 0) + need > budget:
+                wait = _period_left(now, month=False)
+        budget = limit.tokens_per_month
+        if budget is not None:
+            if need > budget:
+                raise never_fits(bucket, need)
+            if used.get((bucket.key, month), 0) + need > budget:
+                wait = max(wait or 0.0, _period_left(now, month=True))
         return wait
 
     def _take(
@@ -248,11 +265,13 @@ class MemoryLimiter:
         for bucket, need in zip(buckets, reserved, strict=True):
             limit, key = bucket.limit, bucket.key
             if limit.requests_per_minute is not None:
+                tat = self._requests.get(key, now)
                 interval = 60.0 / limit.requests_per_minute
-                self._requests[key] = max(self._requests.get(key, now), now) + interval
+                self._requests[key] = (tat if tat > now else now) + interval
             if limit.tokens_per_minute is not None:
+                tat = self._tokens.get(key, now)
                 per_token = 60.0 / limit.tokens_per_minute
-                self._tokens[key] = max(self._tokens.get(key, now), now) + need * per_token
+                self._tokens[key] = (tat if tat > now else now) + need * per_token
             if limit.concurrency is not None:
                 self._inflight[key] = self._inflight.get(key, 0) + 1
             if limit.tokens_per_day is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bastion.auth.identity import Identity
 from bastion.settings import LimitSettings, LimitsSettings, PriceSettings
@@ -38,6 +38,16 @@ class Limit:
     prices: tuple[float, float] = (0.0, 0.0)
     """For a spending bucket (``count == "cost"``): the model's price per million input and
     output tokens, so that :meth:`tokens` counts millionths of the currency."""
+    counts_tokens: bool = field(init=False, compare=False)
+    """Whether any of its limits counts tokens (computed once: read for every request)."""
+
+    def __post_init__(self) -> None:
+        counts = (
+            self.tokens_per_minute is not None
+            or self.tokens_per_day is not None
+            or self.tokens_per_month is not None
+        )
+        object.__setattr__(self, "counts_tokens", counts)
 
     @classmethod
     def of(cls, settings: LimitSettings) -> Limit:
@@ -83,14 +93,6 @@ class Limit:
             prices=prices,
         )
 
-    @property
-    def counts_tokens(self) -> bool:
-        return (
-            self.tokens_per_minute is not None
-            or self.tokens_per_day is not None
-            or self.tokens_per_month is not None
-        )
-
     def tokens(self, prompt: int, completion: int) -> int:
         """The tokens of a request that this limit counts (for a spending bucket: its cost,
         in millionths of the currency, rounded up)."""
@@ -133,6 +135,8 @@ class Planner:
             (self._per_key, self._per_user, self._per_team, self._per_model, self._all)
         ) or any((self._keys, self._users, self._roles, self._teams, self._models))
         self._cache: dict[tuple[str, str, str, str, tuple[str, ...], str], tuple[Bucket, ...]] = {}
+        priority = settings.priority
+        self._priority_off = priority.default is None and not priority.roles and not priority.teams
 
     def plan(self, identity: Identity, model: str | None) -> tuple[Bucket, ...]:
         cache_key = (identity.method, identity.credential_id, identity.principal, identity.role,
@@ -185,15 +189,14 @@ class Planner:
 
     @property
     def priority_off(self) -> bool:
-        p = self._settings.priority
-        return p.default is None and not p.roles and not p.teams
+        return self._priority_off
 
     def priority(self, identity: Identity) -> int | None:
         """The ``priority`` to forward for this caller (it replaces the caller's own), or
         None when priorities are not configured (the body is left alone)."""
-        settings = self._settings.priority
-        if self.priority_off:
+        if self._priority_off:
             return None
+        settings = self._settings.priority
         values = [settings.teams[t] for t in identity.teams if t in settings.teams]
         if identity.role in settings.roles:
             values.append(settings.roles[identity.role])

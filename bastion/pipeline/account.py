@@ -57,10 +57,14 @@ class Account:
         endpoint = ctx.endpoint
         meter = ctx.meter
         elapsed_ms = ctx.elapsed_ms()  # one clock reading for every sink
+        now = time.time()
+        latency_ms = round(elapsed_ms, 2)
+        ttfb = ctx.time_to_first_byte
+        ttfb_ms = None if ttfb is None else round(ttfb * 1000, 2)
         tokens = ctx.billed_tokens() if meter is not None and meter.reading else None
         if self._usage is not None and endpoint is not None and endpoint.kind is _INFERENCE:
-            record = _usage_record(ctx, status, tokens or ctx.billed_tokens(), elapsed_ms)
-            self._usage.add(record)
+            billed = tokens or ctx.billed_tokens()
+            self._usage.add(_usage_record(ctx, now, status, billed, latency_ms, ttfb_ms))
         identity = ctx.identity
         if self._metrics is not None:
             self._metrics.request(
@@ -80,10 +84,9 @@ class Account:
         writer = self._writer
         if writer is None:
             return
-        ttfb = ctx.time_to_first_byte
         writer.write(
             (
-                time.time(),
+                now,
                 ctx.request_id,
                 ctx.caller_request_id,
                 ctx.client_host,
@@ -93,8 +96,8 @@ class Account:
                 ctx.model,
                 identity.principal if identity is not None else None,
                 ctx.upstream,
-                round(elapsed_ms, 2),
-                None if ttfb is None else round(ttfb * 1000, 2),
+                latency_ms,
+                ttfb_ms,
                 error.code if error is not None else None,
                 ctx.response_bytes,
                 meter.usage if meter is not None else None,
@@ -103,19 +106,23 @@ class Account:
 
 
 def _usage_record(
-    ctx: RequestContext, status: int, tokens: tuple[int, int], elapsed_ms: float
+    ctx: RequestContext,
+    now: float,
+    status: int,
+    tokens: tuple[int, int],
+    latency_ms: float,
+    ttfb_ms: float | None,
 ) -> UsageRecord:
     identity = ctx.identity
-    ttfb = ctx.time_to_first_byte
     teams: tuple[str, ...] = ()
     if identity is None:
         who, credential = "-", "-"
     else:
         who, credential, teams = identity.principal, identity.credential_id, identity.teams
     return UsageRecord(
-        time.time(), ctx.request_id, who, credential, teams, ctx.model or "-",
+        now, ctx.request_id, who, credential, teams, ctx.model or "-",
         ctx.endpoint.permission if ctx.endpoint is not None else "-", status, tokens[0], tokens[1],
-        round(elapsed_ms, 2), None if ttfb is None else round(ttfb * 1000, 2),
+        latency_ms, ttfb_ms,
     )  # fmt: skip
 
 

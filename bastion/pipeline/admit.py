@@ -124,7 +124,10 @@ class Admit:
         if body is None:
             return self._default
         _check_stream(body)
-        asked = max(_count(body, field, least=0) or 0 for field in _TOKEN_LIMITS)
+        asked = 0
+        for field in _TOKEN_LIMITS:  # a loop, not max() over a generator: per request
+            if field in body:
+                asked = max(asked, _count(body, field, least=0) or 0)
         choices = _count(body, "n", least=1) if permission in _CHOICES else None
         return (asked or self._default) * (choices or 1)
 

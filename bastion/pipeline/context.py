@@ -29,6 +29,7 @@ class RequestContext:
     """
 
     __slots__ = (
+        "_client_host",
         "access",
         "address",
         "api_key",
@@ -57,7 +58,7 @@ class RequestContext:
         "request_id",
         "response_bytes",
         "response_done",
-        "response_event_open",
+        "response_last",
         "response_sse",
         "response_started",
         "scope",
@@ -111,8 +112,9 @@ class RequestContext:
         self.response_started = False
         self.response_done = False
         self.response_sse = False
-        self.response_event_open = False
-        """The event stream relayed so far stops inside an event (not on a blank line)."""
+        self.response_last = b""
+        """The last piece of the body relayed so far (whether a stream stopped inside an
+        event is read from it only when an error event must follow)."""
         self.response_bytes = 0
         self.time_to_first_byte: float | None = None
         self.client_disconnected = False
@@ -125,6 +127,7 @@ class RequestContext:
         """Fields the gateway sets in (or removes from) the forwarded JSON body."""
         self.trace: Trace | None = None
         """The request's trace, when tracing is on (see :mod:`.tracing`)."""
+        self._client_host: str | None = None
 
     def billed_tokens(self) -> tuple[int, int]:
         """(prompt, completion) tokens to bill, as the meter counts them (none without one).
@@ -152,14 +155,24 @@ class RequestContext:
         return request_fields(self.request_id, self.caller_request_id)
 
     @property
+    def response_event_open(self) -> bool:
+        """The event stream relayed so far stops inside an event (not on a blank line)."""
+        last = self.response_last
+        return bool(last) and last[-2:] != b"\n\n" and last[-4:] != b"\r\n\r\n"
+
+    @property
     def echoed_request_id(self) -> str:
         """The X-Request-Id the caller gets back: its own, or else Bastion's."""
         return self.caller_request_id or self.request_id
 
     @property
     def client_host(self) -> str:
-        client = self.scope.get("client")
-        return str(client[0]) if client else "-"
+        """The peer's address as text (``-`` when the server gives none); read once."""
+        host = self._client_host
+        if host is None:
+            client = self.scope.get("client")
+            host = self._client_host = str(client[0]) if client else "-"
+        return host
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000.0

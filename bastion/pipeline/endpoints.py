@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from urllib.parse import unquote_to_bytes
 
@@ -96,12 +96,12 @@ class Endpoint:
     """Sent with every response the gateway makes on it, refusals included (the console's
     security headers)."""
 
-    @property
-    def target(self) -> bytes:
-        """The path to forward: the canonical path the decision was made on."""
-        if self.resource is None:
-            return self.path.encode("ascii")
-        return self.path.replace(_ID_SEGMENT, self.resource).encode("ascii")
+    target: bytes = field(init=False, repr=False, compare=False)
+    """The path to forward: the canonical path the decision was made on (made once)."""
+
+    def __post_init__(self) -> None:
+        path = self.path if self.resource is None else self.path.replace(_ID_SEGMENT, self.resource)
+        object.__setattr__(self, "target", path.encode("ascii"))
 
 
 _ID_SEGMENT = "{id}"

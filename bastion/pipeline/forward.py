@@ -86,8 +86,6 @@ _DROP_RESPONSE = frozenset(
     }
 )
 _WHOLE_BODY_LIMIT = 1024 * 1024
-_EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
-"""How an event stream's event ends: a blank line (LF or CRLF)."""
 # Answers that say "this server cannot take it now", not "this request is wrong".
 _RETRY_STATUSES = frozenset({502, 503, 504})
 
@@ -176,9 +174,15 @@ class Forward:
                 if isinstance(answer, UpstreamError):
                     trace.failed(error_type(answer))
             retryable = isinstance(answer, UpstreamError) or answer.status in _RETRY_STATUSES
-            more = len(tried) < self._retries and time.monotonic() - first < self._window
-            more = more and pinned is None  # only the pinned upstream keeps what it names
-            other = balancer.pick_other((*tried, upstream)) if retryable and more else None
+            # only the pinned upstream keeps what it names; the clock is read only when the
+            # answer could be retried (not for every request)
+            more = (
+                retryable
+                and pinned is None
+                and len(tried) < self._retries
+                and time.monotonic() - first < self._window
+            )
+            other = balancer.pick_other((*tried, upstream)) if more else None
             if other is None:
                 if isinstance(answer, UpstreamError):
                     raise answer
@@ -310,6 +314,7 @@ def _relayed(
     stops inside an event, so that an error event can start a new one."""
     started = ctx.started
     sse = ctx.response_sse
+    feed = None if meter is None else meter.feeder
 
     def relayed(piece: bytes) -> bytes:
         if ctx.time_to_first_byte is None:
@@ -317,9 +322,9 @@ def _relayed(
         ctx.response_bytes += len(piece)
         if created is not None and created.open:
             created.feed(piece)
-        out = piece if meter is None else meter.feed(piece)
+        out = piece if feed is None else feed(piece)
         if sse and out:
-            ctx.response_event_open = not out.endswith(_EVENT_ENDS)
+            ctx.response_last = out  # where an error event would follow (if one must)
         return out
 
     return relayed

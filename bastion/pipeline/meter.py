@@ -25,11 +25,20 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-__all__ = ["MAX_EVENT_BYTES", "Meter", "UsageTap", "billed", "stream_usage_override", "usage_of"]
+__all__ = [
+    "MAX_EVENT_BYTES",
+    "Meter",
+    "UsageTap",
+    "billed",
+    "json_usage",
+    "stream_usage_override",
+    "usage_of",
+]
 
 MAX_EVENT_BYTES = 1024 * 1024
 """The default limit on the partial event held back to be read."""
@@ -65,6 +74,26 @@ def usage_of(document: Any, previous: tuple[int, int] | None = None) -> tuple[in
     if prompt < 0:
         return None
     return prompt, max(0, completion)
+
+
+def json_usage(body: bytes) -> tuple[int, int] | None:
+    """The usage a JSON response body reports (as :func:`usage_of` reads the document).
+
+    Usually only its tail is parsed: in valid JSON the bytes ``"usage":`` (the quote not
+    escaped) can only be a key, and when it is a key of the top-level object, ``{`` plus the
+    body from there is itself a document holding that object's keys from ``usage`` on.
+    Parsing that is a fraction of parsing the whole answer. When the last such key is
+    nested deeper, that tail has brackets left over and does not parse: then, and whenever
+    the tail reports nothing, the whole body is parsed."""
+    at = body.rfind(b'"usage":')
+    if at > 0 and body[at - 1] != 0x5C:  # not \" (a quote inside a string)
+        with contextlib.suppress(orjson.JSONDecodeError):
+            found = usage_of(orjson.loads(b"{" + body[at:]))
+            if found is not None:
+                return found
+    with contextlib.suppress(orjson.JSONDecodeError):
+        return usage_of(orjson.loads(body))
+    return None
 
 
 def _usage_object(document: Any) -> dict[str, Any] | None:
@@ -124,16 +153,7 @@ _CONTENT_MARKS = (
 
 
 _CHOICE, _SPACED_CHOICE, _BLOCK_DELTA, _TEXT_DELTA = _CONTENT_MARKS
-
-
-def _content_events(events: bytes) -> int:
-    # written out, not a generator: this runs for every relayed piece of a metered stream
-    return (
-        events.count(_CHOICE)
-        + events.count(_SPACED_CHOICE)
-        + events.count(_BLOCK_DELTA)
-        + events.count(_TEXT_DELTA)
-    )
+_BLANK = b"\n\n"
 
 
 def _is_content(event: bytes) -> bool:
@@ -155,6 +175,7 @@ class UsageTap:
         "_held_bytes",
         "_json_tail",
         "_limit",
+        "_mark",
         "_passing",
         "_reach",
         "_sse",
@@ -176,6 +197,8 @@ class UsageTap:
         """Inside an event over the limit: relayed as it arrives, unread, until its end."""
         self._json_tail = bytearray()
         """A JSON body's last bytes, where its usage is."""
+        self._mark: bytes | None = None
+        """The content mark this stream's events carry, once one was seen."""
         self.usage: tuple[int, int] | None = None
         self.content_events = 0
 
@@ -188,9 +211,12 @@ class UsageTap:
             return piece
         if self._passing:
             return self._pass(piece)
-        if not self._held and piece.endswith(b"\n\n") and b'"usage"' not in piece:
-            # the usual piece: whole events, none about usage; pass it on as it is
-            self.content_events += _content_events(piece)
+        if not self._held and piece[-2:] == _BLANK and b'"usage"' not in piece:
+            # the usual piece: whole events, none about usage; pass it on as it is (a slice
+            # compared, not endswith: bytes methods that take arguments parse them per call)
+            mark = self._mark
+            found = 0 if mark is None else piece.count(mark)
+            self.content_events += found or self._count(piece)
             return piece
         return self._take(piece)
 
@@ -206,6 +232,23 @@ class UsageTap:
         self._held.clear()
         self._held_bytes, self._reach, self._passing = 0, b"", False
         return rest
+
+    def _count(self, events: bytes) -> int:
+        """Content events among whole events. A stream speaks one API, so once an event has
+        shown which mark its content carries, that mark alone is counted (one scan of the
+        piece, not four); all four are counted when it finds none (a usage or final event)."""
+        mark = self._mark
+        if mark is not None:
+            found = events.count(mark)
+            if found:
+                return found
+        found = 0
+        for candidate in _CONTENT_MARKS:
+            count = events.count(candidate)
+            if count:
+                found += count
+                self._mark = candidate
+        return found
 
     def _take(self, piece: bytes) -> bytes:
         """Whole events go on; the partial one after them is held (only new bytes are
@@ -254,7 +297,7 @@ class UsageTap:
     def _events(self, complete: bytes) -> bytes:
         """Whole events: counted, read for usage, the usage-only chunk dropped if asked."""
         if b'"usage"' not in complete:
-            self.content_events += _content_events(complete)
+            self.content_events += self._count(complete)
             return complete
         kept, start = [], 0
         for found in _END.finditer(complete):
@@ -329,8 +372,7 @@ class Meter:
             return body
         if not sse:
             if b'"usage"' in body:
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    self.usage = usage_of(orjson.loads(body))
+                self.usage = json_usage(body)
             return body
         tap = UsageTap(sse=True, strip=self.strip, max_event_bytes=self.max_event_bytes)
         kept = tap.feed(body) + tap.end()
@@ -347,6 +389,13 @@ class Meter:
         """One piece of the body; returns what to send on (empty: nothing now)."""
         assert self._tap is not None
         return self._tap.feed(piece)
+
+    @property
+    def feeder(self) -> Callable[[bytes], bytes]:
+        """:meth:`feed` without the call in between, for the relay of each piece (after
+        :meth:`start` said the body must be fed)."""
+        assert self._tap is not None
+        return self._tap.feed
 
     def end(self) -> bytes:
         """The body ended (or was cut): what was held back, and the counts, are final."""

@@ -15,6 +15,7 @@ import orjson
 
 from bastion.errors import GatewayError
 from bastion.pipeline.context import RequestContext
+from bastion.types import RESPOND_SCOPE_KEY, Respond
 
 __all__ = [
     "anthropic_error_body",
@@ -75,6 +76,11 @@ async def send_whole(
     """Send a complete response; under Bastion's server its head and body leave in one write."""
     ctx.status = status
     ctx.response_started = True
+    respond: Respond | None = ctx.scope.get(RESPOND_SCOPE_KEY)
+    if respond is not None and respond(status, headers, body):
+        ctx.response_done = True  # no ASGI message, no await: written at once
+        ctx.response_bytes = len(body)
+        return
     downstream = ctx.downstream
     if downstream is not None:
         downstream.cork()

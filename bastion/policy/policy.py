@@ -97,17 +97,24 @@ class Policy:
         if base is None or restrictions is None:
             return base
         key = (identity.role, restrictions)
-        if key not in self._narrowed:
-            try:
-                self._narrowed[key] = base.narrowed(
-                    expand_permissions(restrictions.routes, "restrictions.routes")
-                    if restrictions.routes is not None
-                    else None,
-                    restrictions.models,
-                    NetworkList(restrictions.networks, "restrictions.networks")
-                    if restrictions.networks is not None
-                    else None,
-                )
-            except ConfigError:
-                self._narrowed[key] = None  # a malformed restriction grants nothing
-        return self._narrowed[key]
+        found = self._narrowed.get(key, _UNSEEN)  # one lookup: hashing restrictions costs
+        if found is _UNSEEN:
+            found = self._narrowed[key] = _narrowed(base, restrictions)
+        return found  # type: ignore[return-value]
+
+
+def _narrowed(base: Access, restrictions: Restrictions) -> Access | None:
+    """``base`` narrowed by a credential's restrictions; None (nothing granted) when they
+    are malformed."""
+    try:
+        return base.narrowed(
+            expand_permissions(restrictions.routes, "restrictions.routes")
+            if restrictions.routes is not None
+            else None,
+            restrictions.models,
+            NetworkList(restrictions.networks, "restrictions.networks")
+            if restrictions.networks is not None
+            else None,
+        )
+    except ConfigError:
+        return None

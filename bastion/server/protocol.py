@@ -18,12 +18,14 @@ import asyncio
 import asyncio.sslproto
 import logging
 import ssl
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
 import httptools
 import uvloop
 import uvloop.loop
+from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bastion.errors import (
@@ -34,9 +36,11 @@ from bastion.errors import (
     RequestTimeoutError,
 )
 from bastion.pipeline.responses import error_body
+from bastion.server.cycle import Cycle
+from bastion.server.deadlines import DeadlineWatch
 from bastion.server.downstream import CorkableTransport, DownstreamConnection
 from bastion.settings import HttpSettings
-from bastion.types import DOWNSTREAM_SCOPE_KEY
+from bastion.types import DOWNSTREAM_SCOPE_KEY, RESPOND_SCOPE_KEY
 
 __all__ = ["AddressLimit", "ConnectionCounts", "GuardedHttpToolsProtocol", "protocol_class"]
 
@@ -134,46 +138,16 @@ class AddressLimit:
         )
 
 
-class _DeadlineWatch:
-    """One kind of deadline for every connection, enforced by one sweeping timer.
-
-    A timer per request (armed at the head's first byte, cancelled when it is complete) cost
-    more than the rest of the protocol's own work; a dict entry costs next to nothing. A
-    deadline is noticed at most ``tick`` late; ``expire`` is called for each connection
-    whose deadline passed, and ``expired`` counts them.
-    """
-
-    def __init__(self, timeout: float, expire: Callable[[GuardedHttpToolsProtocol], None]) -> None:
-        self.timeout = timeout
-        self.tick = min(0.25, timeout / 4)
-        self.expire = expire
-        self.expired = 0
-        self.waiting: dict[GuardedHttpToolsProtocol, float] = {}
-        self._timer: asyncio.TimerHandle | None = None
-
-    def arm(self, conn: GuardedHttpToolsProtocol, loop: asyncio.AbstractEventLoop) -> None:
-        self.waiting[conn] = loop.time() + self.timeout
-        if self._timer is None:
-            self._timer = loop.call_later(self.tick, self._sweep, loop)
-
-    def disarm(self, conn: GuardedHttpToolsProtocol) -> None:
-        self.waiting.pop(conn, None)
-
-    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time()
-        for conn in [c for c, deadline in self.waiting.items() if deadline <= now]:
-            del self.waiting[conn]
-            self.expired += 1
-            self.expire(conn)
-        self._timer = loop.call_later(self.tick, self._sweep, loop) if self.waiting else None
+def _head_watch(limits: HttpSettings) -> DeadlineWatch[GuardedHttpToolsProtocol]:
+    return DeadlineWatch(limits.request_head_timeout, lambda conn: conn.on_head_timeout())
 
 
-def _head_watch(limits: HttpSettings) -> _DeadlineWatch:
-    return _DeadlineWatch(limits.request_head_timeout, lambda conn: conn.on_head_timeout())
+def _write_watch(limits: HttpSettings) -> DeadlineWatch[GuardedHttpToolsProtocol]:
+    return DeadlineWatch(limits.write_timeout, lambda conn: conn.on_write_timeout())
 
 
-def _write_watch(limits: HttpSettings) -> _DeadlineWatch:
-    return _DeadlineWatch(limits.write_timeout, lambda conn: conn.on_write_timeout())
+def _idle_watch(limits: HttpSettings) -> DeadlineWatch[GuardedHttpToolsProtocol]:
+    return DeadlineWatch(limits.keep_alive_timeout, lambda conn: conn.on_idle_timeout())
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -185,8 +159,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """
 
     limits: ClassVar[HttpSettings] = HttpSettings()
-    head_watch: ClassVar[_DeadlineWatch] = _head_watch(limits)
-    write_watch: ClassVar[_DeadlineWatch] = _write_watch(limits)
+    head_watch: ClassVar[DeadlineWatch[GuardedHttpToolsProtocol]] = _head_watch(limits)
+    write_watch: ClassVar[DeadlineWatch[GuardedHttpToolsProtocol]] = _write_watch(limits)
+    idle_watch: ClassVar[DeadlineWatch[GuardedHttpToolsProtocol]] = _idle_watch(limits)
+    """Kept-alive connections between requests (``http.keep_alive_timeout``): uvicorn arms
+    a timer per response for it, which cost as much as a header's parsing per request."""
     address_limit: ClassVar[AddressLimit | None] = None
     tls: ClassVar[ssl.SSLContext | None] = None
     """The server's TLS context: connections are plain TCP until this protocol's handshake."""
@@ -277,6 +254,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._release()
         self.head_watch.disarm(self)
         self.write_watch.disarm(self)
+        self.idle_watch.disarm(self)
         if self.downstream is None:  # refused, or its TLS handshake never finished
             return
         super().connection_lost(exc)
@@ -316,6 +294,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self not in self.head_watch.waiting:
             self.head_watch.arm(self, self.loop)
 
+    def _unset_keepalive_if_required(self) -> None:
+        """A kept-alive connection is busy again (uvicorn cancels its timer here)."""
+        self.idle_watch.disarm(self)
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, with the keep-alive deadline in the idle watch instead of a timer."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.idle_watch.disarm(self)
+        self.flow.resume_reading()
+        if self.pipeline:  # pipelined requests: start the next one
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self.idle_watch.arm(self, self.loop)
+
+    def on_idle_timeout(self) -> None:
+        """Called by the idle watch when a kept-alive connection has been idle too long."""
+        if not self.transport.is_closing():
+            self.transport.close()
+
     # data_received, on_url and on_header do uvicorn's work themselves (one Python call per
     # callback, not two); tests/unit/test_uvicorn_internals.py fails when uvicorn's versions
     # change, so that a change there is carried over here.
@@ -343,8 +343,54 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(_upgrade_refusal(self.parser.get_method(), self.headers))
         if self.url[:1] != b"/":  # absolute-form, asterisk-form: not a request for a path
             self._refuse(BadRequestError(_NOT_A_PATH, code="invalid_target"))
-        cast(dict[str, Any], self.scope)[DOWNSTREAM_SCOPE_KEY] = self.downstream
-        super().on_headers_complete()
+        scope = cast(dict[str, Any], self.scope)
+        scope[DOWNSTREAM_SCOPE_KEY] = self.downstream
+        self._start_cycle(scope)
+
+    def _start_cycle(self, scope: dict[str, Any]) -> None:
+        """uvicorn's ``on_headers_complete`` from the parsed head on, making Bastion's
+        :class:`Cycle` itself. (Turning uvicorn's cycle into one afterwards, by assigning its
+        ``__class__``, cost more than the cheaper ``send`` saved: CPython then keeps the
+        object's attributes in a dict of its own, off the fast path.) Upgrades never get
+        here: they were refused above."""
+        parser = self.parser
+        http_version = parser.get_http_version()
+        scope["method"] = parser.get_method().decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        parsed_url = httptools.parse_url(self.url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope["path"] = self.root_path + path
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = parsed_url.query or b""
+        app = self.app
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            app = service_unavailable
+            self.logger.warning("Exceeded concurrency limit.")
+        existing = self.cycle
+        self.cycle = cycle = Cycle(
+            scope=self.scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
+            on_response=self.on_response_complete,
+        )
+        scope[RESPOND_SCOPE_KEY] = cycle.respond
+        if existing is None or existing.response_complete:
+            self._start_asgi_task(cycle, app)
+        else:  # pipelined: it waits for the one in progress
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, app))
 
     def _refuse(self, error: GatewayError) -> None:
         self._refusal = error
@@ -430,6 +476,7 @@ def protocol_class(
         "limits": limits,
         "head_watch": _head_watch(limits),
         "write_watch": _write_watch(limits),
+        "idle_watch": _idle_watch(limits),
         "address_limit": AddressLimit(cap) if cap is not None else None,
         "tls": tls,
         "peer_certificates": peer_certificates,

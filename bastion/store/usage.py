@@ -61,10 +61,11 @@ Rollup = dict[tuple[int, str, str, str, str], list[float]]
 def _roll(rollup: Rollup, rec: UsageRecord) -> None:
     """Add one record to a rollup: once under team "", once more under each of its teams."""
     hour, model, failed = int(rec.at // 3600), rec.model[:200], rec.status >= 400
-    for team in ("", *rec.teams):
-        row = rollup.get((hour, rec.principal, rec.credential, team, model))
+    for team in ("", *rec.teams) if rec.teams else ("",):
+        key = (hour, rec.principal, rec.credential, team, model)
+        row = rollup.get(key)
         if row is None:
-            row = rollup[(hour, rec.principal, rec.credential, team, model)] = [0, 0, 0, 0, 0.0]
+            row = rollup[key] = [0, 0, 0, 0, 0.0]
         row[0] += 1
         row[1] += failed
         row[2] += rec.prompt_tokens

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from bastion.pipeline import meter
-from bastion.pipeline.meter import Meter, UsageTap, billed, usage_of
+from bastion.pipeline.meter import Meter, UsageTap, billed, json_usage, usage_of
 
 USAGE = {"prompt_tokens": 12, "total_tokens": 19, "completion_tokens": 7}
 
@@ -535,3 +535,35 @@ def test_a_responses_stream_reports_usage_in_its_terminal_event(strip: bool, ter
     tap = UsageTap(sse=True, strip=strip)
     assert tap.feed(stream) + tap.end() == stream
     assert tap.usage == (500, 400)
+
+
+JSON_BODIES = [
+    b'{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":12,'
+    b'"completion_tokens":16,"total_tokens":28}}',
+    # usage before other top-level keys (vLLM adds some after it)
+    b'{"id":"x","usage": {"prompt_tokens": 3, "completion_tokens": 4}, "prompt_logprobs": null,'
+    b' "kv_transfer_params": {"a": [1, {"b": 2}]}}\n',
+    # the last "usage" key is nested: the tail does not parse, the whole body is read
+    b'{"usage":{"prompt_tokens":5,"completion_tokens":6},"extra":{"usage":{"prompt_tokens":9,'
+    b'"completion_tokens":9}}}',
+    # only nested (Anthropic's and the Responses API's stream events nest it)
+    b'{"type":"message_start","message":{"usage":{"input_tokens":7,"output_tokens":1}}}',
+    b'{"response":{"usage":{"input_tokens":7,"output_tokens":2}}}',
+    # a key that merely ends in usage, holding what a usage object would
+    b'{"x\\"usage":{"prompt_tokens":0,"completion_tokens":0},"usage":null}',
+    b'{"x\\"usage":{"prompt_tokens":0,"completion_tokens":0}}',
+    b'{"usage":null}',
+    b'{"usage":{"prompt_tokens":1,"completion_tokens":2}',  # cut short
+    b'{"content":"the text \\"usage\\": {\\"prompt_tokens\\": 1} in a string","usage":'
+    b'{"prompt_tokens":8,"completion_tokens":9}}',
+    b'[{"usage":{"prompt_tokens":1,"completion_tokens":2}}]',
+]
+
+
+@pytest.mark.parametrize("body", JSON_BODIES)
+def test_json_usage_reads_what_parsing_the_whole_body_reads(body: bytes) -> None:
+    try:
+        whole = usage_of(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        whole = None
+    assert json_usage(body) == whole

@@ -27,6 +27,7 @@ import uvloop
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
+from bastion.server.cycle import Cycle
 from bastion.server.protocol import GuardedHttpToolsProtocol, protocol_class
 from bastion.settings import HttpSettings
 from bastion.types import DOWNSTREAM_SCOPE_KEY, Message, Receive, Scope, Send
@@ -46,7 +47,9 @@ CALLABLES: list[tuple[Any, str, str, str]] = [
     (HttpToolsProtocol, "resume_writing", "(self)", f"{PROTOCOL}.resume_writing"),
     (HttpToolsProtocol, "on_message_begin", "(self)", f"{PROTOCOL}.on_message_begin"),
     (HttpToolsProtocol, "on_headers_complete", "(self)",
-     f"{PROTOCOL}.on_headers_complete adds the Downstream to self.scope before calling it"),
+     f"{PROTOCOL}.on_headers_complete re-implements it (making Bastion's Cycle)"),
+    (HttpToolsProtocol, "_start_asgi_task", "(self, cycle, app)",
+     f"{PROTOCOL}._start_cycle starts the request's task with it"),
     (HttpToolsProtocol, "data_received", "(self, data)",
      f"{PROTOCOL}.data_received re-implements it"),
     (HttpToolsProtocol, "on_url", "(self, url)", f"{PROTOCOL}.on_url re-implements it"),
@@ -71,6 +74,9 @@ REIMPLEMENTED = {
     "data_received": "010a7ae59a",
     "on_url": "37be44e962",
     "on_header": "1e86ebb6ce",
+    "on_response_complete": "64e254f28e",
+    "on_headers_complete": "1ea8589acf",
+    "_unset_keepalive_if_required": "00a6a4e472",
 }
 
 
@@ -126,6 +132,20 @@ def test_the_methods_bastion_re_implements_are_unchanged_in_uvicorn(name: str) -
     )
 
 
+CYCLE_SEND = "abdd8601b3"
+"""sha256 of RequestResponseCycle.send in the uvicorn that bastion/server/cycle.py follows."""
+
+
+def test_the_cycles_send_that_bastion_re_implements_is_unchanged_in_uvicorn() -> None:
+    source = inspect.getsource(RequestResponseCycle.send)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:10]
+    assert digest == CYCLE_SEND, (
+        f"uvicorn {uvicorn.__version__} changed RequestResponseCycle.send, which "
+        f"bastion/server/cycle.py Cycle.send re-implements: carry the change over, then "
+        f"record {digest} here. Its source now:\n{source}"
+    )
+
+
 def test_the_parsers_callback_errors_are_what_the_protocol_catches() -> None:
     """A refusal is raised inside a parser callback and caught as HttpParserCallbackError,
     which must come before httptools' other errors (it is one of them)."""
@@ -157,11 +177,11 @@ async def _exchange(tls: ssl.SSLContext | None, client: ssl.SSLContext | None) -
     """Serve two requests on one connection and a refused third; what each side saw."""
     loop = asyncio.get_running_loop()
     made: list[GuardedHttpToolsProtocol] = []
-    seen: dict[str, Any] = {"scopes": [], "keep_alive_timer_at_request": []}
+    seen: dict[str, Any] = {"scopes": [], "keep_alive_armed_at_request": []}
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         seen["scopes"].append(scope)
-        seen["keep_alive_timer_at_request"].append(made[0].timeout_keep_alive_task)
+        seen["keep_alive_armed_at_request"].append(made[0] in made[0].idle_watch.waiting)
         await receive()
         start: Message = {"type": "http.response.start", "status": 200, "headers": []}
         await send(start)  # no length: uvicorn frames the body as chunked
@@ -187,7 +207,8 @@ async def _exchange(tls: ssl.SSLContext | None, client: ssl.SSLContext | None) -
         for path in (b"/one", b"/two"):
             writer.write(b"GET %s HTTP/1.1\r\nHost: a\r\nX-Pad: padded \t\r\n\r\n" % path)
             answers.append(await reader.readuntil(b"0\r\n\r\n"))
-        seen["keep_alive_timer_after"] = made[0].timeout_keep_alive_task
+        seen["keep_alive_armed_after"] = made[0] in made[0].idle_watch.waiting
+        seen["uvicorns_timer"] = made[0].timeout_keep_alive_task
         many = b"".join(b"X-%d: v\r\n" % i for i in range(30))
         writer.write(b"GET /three HTTP/1.1\r\nHost: a\r\n" + many + b"\r\n")
         answers.append(await reader.read())  # refused, then closed
@@ -229,11 +250,13 @@ def test_a_connection_through_bastions_protocol_uses_uvicorn_as_expected(
     scope = seen["scopes"][0]
     assert scope[DOWNSTREAM_SCOPE_KEY] is not None  # on_headers_complete kept Bastion's key
     assert scope["path"] == "/one" and (b"x-pad", b"padded") in scope["headers"]
-    assert seen["cycles"] == [(RequestResponseCycle, True), (RequestResponseCycle, True)]
-    # the keep-alive timer armed after the first response was cancelled when the second
-    # request's bytes arrived (data_received -> _unset_keepalive_if_required)
-    assert seen["keep_alive_timer_at_request"] == [None, None]
-    assert seen["keep_alive_timer_after"] is not None
+    assert seen["cycles"] == [(Cycle, True), (Cycle, True)]  # Bastion's send
+    # the keep-alive deadline armed after the first response was disarmed when the second
+    # request's bytes arrived (data_received -> _unset_keepalive_if_required); uvicorn's own
+    # timer per response is never armed
+    assert seen["keep_alive_armed_at_request"] == [False, False]
+    assert seen["keep_alive_armed_after"] is True
+    assert seen["uvicorns_timer"] is None
     assert refused.startswith(b"HTTP/1.1 431 ")  # raised in on_header, caught in data_received
     assert b"headers_too_large" in refused
     assert len(seen["scopes"]) == 2  # the refused head never reached the application
@@ -255,3 +278,49 @@ def test_uvloops_tls_layer_is_built_with_bastions_arguments() -> None:
         return type(layer)
 
     assert uvloop.run(build()) is uvloop.loop.SSLProtocol  # type: ignore[attr-defined]
+
+
+async def _idle_connection_closed(keep_alive: float) -> tuple[bytes, float]:
+    """One request on a kept-alive connection, then silence: what the client read, and how
+    long after the response the server closed the connection."""
+    loop = asyncio.get_running_loop()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+        )
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    protocol = protocol_class(HttpSettings(keep_alive_timeout=keep_alive))
+    config = uvicorn.Config(app, http=protocol, lifespan="off", log_config=None)
+    config.load()
+    state = ServerState()
+    server = await loop.create_server(
+        lambda: protocol(config=config, server_state=state, app_state={}, _loop=loop),
+        "127.0.0.1",
+        0,
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        answer = await reader.readuntil(b"ok")
+        answered = loop.time()
+        rest = await asyncio.wait_for(reader.read(), 10)  # b"" once the server closes
+        closed_after = loop.time() - answered
+        writer.close()
+        return answer + rest, closed_after
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_timeout(
+    loop_kind: str,
+) -> None:
+    answer, closed_after = _run(loop_kind, _idle_connection_closed(0.4))
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"ok")
+    # the idle watch notices a deadline at most a tick (timeout / 4) late
+    assert 0.35 <= closed_after < 0.4 + 0.1 + 0.5
