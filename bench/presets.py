@@ -183,6 +183,13 @@ def _production_redis(facts: PresetFacts) -> Preset:
     return Preset({**preset.config, "limits": limits}, preset.authorization)
 
 
+def _production_no_console(facts: PresetFacts) -> Preset:
+    """``production`` with the web console off (it is on wherever the store is): what the
+    console costs the request path, which should be nothing."""
+    preset = _production(facts)
+    return Preset({**preset.config, "console": {"enabled": False}}, preset.authorization)
+
+
 def _access_log_json(facts: PresetFacts) -> Preset:
     """The baseline with the access log in JSON."""
     preset = _apikey(facts)
@@ -246,6 +253,7 @@ PRESETS: dict[str, Callable[[PresetFacts], Preset]] = {
     "access-log-json": _access_log_json,
     "production": _production,
     "production-redis": _production_redis,
+    "production-no-console": _production_no_console,
     "tracing-0": _tracing(0.0),
     "tracing-1": _tracing(0.01),
     "tracing-100": _tracing(1.0),

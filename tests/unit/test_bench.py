@@ -44,6 +44,15 @@ def test_the_production_presets_turn_on_everything_a_production_gateway_runs(
     assert settings.logging.access_log and settings.logging.format == "json"
 
 
+def test_production_runs_the_console_and_production_no_console_differs_only_there(
+    tmp_path: Path,
+) -> None:
+    on = _settings("production", tmp_path)
+    off = _settings("production-no-console", tmp_path)
+    assert on.console.enabled and not off.console.enabled
+    assert on.model_dump(exclude={"console"}) == off.model_dump(exclude={"console"})
+
+
 def _results(nginx: tuple[float, float] | None, bastion: tuple[float, float], **extra: Any) -> Any:
     def figures(request: float, event: float) -> dict[str, Any]:
         return {"scenarios": {"nonstream": {"cpu_us_per_request": request},
