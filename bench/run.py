@@ -1,6 +1,7 @@
 """Run the benchmark: direct, nginx, Bastion and LiteLLM side by side, then print the table.
+(``floor``, the Python floor of ``bench/floor.py``, runs when ``--only`` names it.)
 
-    python -m bench.run [--smoke] [--only direct,nginx,bastion,litellm] [--duration S]
+    python -m bench.run [--smoke] [--only direct,nginx,floor,bastion,litellm] [--duration S]
                         [--out bench/results] [--preset apikey | --bastion-config FILE]
                         [--workers N] [--gateway-cores K]
 
@@ -55,7 +56,7 @@ from bench.systems import (
 
 __all__ = ["main"]
 
-_SYSTEMS = ["direct", "nginx", "bastion", "litellm"]
+_SYSTEMS = ["direct", "nginx", "floor", "bastion", "litellm"]
 _QUIET_PCT = 10.0
 
 
@@ -108,7 +109,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     try:
-        default_systems = "direct,nginx,bastion" if args.smoke else ",".join(_SYSTEMS)
+        default_systems = "direct,nginx,bastion" if args.smoke else "direct,nginx,bastion,litellm"
         args.systems = _names(args.only or default_systems, _SYSTEMS, "--only")
         scenario_names = [s.name for s in SCENARIOS]
         args.scenario_names = _names(

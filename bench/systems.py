@@ -27,6 +27,7 @@ from bench.procs import CpuLayout, Proc, port_is_free
 __all__ = [
     "BASTION_PORT",
     "BENCH_DIR",
+    "FLOOR_PORT",
     "LITELLM_PORT",
     "NGINX_PORT",
     "OTLP_SINK_PORT",
@@ -34,6 +35,7 @@ __all__ = [
     "BastionOptions",
     "BastionSystem",
     "DirectSystem",
+    "FloorSystem",
     "LiteLLMSystem",
     "NginxSystem",
     "System",
@@ -47,6 +49,7 @@ UPSTREAM_PORT = 18001
 BASTION_PORT = 18080
 NGINX_PORT = 18081
 LITELLM_PORT = 18082
+FLOOR_PORT = 18083
 OTLP_SINK_PORT = 18090
 _UPSTREAM_URL = f"http://127.0.0.1:{UPSTREAM_PORT}"
 
@@ -149,6 +152,18 @@ class NginxSystem(System):
         )
         argv = ["nginx", "-p", str(conf_dir), "-c", str(conf), "-e", "stderr"]
         return Proc("nginx", layout.gateway_prefix() + argv, workdir, nofile=nofile)
+
+
+class FloorSystem(System):
+    """The Python floor (``bench/floor.py``): uvicorn and Bastion's upstream client relaying,
+    with none of a gateway's own work; what Bastion costs beyond it is Bastion's."""
+
+    def launch(self, workdir: Path, layout: CpuLayout, nofile: int) -> Proc | None:
+        argv = [sys.executable, "-m", "bench.floor", "--port", str(self.port)]
+        argv += ["--upstream", _UPSTREAM_URL]
+        return Proc(
+            "floor", layout.gateway_prefix() + argv, workdir, nofile=nofile, cwd=BENCH_DIR.parent
+        )
 
 
 @dataclass(frozen=True)
@@ -325,9 +340,12 @@ def make_systems(names: list[str], bastion: BastionOptions) -> list[System]:
     table: dict[str, System] = {
         "direct": DirectSystem("direct", UPSTREAM_PORT),
         "nginx": NginxSystem("nginx", NGINX_PORT),
+        "floor": FloorSystem("floor", FLOOR_PORT),
         "bastion": BastionSystem("bastion", BASTION_PORT, options=bastion),
         "litellm": LiteLLMSystem(
             "litellm", LITELLM_PORT, health_path="/health/liveliness", ready_timeout_s=180.0
         ),
     }
-    return [table[name] for name in ("direct", "nginx", "bastion", "litellm") if name in names]
+    return [
+        table[name] for name in ("direct", "nginx", "floor", "bastion", "litellm") if name in names
+    ]

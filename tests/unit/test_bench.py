@@ -71,9 +71,9 @@ def _rows(results: Any) -> dict[str, list[str]]:
 
 def test_the_ratio_rows_divide_bastions_cpu_by_nginxs_from_the_same_run() -> None:
     rows = _rows(_results((20.0, 20.0), (59.0, 27.0), limits_backend="memory"))
-    request = rows["Non-streaming: CPU per request, Bastion / nginx (same run)"]
+    request = rows["Non-streaming: CPU per request over nginx's (same run)"]
     assert request == ["≤ 3x", "—", "3.0x", "pass"]
-    event = rows["Streaming: CPU per event, Bastion / nginx (same run)"]
+    event = rows["Streaming: CPU per event over nginx's (same run)"]
     assert event == ["≤ 1.3x", "—", "1.35x", "FAIL"]
     assert not any("limits in Redis" in label for label in rows)
     assert rows["Non-streaming: gateway CPU per request (µs)"][-1] == "pass"  # absolute rows stay
@@ -81,12 +81,26 @@ def test_the_ratio_rows_divide_bastions_cpu_by_nginxs_from_the_same_run() -> Non
 
 def test_with_limits_in_redis_the_request_ratio_is_judged_against_3_5() -> None:
     rows = _rows(_results((20.0, 20.0), (66.0, 25.0), limits_backend="redis"))
-    label = "Non-streaming: CPU per request, Bastion / nginx (same run), limits in Redis"
+    label = "Non-streaming: CPU per request over nginx's (same run), limits in Redis"
     assert rows[label] == ["≤ 3.5x", "—", "3.3x", "pass"]
-    assert "Non-streaming: CPU per request, Bastion / nginx (same run)" not in rows
+    assert "Non-streaming: CPU per request over nginx's (same run)" not in rows
 
 
 def test_without_nginx_in_the_run_there_are_no_ratio_rows() -> None:
     rows = _rows(_results(None, (59.0, 27.0)))
-    assert not any("Bastion / nginx" in label for label in rows)
+    assert not any("over nginx's" in label for label in rows)
     assert rows["Streaming: gateway CPU per event (µs)"] == ["≤ 25", "27.0", "FAIL"]
+
+
+def test_the_floor_shows_its_own_ratio_in_the_row_bastion_is_judged_in() -> None:
+    results = _results((20.0, 20.0), (66.0, 25.0), limits_backend="redis")
+    floor = {"scenarios": {"nonstream": {"cpu_us_per_request": 40.0},
+                           "stream": {"cpu_us_per_event": 24.0}}}  # fmt: skip
+    results["systems"] = {"nginx": results["systems"]["nginx"], "floor": floor,
+                          "bastion": results["systems"]["bastion"]}  # fmt: skip
+    rows = _rows(results)
+    label = "Non-streaming: CPU per request over nginx's (same run), limits in Redis"
+    assert rows[label] == ["≤ 3.5x", "—", "2.0x", "3.3x", "pass"]  # judged on Bastion's alone
+    assert "Non-streaming: CPU per request over nginx's (same run)" not in rows
+    assert rows["Streaming: CPU per event over nginx's (same run)"] == [
+        "≤ 1.3x", "—", "1.20x", "1.25x", "pass"]  # fmt: skip
