@@ -8,7 +8,8 @@
 #
 # Both run `bastion serve` as user 10001 with /etc/bastion/bastion.yaml, keep their state in
 # the volume /var/lib/bastion and listen on 8080. No compiler reaches the gateway image: its
-# dependencies all come as wheels; only the embedded build stage compiles llama.cpp.
+# dependencies all come as wheels; the compile stage builds the request path into C extensions
+# (mypyc) and only the extensions leave it; the embedded build stage compiles llama.cpp.
 
 ARG PYTHON_IMAGE=docker.io/library/python:3.11-slim-bookworm
 
@@ -30,6 +31,37 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     /opt/bastion/bin/pip install --no-deps . \
  && /opt/bastion/bin/pip uninstall -y -q pip setuptools \
  && /opt/bastion/bin/bastion --version
+
+# ---- compile: the request path as C extensions (mypyc), as scripts/compile builds it ---------
+# The compiler, its headers and mypy stay in this stage: only the extensions reach the image,
+# beside the sources in /opt/bastion (the sources stay the fallback; `bastion --version` says
+# which build runs). --build-arg BASTION_PURE_PYTHON=1 skips compiling.
+FROM build AS compile
+ARG BASTION_PURE_PYTHON=0
+RUN if [ "$BASTION_PURE_PYTHON" != 1 ]; then \
+      apt-get update \
+   && apt-get install -y --no-install-recommends gcc libc6-dev \
+   && include=$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])') \
+   && { [ -f "$include/Python.h" ] || apt-get install -y --no-install-recommends "python$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')-dev"; } \
+   && rm -rf /var/lib/apt/lists/*; \
+    fi
+RUN --mount=type=cache,target=/root/.cache/pip \
+    if [ "$BASTION_PURE_PYTHON" != 1 ]; then \
+      python -m venv /opt/mypyc \
+   && /opt/mypyc/bin/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['compile']))" > /tmp/compile.txt \
+   && /opt/mypyc/bin/pip install --only-binary=:all: -r /tmp/compile.txt; \
+    fi
+COPY scripts/lib/mypyc_build.py ./scripts/lib/
+# mypy reads the dependencies' types from the gateway's own environment (--python-executable);
+# each extension is then put beside its installed source, and dated after it.
+RUN if [ "$BASTION_PURE_PYTHON" != 1 ]; then \
+      BASTION_MYPYC_PYTHON=/opt/bastion/bin/python /opt/mypyc/bin/python scripts/lib/mypyc_build.py >/tmp/mypyc.log 2>&1 \
+        || { tail -40 /tmp/mypyc.log; exit 1; } \
+   && site=$(/opt/bastion/bin/python -I -c 'import pathlib, bastion; print(pathlib.Path(bastion.__file__).parent.parent)') \
+   && find bastion -name '*.so' -exec cp --parents {} "$site" \; \
+   && find "$site/bastion" -name '*.so' -exec touch {} + \
+   && /opt/bastion/bin/bastion --version | tee /dev/stderr | grep -q 'compiled (mypyc'; \
+    fi
 
 # ---- build-embedded: the same, with llama-cpp-python (compiled here) and Gemma 3 270M --------
 FROM ${PYTHON_IMAGE} AS build-embedded
@@ -92,6 +124,6 @@ USER 10001:10001
 
 # ---- gateway: the default target -------------------------------------------------------------
 FROM runtime AS gateway
-COPY --from=build /opt/bastion /opt/bastion
+COPY --from=compile /opt/bastion /opt/bastion
 COPY deploy/container/bastion.yaml /etc/bastion/bastion.yaml
 USER 10001:10001

@@ -13,6 +13,7 @@
 #   - GET /health is 200 from the host, a request without a key is refused (401), and
 #     `podman healthcheck run` (the image's own HEALTHCHECK) says healthy;
 #   - the process runs as uid 10001, with no compiler in the image;
+#   - the gateway image runs the compiled request path (`bastion --version`);
 #   - SIGTERM (podman stop) ends it with status 0 after draining.
 # Podman keeps its images under $BASTION_PODMAN_ROOT (default /var/tmp/bastion-podman), apart
 # from any other podman use on the machine; a second run reuses the stand-in and the layers.
@@ -152,6 +153,15 @@ if "${podman[@]}" exec "$name" sh -c 'command -v gcc || command -v cc || command
   exit 1
 fi
 say "runs as uid 10001; no compiler in the image"
+
+# The gateway image runs the request path compiled (the Dockerfile's compile stage); the
+# embedded demo image runs the sources.
+build=$("${podman[@]}" exec "$name" bastion --version)
+if [ "$target" = gateway ] && [[ $build != *"compiled (mypyc"* ]]; then
+  echo "FAIL: the gateway image does not run the compiled build: $build" >&2
+  exit 1
+fi
+say "build: $build"
 
 started=$(date +%s)
 "${podman[@]}" stop -t 60 "$name" >/dev/null 2>>"$root/run-stderr.log"

@@ -36,3 +36,5 @@ def test_the_gateway_image_builds_runs_and_stops_cleanly() -> None:
         "SIGTERM: exit status 0",
     ):
         assert f"== {step}" in output, output[-4000:]
+    (build,) = [line for line in output.splitlines() if line.startswith("== build: ")]
+    assert "compiled (mypyc, " in build, build  # the request path runs compiled in the image

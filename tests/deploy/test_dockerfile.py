@@ -41,14 +41,25 @@ def test_the_base_is_the_slim_python_image_and_nothing_else_is_pulled() -> None:
 
 def test_the_default_target_is_the_gateway_and_the_build_is_multi_stage() -> None:
     assert DOCKERFILE.stages[-1].name == "gateway"  # what a plain `docker build` makes
-    assert copied_from("gateway") == {"build"}
+    assert copied_from("gateway") == {"compile"}  # the build, with its request path compiled
+    assert DOCKERFILE.stage("compile").base == "build"
     assert copied_from("embedded") == {"build-embedded"}
     assert DOCKERFILE.lineage("gateway")[-1].base == "${PYTHON_IMAGE}"
 
 
 def test_no_compiler_and_no_llama_cpp_reach_the_gateway_image() -> None:
-    for stage in ("gateway", *copied_from("gateway")):
+    for stage in ("gateway", "build"):
         assert BUILD_TOOLS.findall(image_text(stage)) == [], stage
+    # The compile stage installs gcc with apt (under /usr) and mypy into a venv of its own;
+    # only the gateway's environment, sources and extensions, leaves it.
+    copies = [
+        i.arguments for i in DOCKERFILE.stage("gateway").of("COPY") if "--from=" in i.arguments
+    ]
+    assert copies == ["--from=compile /opt/bastion /opt/bastion"]
+    compile_runs = [i.arguments for i in DOCKERFILE.stage("compile").of("RUN")]
+    assert any("apt-get install" in run and "gcc" in run for run in compile_runs)
+    assert not any("/opt/bastion/bin/pip" in run for run in compile_runs)
+    assert any("/opt/mypyc/bin/pip install" in run for run in compile_runs)
     installs = [
         i.arguments for i in DOCKERFILE.stage("build").of("RUN") if "pip install" in i.arguments
     ]
