@@ -30,9 +30,13 @@ from bastion.store.records import KeyGrant
 from bastion.store.store import Store
 from bastion.store.usage import UsageLedger, UsageQueue
 
-__all__ = ["StoreSync", "grant_record"]
+__all__ = ["STOP_BUDGET", "StoreSync", "grant_record"]
 
 log = logging.getLogger("bastion.store")
+
+STOP_BUDGET = 8.0
+"""Seconds a stopping gateway gives the store to take what is pending: within the 10 s a
+supervisor allows a worker beyond ``server.drain_timeout``."""
 
 
 def grant_record(grant: KeyGrant) -> ApiKeyRecord:
@@ -73,6 +77,7 @@ class StoreSync:
         self._revision: int | None = None
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
         self.reloads = 0
         self.failures = 0
 
@@ -82,6 +87,7 @@ class StoreSync:
 
     async def start(self) -> None:
         """Load the keys once (an unreachable store fails the start), then keep them current."""
+        self._stopping.clear()
         await self.refresh()
         self._tasks = [
             asyncio.create_task(self._poll(), name="bastion-store-poll"),
@@ -109,20 +115,35 @@ class StoreSync:
         self._authenticator.replace([*self._config_keys, *self._stored])
 
     async def stop(self) -> None:
-        """Stop polling and write what is still pending (best effort, a few seconds)."""
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-        with contextlib.suppress(StoreUnavailableError, TimeoutError):
-            await asyncio.wait_for(self.flush(), timeout=5.0)
+        """Stop polling and writing, then write what is still pending.
 
-    async def flush(self) -> None:
-        """Write last-used times, pending audit events and usage records."""
-        await self._write_used()
-        await self._write_audit()
-        await self._write_usage()
+        A write under way is let finish, never cut off: a cancelled call still queued for a
+        store thread is dropped unrun, and the records it had taken with it. Each kind of
+        pending work is written on its own, so audit events the store refuses do not keep
+        usage records from it. The whole takes at most :data:`STOP_BUDGET` seconds (or the
+        store's deadline, if shorter); what is left unwritten then is logged with its count.
+        """
+        self._stopping.set()
+        poll, write = self._tasks if self._tasks else (None, None)
+        self._tasks = []
+        if poll is not None:
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(self._calls.deadline, STOP_BUDGET)):
+                if write is not None:
+                    await write  # ends after the step under way
+                for step in (self._write_usage, self._write_audit, self._write_used):
+                    await self._guarded(step)
+        usage = len(self._usage) if self._usage is not None else 0
+        audit = self._trail.pending
+        if usage or audit:
+            log.error(
+                "shutting down with %d usage record%s and %d audit event%s not written to the "
+                "identity store: it did not answer in time or failed",
+                usage, "" if usage == 1 else "s", audit, "" if audit == 1 else "s",
+            )  # fmt: skip
 
     async def _write_usage(self) -> None:
         if self._usage is None or not self._usage.pending:
@@ -130,7 +151,8 @@ class StoreSync:
         rows, rollup = self._usage.take()
         try:
             await self._calls.run(self._ledger.write, rows, rollup)
-        except StoreUnavailableError:
+        except (StoreUnavailableError, asyncio.CancelledError):
+            # cancelled: only when a stop ran out of time; the rows count as unwritten
             self._usage.put_back(rows, rollup)
             raise
         self._usage.written += len(rows)
@@ -171,7 +193,10 @@ class StoreSync:
         settings = self._settings
         used_due = time.monotonic() + settings.last_used_interval
         while True:
-            await asyncio.sleep(min(1.0, settings.poll_interval))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), min(1.0, settings.poll_interval))
+            if self._stopping.is_set():
+                return  # stop() writes what is left
             await self._guarded(self._write_audit)
             await self._guarded(self._write_usage)
             if time.monotonic() >= used_due:
