@@ -19,6 +19,8 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
+from bastion.types import RESPOND_SCOPE_KEY
+
 __all__ = ["Cycle"]
 
 # The bytes uvicorn's expressions refuse (each is one character class), for bytes.translate:
@@ -147,6 +149,10 @@ class Cycle(RequestResponseCycle):
         if self.expected_content_length != 0:
             raise RuntimeError("Response content shorter than Content-Length")
         self.response_complete = True
+        # the scope holds ``respond``, a method of this cycle: a reference cycle that would
+        # keep the request's objects for the cyclic collector, whose rare large sweeps
+        # stalled every stream for tens of milliseconds under load (docs/performance.md)
+        self.scope.pop(RESPOND_SCOPE_KEY, None)  # type: ignore[misc]
         self.message_event.set()
         if not self.keep_alive:
             self.transport.close()

@@ -259,6 +259,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         super().connection_lost(exc)
         self.downstream.lost()
+        if self.cycle is not None:  # an unfinished response: its scope holds its ``respond``
+            cast(dict[str, Any], self.cycle.scope).pop(RESPOND_SCOPE_KEY, None)
 
     def pause_writing(self) -> None:
         super().pause_writing()
