@@ -1,7 +1,8 @@
 """Run the benchmark: direct, nginx, Bastion and LiteLLM side by side, then print the table.
-(``floor``, the Python floor of ``bench/floor.py``, runs when ``--only`` names it.)
+(``floor`` and ``floor-raw``, the Python floors of ``bench/floor.py``, run when ``--only``
+names them.)
 
-    python -m bench.run [--smoke] [--only direct,nginx,floor,bastion,litellm] [--duration S]
+    python -m bench.run [--smoke] [--only direct,nginx,bastion,litellm] [--duration S]
                         [--out bench/results] [--preset apikey | --bastion-config FILE]
                         [--workers N] [--gateway-cores K]
 
@@ -56,7 +57,7 @@ from bench.systems import (
 
 __all__ = ["main"]
 
-_SYSTEMS = ["direct", "nginx", "floor", "bastion", "litellm"]
+_SYSTEMS = ["direct", "nginx", "floor", "floor-raw", "bastion", "litellm"]
 _QUIET_PCT = 10.0
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "BASTION_PORT",
     "BENCH_DIR",
     "FLOOR_PORT",
+    "FLOOR_RAW_PORT",
     "LITELLM_PORT",
     "NGINX_PORT",
     "OTLP_SINK_PORT",
@@ -50,6 +51,7 @@ BASTION_PORT = 18080
 NGINX_PORT = 18081
 LITELLM_PORT = 18082
 FLOOR_PORT = 18083
+FLOOR_RAW_PORT = 18084
 OTLP_SINK_PORT = 18090
 _UPSTREAM_URL = f"http://127.0.0.1:{UPSTREAM_PORT}"
 
@@ -154,16 +156,19 @@ class NginxSystem(System):
         return Proc("nginx", layout.gateway_prefix() + argv, workdir, nofile=nofile)
 
 
+@dataclass
 class FloorSystem(System):
-    """The Python floor (``bench/floor.py``): uvicorn and Bastion's upstream client relaying,
-    with none of a gateway's own work; what Bastion costs beyond it is Bastion's."""
+    """A Python floor (``bench/floor.py``): Bastion's upstream client relaying, with none of a
+    gateway's own work, on uvicorn (``floor``) or on a bare protocol (``floor-raw``); what
+    Bastion costs beyond it is Bastion's."""
+
+    server: str = "uvicorn"
 
     def launch(self, workdir: Path, layout: CpuLayout, nofile: int) -> Proc | None:
         argv = [sys.executable, "-m", "bench.floor", "--port", str(self.port)]
-        argv += ["--upstream", _UPSTREAM_URL]
-        return Proc(
-            "floor", layout.gateway_prefix() + argv, workdir, nofile=nofile, cwd=BENCH_DIR.parent
-        )
+        argv += ["--upstream", _UPSTREAM_URL, "--server", self.server]
+        prefix = layout.gateway_prefix()
+        return Proc(self.name, prefix + argv, workdir, nofile=nofile, cwd=BENCH_DIR.parent)
 
 
 @dataclass(frozen=True)
@@ -341,11 +346,14 @@ def make_systems(names: list[str], bastion: BastionOptions) -> list[System]:
         "direct": DirectSystem("direct", UPSTREAM_PORT),
         "nginx": NginxSystem("nginx", NGINX_PORT),
         "floor": FloorSystem("floor", FLOOR_PORT),
+        "floor-raw": FloorSystem("floor-raw", FLOOR_RAW_PORT, server="raw"),
         "bastion": BastionSystem("bastion", BASTION_PORT, options=bastion),
         "litellm": LiteLLMSystem(
             "litellm", LITELLM_PORT, health_path="/health/liveliness", ready_timeout_s=180.0
         ),
     }
     return [
-        table[name] for name in ("direct", "nginx", "floor", "bastion", "litellm") if name in names
+        table[name]
+        for name in ("direct", "nginx", "floor", "floor-raw", "bastion", "litellm")
+        if name in names
     ]
