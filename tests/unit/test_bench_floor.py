@@ -36,32 +36,27 @@ def _wait(port: int, proc: subprocess.Popen[bytes]) -> None:
             time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[int]:
+def _serving(module: str, *args: str) -> Iterator[int]:
+    """Run ``python -m module --port P args`` until the test is done; yield P once it listens."""
     port = _port()
-    argv = [sys.executable, "-m", "bench.fake_upstream", "--port", str(port),
-            "--ttft-ms", "1", "--gap-ms", "1", "--events", "5"]  # fmt: skip
-    proc = subprocess.Popen(argv, cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", module, "--port", str(port), *args], cwd=ROOT)
     try:
         _wait(port, proc)
         yield port
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[int]:
+    yield from _serving("bench.fake_upstream", "--ttft-ms", "1", "--gap-ms", "1", "--events", "5")
 
 
 @pytest.fixture(params=["uvicorn", "raw"])
 def floor(request: pytest.FixtureRequest, upstream: int) -> Iterator[int]:
-    port = _port()
-    argv = [sys.executable, "-m", "bench.floor", "--port", str(port),
-            "--upstream", f"http://127.0.0.1:{upstream}", "--server", request.param]  # fmt: skip
-    proc = subprocess.Popen(argv, cwd=ROOT)
-    try:
-        _wait(port, proc)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    upstream_url = f"http://127.0.0.1:{upstream}"
+    yield from _serving("bench.floor", "--upstream", upstream_url, "--server", request.param)
 
 
 def _post(port: int, body: dict[str, object]) -> tuple[int, dict[str, str], bytes]:
